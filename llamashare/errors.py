@@ -1,0 +1,87 @@
+"""Every error llamashare raises on purpose, in one place.
+
+Each class subclasses both :class:`LlamashareError` (so the CLI can turn any of them into one
+line and an exit code) and the matching built-in (so library callers can catch ``OSError`` or
+``ValueError`` as usual). Fields carry the facts a user needs to act on the error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Exit code for bad input (malformed manifest, bad argument): the user must change something.
+EXIT_BAD_INPUT = 2
+#: Exit code for a failure while doing the work (hash mismatch, missing file, I/O error).
+EXIT_FAILURE = 1
+
+
+class LlamashareError(Exception):
+    """Base of every deliberate llamashare error; ``str()`` is the one-line message."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ManifestError(LlamashareError, ValueError):
+    """A manifest is malformed or hostile; ``field`` names where (e.g. ``files[3].path``)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, field: str, problem: str, source: str | Path | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.source = str(source) if source is not None else None
+        where = f"{self.source}: " if self.source else ""
+        super().__init__(f"{where}manifest field '{field}': {problem}")
+
+
+class TorrentError(LlamashareError, ValueError):
+    """Torrent metadata is malformed or does not match what the manifest declares."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class SignatureError(LlamashareError, ValueError):
+    """A manifest's signature is missing, malformed, made by another key, or does not verify."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class KeyFileError(LlamashareError, ValueError):
+    """A key file or key string cannot be read as an ed25519 key."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class UnsafePathError(LlamashareError, ValueError):
+    """A path would leave its target directory (absolute, ``..``, or through a symlink)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"unsafe path {path!r}: {reason}")
+
+
+class SourceDirError(LlamashareError, OSError):
+    """The directory to publish cannot be used (missing, empty, unreadable, special files)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class OutputExistsError(LlamashareError, FileExistsError):
+    """Refusing to overwrite an existing file the user did not ask us to replace."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path} already exists (use --force to replace it)")
+
+
+class VerificationError(LlamashareError):
+    """One or more files do not match the manifest; ``report`` holds the per-file results."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        self.report = report
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""Release manifests: the TOML format (``manifest``), hashing, signing, ``create`` and ``verify``."""
