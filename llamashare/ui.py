@@ -1,0 +1,61 @@
+"""Terminal presentation: progress bars and messages on stderr, results on stdout.
+
+Kept apart from the CLI so commands stay "parse → call → print" and library code only ever
+sees a plain ``progress(nbytes)`` callback.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator["ByteBar"]:
+    """A bytes progress bar (rate, ETA) on stderr; silent with ``quiet`` or off a terminal."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield ByteBar(bar, task)
+
+
+class ByteBar:
+    def __init__(self, bar: Progress, task: object) -> None:
+        self._bar, self._task = bar, task
+
+    def advance(self, nbytes: int) -> None:
+        self._bar.update(self._task, advance=nbytes)
+
+    def describe(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

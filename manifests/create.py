@@ -1,0 +1,162 @@
+"""``llamashare create``: turn a folder of shards into a manifest and its hybrid torrent.
+
+Each file is read once; the same bytes feed BLAKE3, SHA-256 and the torrent's v1/v2 piece
+hashes (see :mod:`llamashare.manifests.hashing`). Nothing here writes files: the caller decides
+where the manifest and torrent go (see :func:`write_release`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from llamashare.errors import ManifestError, OutputExistsError, SourceDirError
+from llamashare.fsio import atomic_write
+from llamashare.manifests.hashing import Hasher, Progress
+from llamashare.manifests.manifest import (
+    BaseRef,
+    FileEntry,
+    Manifest,
+    TorrentRef,
+    check_relative_path,
+    dumps,
+    from_dict,
+    to_dict,
+)
+from llamashare.p2p.torrent import (
+    TorrentFile,
+    build_torrent,
+    canonical_order,
+    default_piece_size,
+    is_valid_piece_size,
+    read_torrent,
+)
+
+#: Top-level folders that are tooling, not release content (git checkouts, huggingface_hub caches).
+SKIPPED_DIRS = (".git", ".cache")
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What the publisher says about the release; hashes and torrent are computed."""
+
+    name: str
+    license: str
+    version: str = "1.0"
+    description: str | None = None
+    homepage: str | None = None
+    trackers: tuple[tuple[str, ...], ...] = ()
+    web_seeds: tuple[str, ...] = ()
+    base: BaseRef | None = None
+    recommended_quant: str | None = None
+
+
+def list_release_files(root: Path, exclude: set[Path] = frozenset()) -> list[tuple[str, int]]:
+    """(relative POSIX path, size) of every regular file under ``root``, in torrent order.
+
+    Symlinks and special files are refused rather than followed: a release must be exactly the
+    bytes in the folder, and a link could pull in anything on the machine.
+    """
+    if not root.is_dir():
+        raise SourceDirError(f"{root} is not a directory")
+    excluded = {p.resolve() for p in exclude}
+    found: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
+        here = Path(dirpath)
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+        for d in dirnames:
+            if (here / d).is_symlink():
+                raise SourceDirError(f"{here / d} is a symlink; publish real files, not links")
+        for name in filenames:
+            path = here / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise SourceDirError(f"{path} is a symlink; publish real files, not links")
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceDirError(f"{path} is not a regular file")
+            if path.resolve() in excluded:
+                continue
+            rel = path.relative_to(root).as_posix()
+            try:
+                check_relative_path(rel, rel)
+            except ManifestError as exc:
+                raise SourceDirError(f"cannot publish {path}: {exc.problem}") from None
+            found[rel] = st.st_size
+    if not found:
+        raise SourceDirError(f"{root} has no files to publish")
+    return [(p, found[p]) for p in canonical_order(found)]
+
+
+def _raise_walk_error(exc: OSError) -> None:
+    raise SourceDirError(f"cannot read {exc.filename}: {exc.strerror}")
+
+
+def create_release(
+    root: Path,
+    info: ReleaseInfo,
+    piece_size: int | None = None,
+    exclude: set[Path] = frozenset(),
+    progress: Progress | None = None,
+    on_file: Callable[[str, int], None] | None = None,
+    embed_torrent: bool = True,
+    torrent_file_name: str | None = None,
+) -> tuple[Manifest, bytes]:
+    """Hash ``root`` and return the validated manifest and the .torrent bytes."""
+    files = list_release_files(root, exclude)
+    total = sum(size for _, size in files)
+    piece_size = piece_size or default_piece_size(total)
+    if not is_valid_piece_size(piece_size):
+        raise SourceDirError(f"--piece-size {piece_size} must be a power of two between 16 KiB and 64 MiB")
+    entries: list[FileEntry] = []
+    torrent_files: list[TorrentFile] = []
+    with Hasher() as hasher:
+        for rel, _ in files:
+            if on_file:
+                on_file(rel, _)
+            try:
+                digest = hasher.hash_file(root / rel, piece_size, progress)
+            except OSError as exc:
+                raise SourceDirError(f"cannot read {root / rel}: {exc.strerror or exc}") from None
+            entries.append(FileEntry(rel, digest.size, digest.blake3, digest.sha256))
+            torrent_files.append(TorrentFile(tuple(rel.split("/")), digest.size, digest.v1_pieces, digest.v2_layer, digest.v2_root))
+    torrent = build_torrent(info.name, piece_size, torrent_files, info.trackers, info.web_seeds)
+    meta = read_torrent(torrent)
+    ref = TorrentRef(
+        info_hash_v1=meta.info_hash_v1,
+        info_hash_v2=meta.info_hash_v2,
+        piece_size=piece_size,
+        data=torrent if embed_torrent else None,
+        file=None if embed_torrent else torrent_file_name or f"{info.name}.torrent",
+    )
+    manifest = Manifest(
+        name=info.name,
+        version=info.version,
+        kind="delta" if info.base else "full",
+        license=info.license,
+        description=info.description or f"{info.name} model weights",
+        homepage=info.homepage,
+        trackers=info.trackers,
+        web_seeds=info.web_seeds,
+        base=info.base,
+        recommended_quant=info.recommended_quant,
+        files=tuple(entries),
+        torrent=ref,
+    )
+    # Round-trip through the parser: whatever create writes, fetch must accept.
+    return from_dict(to_dict(manifest), torrent_dir=None) if embed_torrent else manifest, torrent
+
+
+def write_release(manifest: Manifest, torrent: bytes, manifest_path: Path, force: bool = False) -> Path:
+    """Write the manifest and ``<name>.torrent`` beside it, atomically; return the torrent path."""
+    torrent_path = manifest_path.with_name(manifest.torrent.file or f"{manifest.name}.torrent")
+    if not force:
+        for p in (manifest_path, torrent_path):
+            if p.exists():
+                raise OutputExistsError(p)
+    atomic_write(torrent_path, torrent)
+    atomic_write(manifest_path, dumps(manifest).encode("utf-8"))
+    return torrent_path
