@@ -118,7 +118,7 @@ def create_release(
             if on_file:
                 on_file(rel, _)
             try:
-                digest = hasher.hash_file(root / rel, piece_size, progress)
+                digest = hasher.hash_file(root / rel, piece_size, progress, pad_v1=len(files) > 1)
             except OSError as exc:
                 raise SourceDirError(f"cannot read {root / rel}: {exc.strerror or exc}") from None
             entries.append(FileEntry(rel, digest.size, digest.blake3, digest.sha256))

@@ -62,8 +62,11 @@ class Hasher:
         for pool in (self._sha256, self._blake3, self._pieces):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def hash_file(self, path: Path, piece_size: int | None = None, progress: Progress | None = None) -> FileDigest:
-        """Hash ``path`` in one pass. With ``piece_size``, also its torrent piece hashes."""
+    def hash_file(
+        self, path: Path, piece_size: int | None = None, progress: Progress | None = None, pad_v1: bool = True
+    ) -> FileDigest:
+        """Hash ``path`` in one pass. With ``piece_size``, also its torrent piece hashes
+        (``pad_v1``: whether a pad file follows it; see :func:`piece_hashes`)."""
         chunk_size = CHUNK_SIZE if piece_size is None else max(CHUNK_SIZE, piece_size)
         sha = hashlib.sha256()
         b3 = blake3.blake3()
@@ -83,7 +86,7 @@ class Hasher:
                 if piece_size is not None:
                     view = memoryview(chunk)
                     for off in range(0, len(chunk), piece_size):
-                        futures.append(self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size))
+                        futures.append(self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size, pad_v1))
                     piece_futures.extend(futures[2:])
                 in_flight.append(futures)
                 if len(in_flight) >= MAX_IN_FLIGHT:

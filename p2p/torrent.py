@@ -7,10 +7,14 @@ v2 SHA-256 leaves; this module turns those hashes into a torrent whose bytes are
 libtorrent 2.1 writes for the same files and piece size (tests/test_torrent.py checks that).
 
 Layout rules followed (BEP 3, BEP 47, BEP 52, and libtorrent 2.1's choices):
-- files are ordered by path components (the order of the v2 "file tree" dictionary);
-- every non-empty file whose size is not a multiple of the piece size is followed by a pad file
-  ``.pad/N`` (attr ``p``), the last file included, so every file starts on a piece boundary and a
-  v1 piece never spans two files;
+- files are ordered by UTF-8 path components: the order of the v2 "file tree" dictionary, which
+  BEP 52 requires the v1 list of a hybrid torrent to follow. (libtorrent 2.1.1 sorts its v1 list
+  by the whole path string instead, so for names such as "a/b" beside "a.txt" it writes hybrid
+  torrents that it then refuses to load; everywhere else our bytes equal its bytes.)
+- in a torrent of two or more files, every non-empty file whose size is not a multiple of the
+  piece size is followed by a pad file ``.pad/N`` (attr ``p``), the last file included, so every
+  file starts on a piece boundary and a v1 piece never spans two files. A single-file torrent has
+  no pad files, so its last v1 piece is hashed short;
 - v2 leaves are SHA-256 of 16 KiB blocks; missing leaves are 32 zero bytes; a file of one piece
   or less has its root over its own leaves, larger files list their piece hashes in "piece layers".
 
@@ -69,18 +73,18 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def piece_hashes(piece: bytes | memoryview, piece_size: int) -> tuple[bytes, bytes]:
+def piece_hashes(piece: bytes | memoryview, piece_size: int, pad_v1: bool = True) -> tuple[bytes, bytes]:
     """(v1 SHA-1, v2 piece-layer SHA-256) of one piece of one file.
 
-    A short final piece is zero-padded for v1 (the pad file that follows it is all zeros) and
-    padded with zero leaves for v2.
+    A short final piece is padded with zero leaves for v2, and for v1 with zeros (the pad file
+    that follows it is all zeros) unless ``pad_v1`` is false (single-file torrents).
     """
     view = memoryview(piece)
     size = len(view)
     if size == 0 or size > piece_size:
         raise ValueError(f"piece of {size} bytes does not fit piece size {piece_size}")
     sha1 = hashlib.sha1(view)
-    if size < piece_size:
+    if size < piece_size and pad_v1:
         sha1.update(bytes(piece_size - size))
     leaves = [hashlib.sha256(view[i : i + BLOCK_SIZE]).digest() for i in range(0, size, BLOCK_SIZE)]
     return sha1.digest(), _merkle_root(leaves, piece_size // BLOCK_SIZE)
@@ -126,7 +130,8 @@ def build_torrent(
     trackers: Sequence[Sequence[str]] = (),
     web_seeds: Sequence[str] = (),
 ) -> bytes:
-    """Bencoded hybrid .torrent for ``files`` (which must already be in canonical order).
+    """Bencoded hybrid .torrent for ``files`` (in canonical order; pieces hashed with
+    ``pad_v1=len(files) > 1``).
 
     Deterministic: no creation date or creator, so the same files, name and piece size always
     give the same info-hashes, and independent publishers of the same release join one swarm.
@@ -149,7 +154,7 @@ def build_torrent(
         if f.size:
             leaf[b"pieces root"] = f.v2_root
             tail = f.size % piece_size
-            if tail:
+            if tail and len(files) > 1:
                 pad = piece_size - tail
                 v1_files.append({b"attr": b"p", b"length": pad, b"path": [b".pad", str(pad).encode()]})
             if f.size > piece_size:

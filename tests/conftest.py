@@ -1,0 +1,37 @@
+"""Shared fixtures: an isolated user home for every test, and a generated sample release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llamashare.sample import SampleConfig, write_sample_model
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HOME and the XDG folders at a temp dir so no test touches the real user's files."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share"),
+                     ("XDG_STATE_HOME", ".local/state"), ("XDG_CACHE_HOME", ".cache")):  # fmt: skip
+        monkeypatch.setenv(var, str(home / sub))
+    return home
+
+
+@pytest.fixture(scope="session")
+def sample_model_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pristine") / "sample-llama"
+    write_sample_model(root, SampleConfig())
+    return root
+
+
+@pytest.fixture
+def sample_model(sample_model_pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy (tests may damage it) of a ~3.4 MB LLaMA-shaped HF folder in two shards."""
+    import shutil
+
+    dest = tmp_path / "sample-llama"
+    shutil.copytree(sample_model_pristine, dest)
+    return dest

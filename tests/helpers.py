@@ -1,0 +1,30 @@
+"""Helpers shared by tests: reference torrents from libtorrent itself, release building."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import libtorrent as lt
+
+from llamashare.manifests.create import ReleaseInfo, create_release
+from llamashare.manifests.manifest import Manifest
+
+
+def libtorrent_reference(folder: Path, piece_size: int) -> bytes:
+    """libtorrent's own hybrid torrent of ``folder`` with no creation date or creator."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fs = lt.file_storage()
+        lt.add_files(fs, str(folder))
+        ct = lt.create_torrent(fs, piece_size)
+        lt.set_piece_hashes(ct, str(folder.parent))
+    entry = ct.generate()
+    entry.pop(b"creation date", None)
+    entry.pop(b"created by", None)
+    return lt.bencode(entry)
+
+
+def make_release(folder: Path, piece_size: int | None = None, **info: object) -> tuple[Manifest, bytes]:
+    fields = {"name": folder.name, "license": "Apache-2.0"} | info
+    return create_release(folder, ReleaseInfo(**fields), piece_size)  # type: ignore[arg-type]
