@@ -199,7 +199,7 @@ def read_torrent(data: bytes) -> TorrentMeta:
     hashes = ti.info_hashes()
     if not hashes.has_v1() or not hashes.has_v2():
         raise TorrentError("torrent is not a hybrid v1+v2 torrent")
-    fs = ti.files()
+    fs = ti.layout()
     files = []
     prefix = ti.name() + "/"
     for i in range(fs.num_files()):
