@@ -1,0 +1,93 @@
+"""The command line as a user meets it: exit codes, one-line errors, help with examples, modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llamashare.cli import cli
+
+
+def run(*args: str) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_version_and_help_have_examples() -> None:
+    from llamashare import __version__
+
+    assert __version__ in run("--version").output
+    for cmd in ("create", "verify", "keygen", "sign", "demo"):
+        out = run(cmd, "--help").output
+        assert "Example" in out and "llamashare" in out, cmd
+
+
+def test_create_verify_sign_flow(sample_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rel.toml"
+    r = run("create", sample_model, "--license", "Apache-2.0", "--name", "sample", "-o", out, "-q",
+            "--tracker", "udp://127.0.0.1:6969/announce", "--piece-size", "65536")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "info-hash v2" in r.output and (tmp_path / "sample.torrent").is_file()
+    r = run("verify", out, "--dir", sample_model, "-q")
+    assert r.exit_code == 0 and "7 of 7 files ok" in r.output
+
+    key = tmp_path / "me.key"
+    r = run("keygen", key)
+    assert r.exit_code == 0
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    public = r.output.strip().splitlines()[-1]
+    assert run("sign", out, "--key", key).exit_code == 0
+    assert run("verify", out, "--dir", sample_model, "--key", public, "-q").exit_code == 0
+
+    _, other = run("keygen", tmp_path / "other.key").output.strip().rsplit("\n", 1)
+    r = run("verify", out, "--dir", sample_model, "--key", other, "-q")
+    assert r.exit_code == 2 and "not the pinned" in r.output
+
+    (sample_model / "config.json").write_text("{}")
+    r = run("verify", out, "--dir", sample_model, "-q")
+    assert r.exit_code == 1
+    assert "wrong size  config.json" in r.output and "6 of 7 files ok" in r.output
+
+
+def test_refuses_to_overwrite_and_bad_names(sample_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rel.toml"
+    out.write_text("precious")
+    r = run("create", sample_model, "--license", "MIT", "-o", out, "-q")
+    assert r.exit_code == 2 and "already exists" in r.output and out.read_text() == "precious"
+    r = run("create", sample_model, "--license", "MIT", "--name", "../x", "-o", tmp_path / "y.toml")
+    assert r.exit_code == 2 and "--name" in r.output
+    r = run("create", sample_model, "-o", tmp_path / "z.toml")
+    assert r.exit_code == 2 and "--license" in r.output
+
+
+@pytest.mark.parametrize("content,needle", [("name = 1\n", "format_version"), ("[[[", "not valid TOML")])
+def test_malformed_manifest_is_one_line_exit_2(tmp_path: Path, content: str, needle: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    (tmp_path / "d").mkdir()
+    r = run("verify", bad, "--dir", tmp_path / "d")
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_installed_console_script_maps_errors(tmp_path: Path) -> None:
+    """The real entry point (not CliRunner): no traceback, exit code 2 for bad input."""
+    exe = Path(sys.executable).with_name("llamashare")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "llamashare"]
+    p = subprocess.run([*cmd, "verify", str(tmp_path / "missing.toml"), "--dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and "cannot be read" in p.stderr
+
+
+def test_demo_runs(tmp_path: Path) -> None:
+    r = run("demo", "--workdir", tmp_path / "demo")
+    assert r.exit_code == 0, r.output
+    assert "wrong hash" in r.output and "demo finished" in r.output
+    assert (tmp_path / "demo" / "sample-llama.toml").is_file()
