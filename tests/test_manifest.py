@@ -268,3 +268,14 @@ def test_fuzz_structures_only_manifest_errors(good: dict, data: st.DataObject) -
         parse_manifest(tomli_w.dumps(doc))
     except ManifestError:
         pass
+
+
+def test_documented_example_is_valid() -> None:
+    """manifests/example.toml documents the format; it must stay a valid manifest."""
+    path = Path(__file__).resolve().parents[1] / "manifests" / "example.toml"
+    m = load_manifest(path)
+    assert m.name == "tiny-llama" and len(m.trackers) == 2 and m.web_seeds and m.recommended_quant == "Q4_K_M"
+    assert [f.path for f in m.files] == ["config.json", "model.safetensors"]
+    text = path.read_text()
+    for key in ("format_version", "kind", "license", "trackers", "web_seeds", "[base]", "[torrent]", "[[files]]", "[signature]"):
+        assert key in text
