@@ -104,10 +104,11 @@ def create(directory: Path, output: Path | None, name: str | None, release_versi
         raise click.BadParameter(exc.problem, param_hint="--name") from None
     torrent_path = output.with_name(f"{name}.torrent")
     exclude = {output, torrent_path}
-    total = sum(size for _, size in list_release_files(directory, exclude))
-    with byte_progress(f"hashing {name}", total, quiet) as bar:
+    files = list_release_files(directory, exclude)
+    with byte_progress(f"hashing {name}", sum(size for _, size in files), quiet) as bar:
         manifest, torrent = create_release(directory, info, piece_size, exclude, bar.advance,
-                                           lambda rel, _: bar.describe(f"hashing {rel}"), embed_torrent=not no_embed)  # fmt: skip
+                                           lambda rel, _: bar.describe(f"hashing {rel}"),
+                                           embed_torrent=not no_embed, files=files)  # fmt: skip
     write_release(manifest, torrent, output, force=force)
     click.echo(f"wrote {output} ({len(manifest.files)} files, {human_size(manifest.total_size)}, "
                f"piece size {human_size(manifest.torrent.piece_size)})")  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -103,10 +103,13 @@ def create_release(
     progress: Progress | None = None,
     on_file: Callable[[str, int], None] | None = None,
     embed_torrent: bool = True,
-    torrent_file_name: str | None = None,
+    files: list[tuple[str, int]] | None = None,
 ) -> tuple[Manifest, bytes]:
-    """Hash ``root`` and return the validated manifest and the .torrent bytes."""
-    files = list_release_files(root, exclude)
+    """Hash ``root`` and return the validated manifest and the .torrent bytes.
+
+    ``files`` is :func:`list_release_files`'s answer when the caller already has it.
+    """
+    files = files if files is not None else list_release_files(root, exclude)
     total = sum(size for _, size in files)
     piece_size = piece_size or default_piece_size(total)
     if not is_valid_piece_size(piece_size):
@@ -114,9 +117,9 @@ def create_release(
     entries: list[FileEntry] = []
     torrent_files: list[TorrentFile] = []
     with Hasher() as hasher:
-        for rel, _ in files:
+        for rel, size in files:
             if on_file:
-                on_file(rel, _)
+                on_file(rel, size)
             try:
                 digest = hasher.hash_file(root / rel, piece_size, progress, pad_v1=len(files) > 1)
             except OSError as exc:
@@ -129,8 +132,7 @@ def create_release(
         info_hash_v1=meta.info_hash_v1,
         info_hash_v2=meta.info_hash_v2,
         piece_size=piece_size,
-        data=torrent if embed_torrent else None,
-        file=None if embed_torrent else torrent_file_name or f"{info.name}.torrent",
+        data=torrent,
     )
     manifest = Manifest(
         name=info.name,
@@ -147,7 +149,10 @@ def create_release(
         torrent=ref,
     )
     # Round-trip through the parser: whatever create writes, fetch must accept.
-    return from_dict(to_dict(manifest), torrent_dir=None) if embed_torrent else manifest, torrent
+    checked = from_dict(to_dict(manifest))
+    if not embed_torrent:
+        checked = replace(checked, torrent=replace(ref, data=None, file=f"{info.name}.torrent"))
+    return checked, torrent
 
 
 def write_release(manifest: Manifest, torrent: bytes, manifest_path: Path, force: bool = False) -> Path:

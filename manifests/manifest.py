@@ -166,9 +166,7 @@ def _hex(value: Any, key: str, where: str) -> str:
     return value
 
 
-def _text(table: Mapping[str, Any], key: str, where: str, limit: int, required: bool = True) -> str | None:
-    if not required and key not in table:
-        return None
+def _text(table: Mapping[str, Any], key: str, where: str, limit: int) -> str:
     value = _require(table, key, str, where)
     if not value.strip():
         raise ManifestError(where + key, "must not be empty")

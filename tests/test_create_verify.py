@@ -119,3 +119,12 @@ def test_unreadable_source_file_is_a_clear_error(sample_model: Path, monkeypatch
     monkeypatch.setattr("builtins.open", deny)
     with pytest.raises(SourceDirError, match="cannot read .*config.json: Permission denied"):
         make_release(sample_model)
+
+
+def test_no_embed_references_sibling_torrent(sample_model: Path, tmp_path: Path) -> None:
+    m, torrent = create_release(sample_model, ReleaseInfo(name="s", license="MIT"), embed_torrent=False)
+    assert m.torrent.data is None and m.torrent.file == "s.torrent"
+    write_release(m, torrent, tmp_path / "s.toml")
+    assert "data =" not in (tmp_path / "s.toml").read_text()
+    loaded = load_manifest(tmp_path / "s.toml")
+    assert loaded.torrent.data == torrent and all(r.ok for r in verify_release(loaded, sample_model))
