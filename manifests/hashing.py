@@ -63,10 +63,16 @@ class Hasher:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def hash_file(
-        self, path: Path, piece_size: int | None = None, progress: Progress | None = None, pad_v1: bool = True
+        self,
+        path: Path,
+        piece_size: int | None = None,
+        progress: Progress | None = None,
+        pad_v1: bool = True,
+        sha256: bool = True,
     ) -> FileDigest:
         """Hash ``path`` in one pass. With ``piece_size``, also its torrent piece hashes
-        (``pad_v1``: whether a pad file follows it; see :func:`piece_hashes`)."""
+        (``pad_v1``: whether a pad file follows it; see :func:`piece_hashes`). ``sha256=False``
+        skips SHA-256 (its field is then empty) where BLAKE3 alone is the check, as in fetch."""
         chunk_size = CHUNK_SIZE if piece_size is None else max(CHUNK_SIZE, piece_size)
         sha = hashlib.sha256()
         b3 = blake3.blake3()
@@ -82,12 +88,15 @@ class Hasher:
                 if not size:
                     first = chunk
                 size += len(chunk)
-                futures = [self._sha256.submit(sha.update, chunk), self._blake3.submit(b3.update, chunk)]
+                futures = [self._blake3.submit(b3.update, chunk)]
+                if sha256:
+                    futures.append(self._sha256.submit(sha.update, chunk))
                 if piece_size is not None:
                     view = memoryview(chunk)
-                    for off in range(0, len(chunk), piece_size):
-                        futures.append(self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size, pad_v1))
-                    piece_futures.extend(futures[2:])
+                    pieces = [self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size, pad_v1)
+                              for off in range(0, len(chunk), piece_size)]  # fmt: skip
+                    futures += pieces
+                    piece_futures += pieces
                 in_flight.append(futures)
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     _wait(in_flight.popleft())
@@ -95,8 +104,9 @@ class Hasher:
                     progress(len(chunk))
         while in_flight:
             _wait(in_flight.popleft())
+        sha_hex = sha.hexdigest() if sha256 else ""
         if piece_size is None:
-            return FileDigest(size=size, blake3=b3.hexdigest(), sha256=sha.hexdigest())
+            return FileDigest(size=size, blake3=b3.hexdigest(), sha256=sha_hex)
         results = [fut.result() for fut in piece_futures]
         v1 = b"".join(r[0] for r in results)
         layer = [r[1] for r in results]
@@ -109,7 +119,7 @@ class Hasher:
         return FileDigest(
             size=size,
             blake3=b3.hexdigest(),
-            sha256=sha.hexdigest(),
+            sha256=sha_hex,
             v1_pieces=v1,
             v2_layer=b"".join(layer),
             v2_root=root,

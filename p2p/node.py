@@ -1,0 +1,449 @@
+"""One llamashare node: a libtorrent session plus what libtorrent does not do for us.
+
+libtorrent moves and piece-checks the bytes. On top of it this module:
+
+- verifies each selected file against the manifest's size and BLAKE3 as soon as libtorrent
+  reports the file complete, on a worker thread, while the rest keeps downloading; a file is
+  "verified" only then, and a mismatch forces a re-check (bad pieces are fetched again);
+- enforces the share-ratio and seed-time targets (libtorrent's own limits never stop a torrent),
+  pausing the release and keeping its files when a target is reached;
+- saves resume data atomically, so a restarted node continues where it stood;
+- refuses to write over a file that is in the way with other content.
+
+Single-threaded by contract: call every method from one thread (the daemon's event loop);
+verification runs on the node's own worker threads and reports back through :meth:`poll`.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import libtorrent as lt
+
+from llamashare.errors import LlamashareError
+from llamashare.fsio import atomic_write, safe_join
+from llamashare.manifests.hashing import Hasher
+from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
+from llamashare.p2p.settings import NetworkOptions, session_settings
+
+log = logging.getLogger("llamashare.node")
+
+
+class ReleaseError(LlamashareError):
+    """A release cannot be added or continued (file in the way, duplicate, storage error)."""
+
+
+class State(str, enum.Enum):
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    SEEDING = "seeding"
+    DONE = "done seeding"  # target reached: stopped, files kept
+    COMPLETE = "complete"  # verified, not seeding (--no-seed)
+    PAUSED = "paused"
+    ERROR = "error"
+
+
+class FileStatus(str, enum.Enum):
+    PENDING = "pending"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not selected by --include
+
+
+@dataclass
+class ReleaseSpec:
+    """What the user asked for; persisted so a restarted node resumes the same work."""
+
+    name: str
+    save_dir: str
+    seed_forever: bool = False  # the original uploader: seed until removed
+    ratio: float | None = 1.0
+    seed_time: float | None = None  # seconds
+    include: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    no_seed: bool = False
+    added_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ReleaseSpec":
+        d = json.loads(text)
+        d["include"], d["peers"] = tuple(d.get("include", ())), tuple(d.get("peers", ()))
+        return cls(**d)
+
+
+@dataclass
+class Release:
+    spec: ReleaseSpec
+    manifest: Manifest
+    handle: lt.torrent_handle
+    files: dict[str, FileStatus]
+    selected_size: int
+    state: State = State.CHECKING
+    error: str | None = None
+    tracker_error: str | None = None
+    seeding_since: float | None = None
+    verify_jobs: dict[str, Future] = field(default_factory=dict)
+    hash_failures: int = 0
+    rechecks: int = 0
+    verified_at: float | None = None
+    last_downloaded_at: float | None = None
+    downloaded_bytes: int = 0
+    uploaded_bytes: int = 0
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.spec.save_dir)
+
+    @property
+    def all_verified(self) -> bool:
+        return all(s in (FileStatus.VERIFIED, FileStatus.SKIPPED) for s in self.files.values())
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ReleaseError(f"peer {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class Node:
+    def __init__(self, state_dir: Path, net: NetworkOptions) -> None:
+        self.state_dir = state_dir
+        (state_dir / "releases").mkdir(parents=True, exist_ok=True)
+        self.net = net
+        self.session = lt.session(session_settings(net))
+        self.session.add_extension("smart_ban")  # ban peers whose data fails the hash check
+        self.releases: dict[str, Release] = {}
+        self._by_hash: dict[str, str] = {}
+        self._hasher = Hasher(piece_workers=1)
+        self._verify_pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
+        self._pending_resume = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def listen_port(self) -> int:
+        return self.session.listen_port()
+
+    def restore(self) -> list[str]:
+        """Re-add every release saved in the state dir (after a restart or crash)."""
+        restored = []
+        for folder in sorted((self.state_dir / "releases").iterdir()):
+            try:
+                spec = ReleaseSpec.from_json((folder / "spec.json").read_text())
+                manifest = load_manifest(folder / "manifest.toml")
+                resume = folder / "resume.dat"
+                self._add(manifest, spec, resume.read_bytes() if resume.exists() else None)
+                restored.append(spec.name)
+            except (OSError, ValueError, LlamashareError) as exc:
+                log.error("cannot restore %s: %s", folder.name, exc)
+        return restored
+
+    def close(self) -> None:
+        """Save resume data for every release, then stop the session."""
+        self.save_resume_data(wait=True)
+        self._verify_pool.shutdown(wait=True, cancel_futures=True)
+        self._hasher.close()
+        self.session.pause()
+        del self.session
+
+    # ------------------------------------------------------------------ adding and removing
+
+    def add(self, manifest: Manifest, spec: ReleaseSpec, allow_existing: bool = False) -> Release:
+        """Start fetching (or seeding) a release. Raises ReleaseError for conflicts."""
+        if spec.name in self.releases:
+            if allow_existing:
+                return self.releases[spec.name]
+            raise ReleaseError(f"release {spec.name!r} is already in this node")
+        if manifest.torrent.data is None:
+            raise ReleaseError(f"manifest for {manifest.name!r} has no torrent data")
+        save_dir = Path(spec.save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if not spec.seed_forever:
+            self._check_nothing_in_the_way(manifest, save_dir, spec.include)
+        folder = self.state_dir / "releases" / spec.name
+        atomic_write(folder / "manifest.toml", dumps(manifest).encode())
+        atomic_write(folder / "spec.json", spec.to_json().encode())
+        return self._add(manifest, spec, None)
+
+    def _check_nothing_in_the_way(self, manifest: Manifest, save_dir: Path, include: tuple[str, ...]) -> None:
+        """A file already at a target path must be the release's own file, or we refuse."""
+        for entry in manifest.files:
+            if not _selected(entry, include):
+                continue
+            path = safe_join(save_dir, entry.path)
+            if not path.exists():
+                continue
+            if path.is_file() and path.stat().st_size == entry.size:
+                if self._hasher.hash_file(path, sha256=False).blake3 == entry.blake3:
+                    continue
+            raise ReleaseError(f"{path} is in the way: it exists with other content than {manifest.name}'s "
+                               f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
+
+    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: bytes | None) -> Release:
+        if resume is not None:
+            atp = lt.read_resume_data(resume)
+        else:
+            atp = lt.load_torrent_buffer(manifest.torrent.data)
+        atp.save_path = spec.save_dir
+        ti = atp.ti
+        fs = ti.layout()
+        # Files land at DIR/<path>, not DIR/<torrent name>/<path>: the release folder is DIR.
+        prefix = manifest.name + "/"
+        renamed = {}
+        priorities = []
+        files: dict[str, FileStatus] = {}
+        by_path = {f.path: f for f in manifest.files}
+        for i in range(fs.num_files()):
+            path = fs.file_path(i).replace("\\", "/")
+            if fs.file_flags(i) & lt.file_storage.flag_pad_file:
+                priorities.append(0)
+                continue
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            renamed[i] = rel
+            wanted = _selected(by_path[rel], spec.include)
+            priorities.append(4 if wanted else 0)
+            files[rel] = FileStatus.PENDING if wanted else FileStatus.SKIPPED
+        atp.renamed_files = renamed
+        if FileStatus.SKIPPED in files.values():
+            atp.file_priorities = priorities  # (setting priorities at all would end seed mode)
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        if spec.seed_forever and resume is None:
+            atp.flags |= lt.torrent_flags.seed_mode  # files were verified by BLAKE3 first
+        for peer in spec.peers:
+            parse_peer(peer)
+        handle = self.session.add_torrent(atp)
+        release = Release(spec, manifest, handle, files,
+                          selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
+        if spec.seed_forever:
+            release.files = {p: (s if s is FileStatus.SKIPPED else FileStatus.VERIFIED) for p, s in files.items()}
+        self.releases[spec.name] = release
+        self._by_hash[str(handle.info_hashes().v1)] = spec.name
+        for peer in spec.peers:
+            handle.connect_peer(parse_peer(peer))
+        return release
+
+    def remove(self, name: str) -> None:
+        """Stop a release and forget it; its files stay where they are."""
+        release = self._get(name)
+        self.session.remove_torrent(release.handle)
+        del self.releases[name]
+        folder = self.state_dir / "releases" / name
+        for f in ("resume.dat", "spec.json", "manifest.toml"):
+            (folder / f).unlink(missing_ok=True)
+        folder.rmdir()
+
+    def set_targets(self, name: str, ratio: float | None, seed_time: float | None) -> None:
+        release = self._get(name)
+        release.spec.ratio, release.spec.seed_time = ratio, seed_time
+        atomic_write(self.state_dir / "releases" / name / "spec.json", release.spec.to_json().encode())
+        if release.state is State.DONE and not self._target_reached(release):
+            release.handle.resume()
+            release.state = State.SEEDING
+
+    def _get(self, name: str) -> Release:
+        if name not in self.releases:
+            raise ReleaseError(f"no release named {name!r} in this node")
+        return self.releases[name]
+
+    # ------------------------------------------------------------------ the loop
+
+    def poll(self) -> None:
+        """Handle libtorrent's alerts, finished verifications and seeding targets. Call often."""
+        for alert in self.session.pop_alerts():
+            self._on_alert(alert)
+        for release in self.releases.values():
+            self._collect_verifications(release)
+            self._update_state(release)
+
+    def _release_for(self, alert: lt.alert) -> Release | None:
+        handle = getattr(alert, "handle", None)
+        if handle is None or not handle.is_valid():
+            return None
+        name = self._by_hash.get(str(handle.info_hashes().v1))
+        return self.releases.get(name) if name else None
+
+    def _on_alert(self, alert: lt.alert) -> None:
+        release = self._release_for(alert)
+        if isinstance(alert, lt.save_resume_data_alert):
+            self._pending_resume -= 1
+            if release:
+                data = lt.write_resume_data_buf(alert.params)
+                atomic_write(self.state_dir / "releases" / release.spec.name / "resume.dat", data)
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            self._pending_resume -= 1
+        if release is None:
+            return
+        if isinstance(alert, lt.file_completed_alert):
+            self._start_verification(release, int(alert.index))
+        elif isinstance(alert, lt.hash_failed_alert):
+            release.hash_failures += 1
+        elif isinstance(alert, lt.tracker_error_alert):
+            release.tracker_error = f"tracker {alert.tracker_url()}: {alert.error_message() or alert.message()}"
+        elif isinstance(alert, lt.tracker_reply_alert):
+            release.tracker_error = None
+        elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
+            release.state = State.ERROR
+            release.error = _storage_message(alert)
+            log.error("%s: %s", release.spec.name, release.error)
+        elif isinstance(alert, lt.torrent_checked_alert):
+            # Files that were already complete on disk never raise file_completed_alert.
+            self._verify_complete_files(release)
+
+    def _verify_complete_files(self, release: Release) -> None:
+        progress = release.handle.file_progress(flags=lt.torrent_handle.piece_granularity)
+        fs = release.handle.torrent_file().layout()
+        for i in range(fs.num_files()):
+            if fs.file_flags(i) & lt.file_storage.flag_pad_file:
+                continue
+            if progress[i] == fs.file_size(i):
+                self._start_verification(release, i)
+
+    def _start_verification(self, release: Release, index: int) -> None:
+        fs = release.handle.torrent_file().layout()
+        if fs.file_flags(index) & lt.file_storage.flag_pad_file:
+            return
+        rel = fs.file_path(index).replace("\\", "/")
+        rel = rel[len(release.manifest.name) + 1:] if rel.startswith(release.manifest.name + "/") else rel
+        if release.files.get(rel) not in (FileStatus.PENDING, FileStatus.FAILED):
+            return
+        entry = next(f for f in release.manifest.files if f.path == rel)
+        release.files[rel] = FileStatus.VERIFYING
+        release.verify_jobs[rel] = self._verify_pool.submit(self._verify_file, release.dir, entry)
+
+    def _verify_file(self, root: Path, entry: FileEntry) -> str | None:
+        """Worker thread: None if the file on disk is the manifest's file, else why not."""
+        path = safe_join(root, entry.path)
+        try:
+            digest = self._hasher.hash_file(path, sha256=False)
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror or exc}"
+        if digest.size != entry.size:
+            return f"{entry.path}: {digest.size} bytes, expected {entry.size}"
+        if digest.blake3 != entry.blake3:
+            return f"{entry.path}: BLAKE3 {digest.blake3[:16]}… differs from the manifest's {entry.blake3[:16]}…"
+        return None
+
+    def _collect_verifications(self, release: Release) -> None:
+        for rel, job in list(release.verify_jobs.items()):
+            if not job.done():
+                continue
+            del release.verify_jobs[rel]
+            problem = job.result()
+            if problem is None:
+                release.files[rel] = FileStatus.VERIFIED
+                continue
+            release.files[rel] = FileStatus.FAILED
+            log.warning("%s: %s", release.spec.name, problem)
+            if release.rechecks < 2:
+                # Re-check the pieces against the torrent: damaged ones are fetched again.
+                release.rechecks += 1
+                release.files[rel] = FileStatus.PENDING
+                release.handle.force_recheck()
+            else:
+                release.state = State.ERROR
+                release.error = f"{problem} (pieces match the torrent but not the manifest: the manifest is inconsistent)"
+
+    def _update_state(self, release: Release) -> None:
+        if release.state is State.ERROR:
+            return
+        st = release.handle.status()
+        release.downloaded_bytes = st.all_time_download
+        release.uploaded_bytes = st.all_time_upload
+        if release.state in (State.DONE, State.COMPLETE, State.PAUSED):
+            return
+        if st.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data):
+            release.state = State.CHECKING
+        elif not release.all_verified:
+            release.state = State.VERIFYING if st.is_finished else State.DOWNLOADING
+        else:
+            if release.verified_at is None:
+                release.verified_at = time.time()
+            if release.spec.no_seed:
+                release.handle.pause()
+                release.state = State.COMPLETE
+                self._save_one(release)
+                return
+            if release.seeding_since is None:
+                release.seeding_since = time.time()
+                self._save_one(release)
+            release.state = State.SEEDING
+            if self._target_reached(release):
+                release.handle.pause()
+                release.state = State.DONE
+                self._save_one(release)
+                log.info("%s: seeding target reached (ratio %.2f)", release.spec.name, self.ratio(release))
+
+    def ratio(self, release: Release) -> float:
+        return release.uploaded_bytes / max(1, release.selected_size)
+
+    def _target_reached(self, release: Release) -> bool:
+        spec = release.spec
+        if spec.seed_forever:
+            return False
+        if spec.ratio is not None and self.ratio(release) >= spec.ratio:
+            return True
+        seeded = time.time() - (release.seeding_since or time.time())
+        return spec.seed_time is not None and seeded >= spec.seed_time
+
+    # ------------------------------------------------------------------ resume data
+
+    def _save_one(self, release: Release) -> None:
+        release.handle.save_resume_data(lt.torrent_handle.save_info_dict)
+        self._pending_resume += 1
+
+    def save_resume_data(self, wait: bool = False, timeout: float = 10.0) -> None:
+        for release in self.releases.values():
+            self._save_one(release)
+        deadline = time.monotonic() + timeout
+        while wait and self._pending_resume > 0 and time.monotonic() < deadline:
+            self.session.wait_for_alert(100)
+            for alert in self.session.pop_alerts():
+                self._on_alert(alert)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> list[dict]:
+        out = []
+        for name, r in sorted(self.releases.items()):
+            st = r.handle.status()
+            files = {k: v.value for k, v in r.files.items()}
+            out.append({
+                "name": name, "version": r.manifest.version, "license": r.manifest.license.splitlines()[0],
+                "dir": r.spec.save_dir, "state": r.state.value, "error": r.error, "tracker_error": r.tracker_error,
+                "size": r.selected_size, "done": st.total_wanted_done, "progress": st.progress,
+                "download_rate": st.download_payload_rate, "upload_rate": st.upload_payload_rate,
+                "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
+                "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
+                "seed_forever": r.spec.seed_forever, "peers": st.num_peers, "seeds": st.num_seeds,
+                "hash_failures": r.hash_failures, "files": files,
+                "verified": sum(v == "verified" for v in files.values()),
+                "selected": sum(v != "skipped" for v in files.values()),
+                "info_hash_v1": r.manifest.torrent.info_hash_v1,
+            })  # fmt: skip
+        return out
+
+
+def _selected(entry: FileEntry, include: tuple[str, ...]) -> bool:
+    return not include or any(fnmatch.fnmatchcase(entry.path, g) for g in include)
+
+
+def _storage_message(alert: lt.alert) -> str:
+    error = getattr(alert, "error", None)
+    text = error.message() if error is not None and hasattr(error, "message") else alert.message()
+    filename = getattr(alert, "filename", None)
+    where = filename() if callable(filename) else filename
+    return f"{where}: {text}" if where else text

@@ -1,0 +1,86 @@
+"""libtorrent session settings, chosen deliberately, each with its reason.
+
+libtorrent's defaults suit a desktop client with hundreds of small torrents on a home line. A
+llamashare node moves a few multi-GB releases, often over fast links (and in tests, loopback), so
+the defaults leave most of the speed on the table: on a 2-core machine, one 1 GiB file over
+127.0.0.1 went at 13 MiB/s with defaults and ~120 MiB/s with the settings below (shared/
+REFERENCE.md; `bench/swarm.py` measures it again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libtorrent as lt
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """What differs between nodes and between tests and real use."""
+
+    listen_port: int = 6881
+    listen_host: str = "0.0.0.0"
+    #: Tests and benchmarks: no DHT, local peer discovery, UPnP or NAT-PMP, so no traffic leaves
+    #: loopback and nothing but the test's own tracker or ``--peer`` supplies peers.
+    local_only: bool = False
+    upload_rate_limit: int = 0  # bytes/s, 0 = unlimited
+    download_rate_limit: int = 0
+
+
+def session_settings(opts: NetworkOptions) -> dict:
+    """The settings pack for one node."""
+    host = opts.listen_host if ":" not in opts.listen_host else f"[{opts.listen_host}]"
+    s = {
+        "listen_interfaces": f"{host}:{opts.listen_port}",
+        "user_agent": "llamashare",
+        "alert_mask": lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
+        | lt.alert_category.tracker | lt.alert_category.file_progress | lt.alert_category.peer,
+        "alert_queue_size": 10_000,
+        # uTP is a congestion-friendly protocol for shared home links; its user-space pacing caps
+        # throughput far below TCP on fast links (the biggest single loss measured on loopback).
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        # Keep enough bytes queued per peer to fill a fast pipe: the default 500 kB watermark
+        # stalls a loopback/LAN connection between round trips.
+        "send_buffer_watermark": 64 * MiB,
+        "send_buffer_low_watermark": 1 * MiB,
+        "send_buffer_watermark_factor": 150,
+        # Let the disk queue absorb bursts instead of throttling peers (bounded: 64 MiB).
+        "max_queued_disk_bytes": 64 * MiB,
+        # Disk and hash work on separate threads: hashing 4–16 MiB pieces is CPU bound and
+        # must not wait behind writes.
+        "aio_threads": 4,
+        "hashing_threads": 2,
+        # Many outstanding block requests per peer keep a fast peer busy (the default 500 is
+        # below the bandwidth-delay product at >100 MiB/s with 16 KiB blocks).
+        "max_out_request_queue": 5000,
+        # Every peer of a loopback swarm, and of a LAN behind one NAT, shares one IP address.
+        "allow_multiple_connections_per_ip": True,
+        # A few large releases, not hundreds of small torrents: do not queue them away.
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "dont_count_slow_torrents": False,
+        # Announce to every tracker tier at once; release trackers are few and any may be gone.
+        "announce_to_all_tiers": True,
+        "announce_to_all_trackers": True,
+        # Reconnect quickly to peers that dropped (restarts, crashes) instead of waiting a minute.
+        "min_reconnect_time": 2,
+        # Ratio and seed-time targets are enforced by llamashare itself: libtorrent's own
+        # share_ratio_limit/seed_time_limit only lower a torrent's queue priority and never stop
+        # it, and our torrents are not auto-managed, so its queue does not apply to them.
+        "upload_rate_limit": opts.upload_rate_limit,
+        "download_rate_limit": opts.download_rate_limit,
+        "enable_dht": not opts.local_only,
+        "enable_lsd": not opts.local_only,
+        "enable_upnp": not opts.local_only,
+        "enable_natpmp": not opts.local_only,
+    }
+    if opts.local_only:
+        # Loopback tests run many peers on one address and need quick retries and no
+        # bans for "too many connections from one IP".
+        s["peer_connect_timeout"] = 3
+        s["min_announce_interval"] = 1
+    return s
