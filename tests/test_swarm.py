@@ -1,0 +1,135 @@
+"""Real libtorrent nodes on 127.0.0.1 with a real tracker: swarms end verified, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from llamashare.manifests.create import ReleaseInfo, create_release
+from llamashare.manifests.manifest import Manifest
+from llamashare.p2p.node import FileStatus, Node, ReleaseError, ReleaseSpec, State
+from llamashare.p2p.settings import NetworkOptions
+from tests.peers import Tracker
+
+LOCAL = NetworkOptions(listen_port=0, listen_host="127.0.0.1", local_only=True)
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[Tracker]:
+    t = Tracker(tmp_path / "tracker")
+    yield t
+    t.close()
+
+
+def make_payload(root: Path, sizes: dict[str, int]) -> None:
+    for rel, size in sizes.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(size))
+
+
+def release_with_tracker(root: Path, tracker: Tracker, piece_size: int = 64 * 1024) -> Manifest:
+    m, _ = create_release(root, ReleaseInfo(name=root.name, license="MIT", trackers=((tracker.http,),)), piece_size)
+    tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
+    return m
+
+
+def run_until(nodes: list[Node], done: Callable[[], bool], timeout: float = 60) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        for n in nodes:
+            n.poll()
+        if done():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    states = [(r.spec.name, r.state.value, r.error, r.tracker_error) for n in nodes for r in n.releases.values()]
+    raise AssertionError(f"not done after {timeout}s: {states}")
+
+
+def same_bytes(a: Path, b: Path, m: Manifest) -> bool:
+    return all((a / f.path).read_bytes() == (b / f.path).read_bytes() for f in m.files)
+
+
+@pytest.mark.slow
+def test_one_seeder_three_leechers_through_tracker(tmp_path: Path, tracker: Tracker) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"a.safetensors": 3 * 1024 * 1024 + 5, "b.safetensors": 2 * 1024 * 1024, "config.json": 300})
+    m = release_with_tracker(src, tracker)
+    seeder = Node(tmp_path / "n0", LOCAL)
+    seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    # A slow origin (as on a home uplink): leechers finish only by trading pieces with each other.
+    seeder.releases[m.name].handle.set_upload_limit(4 * 1024 * 1024)
+    leechers = [Node(tmp_path / f"n{i}", LOCAL) for i in (1, 2, 3)]
+    for i, node in enumerate(leechers, 1):
+        node.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / f"out{i}"), ratio=100.0))
+    nodes = [seeder, *leechers]
+    try:
+        elapsed = run_until(nodes, lambda: all(n.releases[m.name].state is State.SEEDING for n in leechers))
+        for i, node in enumerate(leechers, 1):
+            r = node.releases[m.name]
+            assert r.all_verified and set(r.files.values()) == {FileStatus.VERIFIED}
+            assert same_bytes(src, tmp_path / f"out{i}", m)
+            assert r.tracker_error is None
+        # Leechers traded pieces among themselves: the seeder uploaded less than 3 full copies.
+        run_until(nodes, lambda: seeder.status()[0]["uploaded"] > 0, timeout=10)  # counters tick each second
+        time.sleep(1.1)
+        run_until(nodes, lambda: True)
+        uploaded = seeder.status()[0]["uploaded"]
+        shared = sum(n.status()[0]["uploaded"] for n in leechers)
+        assert 0 < uploaded < 2.5 * m.total_size and shared > 0.5 * m.total_size
+        print(f"swarm of 3 done in {elapsed:.2f}s; seeder uploaded {uploaded / m.total_size:.2f}x the release, "
+              f"leechers {shared / m.total_size:.2f}x")  # fmt: skip
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_ratio_target_stops_seeding_and_keeps_files(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"w.bin": 1024 * 1024})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 64 * 1024)
+    origin = Node(tmp_path / "origin", LOCAL)
+    origin.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    middle = Node(tmp_path / "middle", LOCAL)
+    middle.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "mid"), ratio=0.5,
+                              peers=(f"127.0.0.1:{origin.listen_port}",)))  # fmt: skip
+    nodes = [origin, middle]
+    try:
+        run_until(nodes, lambda: middle.releases[m.name].state is State.SEEDING)
+        origin.remove(m.name)  # the only source left for the next leecher is `middle`
+        leech = Node(tmp_path / "leech", LOCAL)
+        nodes.append(leech)
+        leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=10.0,
+                                 peers=(f"127.0.0.1:{middle.listen_port}",)))  # fmt: skip
+        run_until(nodes, lambda: middle.releases[m.name].state is State.DONE, timeout=60)
+        status = middle.status()[0]
+        assert status["state"] == "done seeding" and status["ratio"] >= 0.5
+        assert middle.releases[m.name].handle.status().paused
+        assert same_bytes(src, tmp_path / "mid", m)  # files kept
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_file_in_the_way_is_never_overwritten(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"w.bin": 100_000, "c.json": 10})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 16 * 1024)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "w.bin").write_bytes(b"my own precious file")
+    node = Node(tmp_path / "n", LOCAL)
+    try:
+        with pytest.raises(ReleaseError, match="in the way"):
+            node.add(m, ReleaseSpec(name=m.name, save_dir=str(out)))
+        assert (out / "w.bin").read_bytes() == b"my own precious file"
+        assert m.name not in node.releases
+        # The release's own file already there is fine (a re-fetch into the same folder).
+        (out / "w.bin").write_bytes((src / "w.bin").read_bytes())
+        node.add(m, ReleaseSpec(name=m.name, save_dir=str(out)))
+    finally:
+        node.close()
