@@ -43,14 +43,22 @@ class Commands(click.Group):
 
 @click.group(cls=Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="llamashare")
-def cli() -> None:
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), envvar="LLAMASHARE_HOME",
+              help="This node's folder: daemon, state, config, logs [env LLAMASHARE_HOME; default: user data dir].")  # fmt: skip
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
     """Share LLM weights peer to peer, verify every byte, and make them runnable.
 
     \b
     Publish:   llamashare create ./my-model --license Apache-2.0 -o my-model.toml
+    Seed it:   llamashare seed my-model.toml --dir ./my-model
+    Fetch it:  llamashare fetch my-model.toml --dir ./models/my-model
     Check:     llamashare verify my-model.toml --dir ./my-model
     Try it:    llamashare demo
     """
+    from llamashare.p2p.home import Home, default_home
+
+    ctx.obj = Home((home or default_home()).absolute())
 
 
 @cli.command(context_settings=CONTEXT)
@@ -208,6 +216,190 @@ def demo(workdir: Path | None) -> None:
     from llamashare.demo import run_demo
 
     run_demo(workdir, echo=click.echo)
+
+
+def _network_options(f):  # type: ignore[no-untyped-def]
+    """--listen-port / --api-port / --local-only, for commands that may start the daemon."""
+    f = click.option("--local-only", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP; listen on 127.0.0.1 (tests, LAN demos).")(f)
+    f = click.option("--api-port", type=click.IntRange(0, 65535), help="Daemon API port on 127.0.0.1 if it starts now [default: config, else any free].")(f)
+    f = click.option("--listen-port", type=click.IntRange(0, 65535), help="BitTorrent port if the daemon starts now [default: config, else 6881].")(f)
+    return f
+
+
+def _load_and_show(manifest_path: Path) -> "Manifest":  # noqa: F821
+    from llamashare.manifests.manifest import load_manifest
+
+    m = load_manifest(manifest_path)
+    err.print(f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license.splitlines()[0]}")
+    return m
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Release folder to download into [default: ./NAME].")
+@click.option("--ratio", type=click.FloatRange(0), help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].")
+@click.option("--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d), whichever comes first.")
+@click.option("--no-seed", is_flag=True, help="Stop once verified (please seed if you can: swarms live on it).")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
+@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS", help="Stop waiting after this long (the daemon keeps going).")
+@_network_options
+@click.option("-q", "--quiet", is_flag=True, help="No live progress view.")
+@click.pass_obj
+def fetch(home, manifest: Path, directory: Path | None, ratio: float | None, seed_time: str | None, no_seed: bool,
+          include: tuple[str, ...], peers: tuple[str, ...], timeout: float | None, listen_port: int | None,
+          api_port: int | None, local_only: bool, quiet: bool) -> None:  # fmt: skip
+    """Download a release over BitTorrent, verify every file against MANIFEST (BLAKE3 and size,
+    as each file completes), and keep seeding in the background daemon until the ratio or seed
+    time is reached. Exits 0 once every selected file is verified.
+
+    \b
+    Example:
+      llamashare fetch llama-7b.toml --dir ~/models/llama-7b --ratio 2 --seed-time 1d
+    """
+    from llamashare.p2p.fetch import FetchOptions, fetch as do_fetch
+    from llamashare.p2p.home import parse_duration
+    from llamashare.ui import fetch_view
+
+    m = _load_and_show(manifest)
+    cfg = home.config()
+    opts = FetchOptions(
+        directory=directory or Path(m.name), ratio=cfg.ratio if ratio is None else ratio,
+        seed_time=parse_duration(seed_time) if seed_time else cfg.seed_time, no_seed=no_seed, include=include,
+        peers=peers, timeout=timeout, listen_port=listen_port, api_port=api_port, local_only=local_only,
+    )  # fmt: skip
+    with fetch_view(m.name, quiet) as view:
+        status = do_fetch(home, m, opts, view.update)
+    click.echo(f"{m.name}: {status['verified']} of {status['selected']} files verified in {opts.directory}")
+    if not no_seed:
+        target = f"ratio {opts.ratio:g}" + (f" or {seed_time}" if seed_time else "")
+        click.echo(f"seeding in the background until {target} (llamashare status; llamashare stop {m.name})")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The release folder holding the files.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
+@_network_options
+@click.pass_obj
+def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+    """Seed a release you have (as its publisher): verify every file (BLAKE3 and SHA-256), then
+    hand it to the background daemon, which seeds it until you `llamashare stop` it.
+
+    \b
+    Example:
+      llamashare seed llama-7b.toml --dir ./llama-7b
+    """
+    from llamashare.p2p.fetch import FetchOptions, seed as do_seed
+
+    m = _load_and_show(manifest)
+    status = do_seed(home, m, FetchOptions(directory=directory, peers=peers, listen_port=listen_port,
+                                           api_port=api_port, local_only=local_only))  # fmt: skip
+    click.echo(f"{m.name}: {status['selected']} files verified; seeding from {directory} until stopped")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(home, as_json: bool) -> None:
+    """Show every release of this node's daemon: state, progress, rates, ratio, peers.
+
+    \b
+    Example:
+      llamashare status
+    """
+    import json
+
+    from llamashare.p2p.client import DaemonClient
+
+    data = DaemonClient(home).status()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("release", "state", "progress", "down", "up", "ratio", "target", "peers", box=None)
+    for r in data["releases"]:
+        target = "∞ (publisher)" if r["seed_forever"] else (f"{r['ratio_target']:g}" if r["ratio_target"] is not None else "-")
+        table.add_row(f"{r['name']} {r['version']}", r["state"] + (f": {r['error']}" if r["error"] else ""),
+                      f"{100 * r['progress']:.1f}% ({r['verified']}/{r['selected']} files)",
+                      f"{human_size(r['download_rate'])}/s", f"{human_size(r['upload_rate'])}/s",
+                      f"{r['ratio']:.2f}", target, str(r["peers"]))  # fmt: skip
+    node = data["node"]
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    click.echo(f"daemon pid {node['pid']}, listen port {node['listen_port']}, home {node['home']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.pass_obj
+def stop(home, name: str) -> None:
+    """Stop downloading/seeding release NAME in this node's daemon (its files stay).
+
+    \b
+    Example:
+      llamashare stop llama-7b
+    """
+    from llamashare.p2p.client import DaemonClient
+
+    DaemonClient(home).call("DELETE", f"/releases/{name}")
+    click.echo(f"stopped {name}; its files are kept")
+
+
+@cli.group(context_settings=CONTEXT)
+def daemon() -> None:
+    """The background daemon that downloads and seeds (one per --home).
+
+    \b
+    Example:
+      llamashare --home /tmp/node2 daemon start --listen-port 6882
+    """
+
+
+@daemon.command("start", context_settings=CONTEXT)
+@_network_options
+@click.pass_obj
+def daemon_start(home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+    """Start the daemon in the background (nothing happens if it already runs)."""
+    from llamashare.p2p.client import start_daemon
+
+    info = start_daemon(home, listen_port, api_port, local_only).info
+    click.echo(f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}")
+
+
+@daemon.command("stop", context_settings=CONTEXT)
+@click.pass_obj
+def daemon_stop(home) -> None:
+    """Save resume data and stop the daemon."""
+    from llamashare.p2p.client import stop_daemon
+
+    click.echo("daemon stopped" if stop_daemon(home) else "no daemon was running")
+
+
+@daemon.command("status", context_settings=CONTEXT)
+@click.pass_obj
+def daemon_status(home) -> None:
+    """Say whether the daemon runs (exit 0) or not (exit 1)."""
+    from llamashare.p2p.client import running_client
+
+    client = running_client(home)
+    if client is None:
+        click.echo(f"no daemon running for {home.root}")
+        sys.exit(EXIT_FAILURE)
+    info = client.info
+    click.echo(f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}, "
+               f"{len(client.status()['releases'])} releases")  # fmt: skip
+
+
+@daemon.command("run", context_settings=CONTEXT)
+@_network_options
+@click.pass_obj
+def daemon_run(home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+    """Run the daemon in the foreground (what `daemon start` runs in the background)."""
+    from llamashare.p2p.daemon import run_daemon
+
+    run_daemon(home, listen_port, api_port, local_only or None)
 
 
 def main() -> None:

@@ -59,3 +59,30 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def fetch_view(name: str, quiet: bool = False) -> Iterator["FetchView"]:
+    """One live line per release: bytes, rate, ETA, peers, files verified, state."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[peers]} peers · {task.fields[files]} verified · {task.fields[state]}"),
+        console=err,
+        disable=quiet,
+    )
+    with bar:
+        task = bar.add_task(name, total=None, peers=0, files="0/0", state="starting")
+        yield FetchView(bar, task)
+
+
+class FetchView:
+    def __init__(self, bar: Progress, task: object) -> None:
+        self._bar, self._task = bar, task
+
+    def update(self, s: dict) -> None:
+        self._bar.update(self._task, total=s["size"], completed=s["done"], peers=s["peers"],
+                         files=f"{s['verified']}/{s['selected']}", state=s["state"])  # fmt: skip

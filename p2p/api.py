@@ -1,0 +1,137 @@
+"""The daemon's JSON control API (aiohttp), served on 127.0.0.1 only.
+
+Every request needs ``Authorization: Bearer <token>`` (the token is in the home's
+``daemon.token``, mode 0600). ``Host`` must name the loopback address and port we listen on, and
+an ``Origin``, when sent, must be that same origin: a web page the user visits can neither
+read the API through DNS rebinding nor drive it cross-site. Endpoints (all JSON):
+
+    GET    /api/v1/status                   node info and every release's state
+    POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
+                                             "seed_forever", "no_seed", "include": [...], "peers": [...]}
+    PATCH  /api/v1/releases/{name}          change targets: {"ratio", "seed_time"}
+    DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
+    POST   /api/v1/shutdown                 save resume data and exit
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from llamashare.errors import LlamashareError
+from llamashare.manifests.manifest import parse_manifest
+from llamashare.p2p.node import Node, ReleaseSpec
+
+MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict) -> web.Application:
+    """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        allowed_hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        if request.host not in allowed_hosts:
+            return _error(403, f"Host {request.host!r} refused: the API answers only to 127.0.0.1:{port}")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in {f"http://{h}" for h in allowed_hosts}:
+            return _error(403, f"Origin {origin!r} refused")
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return _error(403, "missing or wrong token (see daemon.token in the llamashare home)")
+        try:
+            return await handler(request)
+        except LlamashareError as exc:
+            return _error(409 if "already" in str(exc) or "in the way" in str(exc) else 400, str(exc))
+
+    async def body(request: web.Request) -> dict:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON"}), content_type="application/json")
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body must be a JSON object"}), content_type="application/json")
+        return data
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"node": info, "releases": node.status()})
+
+    async def add(request: web.Request) -> web.Response:
+        data = await body(request)
+        if not isinstance(data.get("manifest"), str) or not isinstance(data.get("dir"), str):
+            return _error(400, "'manifest' (TOML text) and 'dir' (absolute path) are required strings")
+        manifest = parse_manifest(data["manifest"], source="request")
+        spec = ReleaseSpec(
+            name=manifest.name,
+            save_dir=data["dir"],
+            seed_forever=bool(data.get("seed_forever", False)),
+            ratio=_number(data, "ratio", 1.0),
+            seed_time=_number(data, "seed_time", None),
+            include=tuple(_strings(data, "include")),
+            peers=tuple(_strings(data, "peers")),
+            no_seed=bool(data.get("no_seed", False)),
+        )
+        if not spec.save_dir.startswith("/"):
+            return _error(400, "'dir' must be an absolute path")
+        existing = node.releases.get(manifest.name)
+        if existing is not None:
+            if existing.manifest.torrent.info_hash_v1 != manifest.torrent.info_hash_v1:
+                return _error(409, f"another release named {manifest.name!r} is already in this node")
+            return web.json_response({"name": manifest.name, "added": False})
+        node.add(manifest, spec)
+        return web.json_response({"name": manifest.name, "added": True}, status=201)
+
+    async def patch(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        data = await body(request)
+        if name not in node.releases:
+            return _error(404, f"no release named {name!r}")
+        spec = node.releases[name].spec
+        node.set_targets(name, _number(data, "ratio", spec.ratio), _number(data, "seed_time", spec.seed_time))
+        return web.json_response({"name": name})
+
+    async def delete(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in node.releases:
+            return _error(404, f"no release named {name!r}")
+        node.remove(name)
+        return web.json_response({"name": name, "removed": True})
+
+    async def shutdown(request: web.Request) -> web.Response:
+        on_shutdown()
+        return web.json_response({"stopping": True})
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app.add_routes([
+        web.get("/api/v1/status", status),
+        web.post("/api/v1/releases", add),
+        web.patch("/api/v1/releases/{name}", patch),
+        web.delete("/api/v1/releases/{name}", delete),
+        web.post("/api/v1/shutdown", shutdown),
+    ])  # fmt: skip
+    return app
+
+
+def _number(data: dict, key: str, default: float | None) -> float | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"'{key}' must be a non-negative number or null"}), content_type="application/json")
+    return float(value)
+
+
+def _strings(data: dict, key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"'{key}' must be a list of strings"}), content_type="application/json")
+    return value

@@ -1,0 +1,101 @@
+"""The background seeding daemon: one per home, owning the node and serving the control API.
+
+Started by ``llamashare daemon start`` (or by ``fetch`` when none runs) as a detached process
+running ``llamashare daemon run``. It holds an exclusive lock on ``daemon.lock`` (one daemon
+per home), restores every release from the state folder, polls the node, saves resume data every
+``RESUME_EVERY`` seconds and on SIGTERM/SIGINT, and logs to ``daemon.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+
+from aiohttp import web
+
+from llamashare import __version__
+from llamashare.errors import LlamashareError
+from llamashare.fsio import atomic_write
+from llamashare.p2p.api import make_app
+from llamashare.p2p.home import Home
+from llamashare.p2p.node import Node
+from llamashare.p2p.settings import NetworkOptions
+
+POLL_EVERY = 0.2
+RESUME_EVERY = 30.0
+log = logging.getLogger("llamashare.daemon")
+
+
+class DaemonRunningError(LlamashareError):
+    """Another daemon already owns this home."""
+
+
+def run_daemon(home: Home, listen_port: int | None = None, api_port: int | None = None, local_only: bool | None = None) -> None:
+    """Run in the foreground until SIGTERM/SIGINT or an API shutdown."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    lock = open(home.lock_file, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DaemonRunningError(f"a daemon is already running for {home.root}") from None
+    logging.basicConfig(filename=home.log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = home.config()
+    net = NetworkOptions(
+        listen_port=cfg.listen_port if listen_port is None else listen_port,
+        local_only=cfg.local_only if local_only is None else local_only,
+        upload_rate_limit=cfg.upload_limit,
+        download_rate_limit=cfg.download_limit,
+        listen_host="127.0.0.1" if (cfg.local_only if local_only is None else local_only) else "0.0.0.0",
+    )
+    token = secrets.token_urlsafe(32)
+    atomic_write(home.token_file, token.encode(), mode=0o600)
+    try:
+        asyncio.run(_serve(home, net, token, cfg.api_port if api_port is None else api_port))
+    finally:
+        home.info_file.unlink(missing_ok=True)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> None:
+    node = Node(home.state_dir, net)
+    restored = node.restore()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", api_port))
+    port = sock.getsockname()[1]
+    info = {"pid": os.getpid(), "api_port": port, "listen_port": node.listen_port, "version": __version__,
+            "home": str(home.root), "started_at": time.time()}  # fmt: skip
+    runner = web.AppRunner(make_app(node, token, port, stop.set, info), access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    atomic_write(home.info_file, json.dumps(info).encode())
+    log.info("daemon %s up: api 127.0.0.1:%d, listen port %d, restored %s", __version__, port, node.listen_port, restored or "nothing")
+    last_resume = time.monotonic()
+    try:
+        while not stop.is_set():
+            node.poll()
+            if time.monotonic() - last_resume > RESUME_EVERY:
+                node.save_resume_data()
+                last_resume = time.monotonic()
+            try:
+                await asyncio.wait_for(stop.wait(), POLL_EVERY)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        log.info("daemon stopping: saving resume data")
+        home.info_file.unlink(missing_ok=True)
+        await runner.cleanup()
+        node.close()
+        log.info("daemon stopped")

@@ -1,0 +1,88 @@
+"""``fetch`` and ``seed``: hand a release to the home's daemon, then follow it to "verified".
+
+One code path for downloading and seeding: the daemon does the work (and keeps seeding after this
+process exits); these functions only start it, submit the release and watch its status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from llamashare.errors import LlamashareError, VerificationError
+from llamashare.manifests.manifest import Manifest, dumps
+from llamashare.manifests.verify import verify_release
+from llamashare.p2p.client import DaemonClient, start_daemon
+from llamashare.p2p.home import Home
+
+POLL = 0.5
+FINISHED = ("seeding", "done seeding", "complete")
+
+
+class FetchError(LlamashareError):
+    """The release could not be fetched (error state, timeout)."""
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    directory: Path
+    ratio: float | None = 1.0
+    seed_time: float | None = None
+    no_seed: bool = False
+    include: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    timeout: float | None = None  # give up waiting (the daemon keeps trying)
+    listen_port: int | None = None
+    api_port: int | None = None
+    local_only: bool = False
+
+
+def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bool) -> DaemonClient:
+    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    client.call("POST", "/releases", {
+        "manifest": dumps(manifest), "dir": str(opts.directory.resolve()), "ratio": opts.ratio,
+        "seed_time": opts.seed_time, "no_seed": opts.no_seed, "seed_forever": seed_forever,
+        "include": list(opts.include), "peers": list(opts.peers),
+    })  # fmt: skip
+    return client
+
+
+def release_status(client: DaemonClient, name: str) -> dict:
+    for r in client.status()["releases"]:
+        if r["name"] == name:
+            return r
+    raise FetchError(f"the daemon no longer has {name!r} (stopped by another command?)")
+
+
+def fetch(home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callable[[dict], None] | None = None) -> dict:
+    """Download and verify ``manifest``'s selected files; return the final release status."""
+    client = _submit(home, manifest, opts, seed_forever=False)
+    start = time.monotonic()
+    while True:
+        status = release_status(client, manifest.name)
+        if on_update:
+            on_update(status)
+        if status["state"] == "error":
+            raise FetchError(f"{manifest.name}: {status['error']}")
+        if status["state"] in FINISHED and status["verified"] == status["selected"]:
+            return status
+        if opts.timeout is not None and time.monotonic() - start > opts.timeout:
+            why = f" (last tracker error: {status['tracker_error']})" if status["tracker_error"] else ""
+            raise FetchError(f"{manifest.name}: not complete after {opts.timeout:.0f}s, "
+                             f"{status['verified']} of {status['selected']} files verified, {status['peers']} peers{why}; "
+                             "the daemon keeps trying (llamashare status)")  # fmt: skip
+        time.sleep(POLL)
+
+
+def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> dict:
+    """Verify the uploader's files (BLAKE3 + SHA-256), then seed them until removed."""
+    reports = verify_release(manifest, opts.directory)
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        raise VerificationError(f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}"
+                                + (f" ({bad[0].detail})" if bad[0].detail else "")
+                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""), reports)  # fmt: skip
+    client = _submit(home, manifest, opts, seed_forever=True)
+    return release_status(client, manifest.name)

@@ -1,0 +1,104 @@
+"""A node's home: where its daemon, state, logs and config live.
+
+One home = one independent node (its own daemon, listen port and API port), so tests, benchmarks
+and the demo run a seeder and leechers side by side with ``--home`` (or ``LLAMASHARE_HOME``).
+The default is the user's XDG data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import platformdirs
+
+from llamashare.errors import LlamashareError
+
+
+class ConfigError(LlamashareError, ValueError):
+    exit_code = 2
+
+
+def default_home() -> Path:
+    env = os.environ.get("LLAMASHARE_HOME")
+    return Path(env) if env else Path(platformdirs.user_data_dir("llamashare"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """``config.toml`` in the home; every key optional. Command-line options override it."""
+
+    ratio: float = 1.0  # seed until uploaded / size reaches this
+    seed_time: float | None = None  # or until this many seconds of seeding, whichever first
+    listen_port: int = 6881  # BitTorrent port (0 = any free port)
+    api_port: int = 0  # daemon control API on 127.0.0.1 (0 = any free port)
+    upload_limit: int = 0  # bytes per second, 0 = unlimited
+    download_limit: int = 0
+    local_only: bool = False  # no DHT / local peer discovery / UPnP / NAT-PMP
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def info_file(self) -> Path:
+        """Written by a running daemon: pid, API and listen ports."""
+        return self.root / "daemon.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "daemon.token"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "daemon.log"
+
+    def config(self) -> Config:
+        if not self.config_file.exists():
+            return Config()
+        try:
+            doc = tomllib.loads(self.config_file.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{self.config_file}: {exc}") from None
+        known = {f.name: f for f in fields(Config)}
+        values = {}
+        for key, value in doc.items():
+            if key not in known:
+                raise ConfigError(f"{self.config_file}: unknown key {key!r} (known: {', '.join(known)})")
+            if key == "seed_time" and isinstance(value, str):
+                value = parse_duration(value)
+            kind = {"ratio": (int, float), "seed_time": (int, float), "local_only": bool}.get(key, int)
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is not bool and value < 0):
+                raise ConfigError(f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}")
+            values[key] = value
+        return Config(**values)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '2h', '1d', '1w', '1h30m' → seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h, 1d, 1h30m)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
