@@ -125,6 +125,13 @@ class Node:
         self.net = net
         self.session = lt.session(session_settings(net))
         self.session.add_extension("smart_ban")  # ban peers whose data fails the hash check
+        if net.upload_rate_limit or net.download_rate_limit:
+            # libtorrent exempts LAN/loopback peers from rate limits by default; a user who sets a
+            # limit means every peer, so put all addresses in the global (limited) peer class.
+            everyone = lt.ip_filter()
+            everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+            everyone.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id)
+            self.session.set_peer_class_filter(everyone)
         self.releases: dict[str, Release] = {}
         self._by_hash: dict[str, str] = {}
         self._hasher = Hasher(piece_workers=1)

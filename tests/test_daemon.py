@@ -1,0 +1,175 @@
+"""The daemon as users run it: separate processes per --home, a real tracker, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from llamashare.manifests.create import ReleaseInfo, create_release, write_release
+from llamashare.manifests.manifest import Manifest, load_manifest
+from llamashare.p2p.client import DaemonClient, running_client, start_daemon, stop_daemon
+from llamashare.p2p.fetch import FetchOptions, fetch, release_status, seed
+from llamashare.p2p.home import Home
+from tests.peers import Tracker
+from tests.test_swarm import make_payload
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Iterator:
+    """Make node homes; every daemon started in them is stopped (or killed) afterwards."""
+    made: list[Home] = []
+
+    def make(name: str, config: str = "") -> Home:
+        home = Home(tmp_path / "homes" / name)
+        home.root.mkdir(parents=True)
+        home.config_file.write_text("local_only = true\nlisten_port = 0\n" + config)
+        made.append(home)
+        return home
+
+    yield make
+    for home in made:
+        try:
+            stop_daemon(home, timeout=15)
+        except Exception:
+            pass
+        info = home.info_file
+        if info.exists():
+            try:
+                os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[Tracker]:
+    t = Tracker(tmp_path / "tracker")
+    yield t
+    t.close()
+
+
+def publish(tmp_path: Path, tracker: Tracker | None, sizes: dict[str, int], piece: int = 64 * 1024) -> tuple[Manifest, Path, Path]:
+    src = tmp_path / "publisher" / "model"
+    make_payload(src, sizes)
+    trackers = ((tracker.http,),) if tracker else ()
+    m, torrent = create_release(src, ReleaseInfo(name="model", license="Apache-2.0", trackers=trackers), piece)
+    if tracker:
+        tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
+    write_release(m, torrent, tmp_path / "model.toml")
+    return load_manifest(tmp_path / "model.toml"), src, tmp_path / "model.toml"
+
+
+def cli(home: Home, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_fetch_through_tracker_then_seed_to_ratio(tmp_path: Path, homes, tracker: Tracker) -> None:
+    m, src, manifest_path = publish(tmp_path, tracker, {"a.safetensors": 2_000_000, "config.json": 500})
+    publisher, node_a, node_b = homes("publisher"), homes("a"), homes("b")
+    assert cli(publisher, "seed", str(manifest_path), "--dir", str(src)).returncode == 0
+
+    # The real CLI: fetch finds the publisher through the tracker, verifies, exits 0, keeps seeding.
+    p = cli(node_a, "fetch", str(manifest_path), "--dir", str(tmp_path / "a"), "--ratio", "0.5", "--timeout", "60", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "2 of 2 files verified" in p.stdout and "seeding in the background" in p.stdout
+    assert all((tmp_path / "a" / f.path).read_bytes() == (src / f.path).read_bytes() for f in m.files)
+    assert "license Apache-2.0" in p.stderr  # the license is shown before download
+
+    # The publisher goes away; b can only get the release from a, whose ratio target is 0.5.
+    assert cli(publisher, "stop", "model").returncode == 0
+    fetch(node_b, m, FetchOptions(directory=tmp_path / "b", ratio=5.0, timeout=60))
+    client = DaemonClient(node_a)
+    deadline = time.monotonic() + 30
+    while release_status(client, "model")["state"] != "done seeding" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    st = release_status(client, "model")
+    assert st["state"] == "done seeding" and st["ratio"] >= 0.5
+    table = cli(node_a, "status").stdout
+    assert "done seeding" in table and "model" in table
+    # Done seeding keeps the files.
+    assert (tmp_path / "a" / "a.safetensors").stat().st_size == 2_000_000
+
+
+def test_api_refuses_without_token_and_foreign_hosts(tmp_path: Path, homes) -> None:
+    home = homes("n")
+    client = start_daemon(home)
+    assert stat.S_IMODE(os.stat(home.token_file).st_mode) == 0o600
+    url = client.base + "/status"
+
+    def code(headers: dict, method: str = "GET", data: bytes | None = None, path: str = "/status") -> int:
+        req = urllib.request.Request(client.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    good = {"Authorization": f"Bearer {client.token}"}
+    assert code(good) == 200
+    assert code({}) == 403
+    assert code({"Authorization": "Bearer wrong"}) == 403
+    assert code({**good, "Host": "evil.example:80"}) == 403  # DNS rebinding
+    assert code({**good, "Origin": "http://evil.example"}) == 403  # cross-site
+    assert code({**good, "Content-Type": "application/json"}, "POST", b"{not json", "/releases") == 400
+    assert code({**good, "Content-Type": "application/json"}, "POST", b"[]", "/releases") == 400
+    bad_manifest = json.dumps({"manifest": "name = 1", "dir": "/tmp/x"}).encode()
+    assert code({**good, "Content-Type": "application/json"}, "POST", bad_manifest, "/releases") == 400
+    assert code(good, "DELETE", None, "/releases/nope") == 404
+    assert url.startswith("http://127.0.0.1:")
+
+
+def test_one_daemon_per_home(homes) -> None:
+    home = homes("n")
+    start_daemon(home)
+    p = cli(home, "daemon", "run", timeout=30)
+    assert p.returncode == 1 and "already running" in p.stderr
+    assert running_client(home) is not None
+    assert cli(home, "daemon", "stop").returncode == 0
+    assert cli(home, "daemon", "status").returncode == 1
+
+
+def test_kill_9_mid_download_resumes_without_refetching(tmp_path: Path, homes) -> None:
+    size = 24 * 1024 * 1024
+    piece = 256 * 1024
+    m, src, _ = publish(tmp_path, None, {"big.bin": size}, piece)
+    publisher = homes("publisher", f"upload_limit = {6 * 1024 * 1024}\n")  # a slow uplink: ~4 s
+    leecher = homes("leecher")
+    seed(publisher, m, FetchOptions(directory=src))
+    peer = f"127.0.0.1:{DaemonClient(publisher).info['listen_port']}"
+    out = tmp_path / "out"
+    client = start_daemon(leecher)
+    client.call("POST", "/releases", {"manifest": load_manifest(tmp_path / "model.toml") and (tmp_path / "model.toml").read_text(),
+                                       "dir": str(out), "peers": [peer]})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while release_status(client, "model")["done"] < size // 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = release_status(client, "model")["done"]
+    assert size // 3 <= before < size
+    os.kill(int(client.info["pid"]), signal.SIGKILL)
+    time.sleep(0.5)
+
+    # Restart: the release comes back by itself (state on disk), checks what it has, finishes.
+    client = start_daemon(leecher)
+    names = [r["name"] for r in client.status()["releases"]]
+    assert names == ["model"]
+    st = fetch(leecher, m, FetchOptions(directory=out, peers=(peer,), timeout=90))
+    assert st["verified"] == 1
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    time.sleep(1.2)  # let the byte counters tick
+    again = release_status(client, "model")["downloaded"]
+    # Only what was missing (plus a few pieces in flight at the kill) came over the wire again.
+    assert again <= size - before + 8 * piece, (again, size - before)
+    print(f"killed at {before / size:.0%}; re-downloaded {again / 2**20:.1f} MiB of {(size - before) / 2**20:.1f} MiB missing")
