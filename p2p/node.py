@@ -96,6 +96,7 @@ class Release:
     seeding_since: float | None = None
     verify_jobs: dict[str, Future] = field(default_factory=dict)
     hash_failures: int = 0
+    banned: set[str] = field(default_factory=set)  # peers banned for sending data that failed the hash
     rechecks: int = 0
     verified_at: float | None = None
     last_downloaded_at: float | None = None
@@ -298,6 +299,9 @@ class Node:
             self._start_verification(release, int(alert.index))
         elif isinstance(alert, lt.hash_failed_alert):
             release.hash_failures += 1
+        elif isinstance(alert, lt.peer_ban_alert):
+            release.banned.add("%s:%d" % tuple(alert.endpoint))
+            log.warning("%s: banned peer %s:%d (sent corrupt data)", release.spec.name, *alert.endpoint)
         elif isinstance(alert, lt.tracker_error_alert):
             release.tracker_error = f"tracker {alert.tracker_url()}: {alert.error_message() or alert.message()}"
         elif isinstance(alert, lt.tracker_reply_alert):
@@ -436,7 +440,7 @@ class Node:
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
                 "seed_forever": r.spec.seed_forever, "peers": st.num_peers, "seeds": st.num_seeds,
-                "hash_failures": r.hash_failures, "files": files,
+                "hash_failures": r.hash_failures, "banned_peers": sorted(r.banned), "files": files,
                 "verified": sum(v == "verified" for v in files.values()),
                 "selected": sum(v != "skipped" for v in files.values()),
                 "info_hash_v1": r.manifest.torrent.info_hash_v1,

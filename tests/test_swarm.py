@@ -133,3 +133,42 @@ def test_file_in_the_way_is_never_overwritten(tmp_path: Path) -> None:
         node.add(m, ReleaseSpec(name=m.name, save_dir=str(out)))
     finally:
         node.close()
+
+
+@pytest.mark.slow
+def test_hostile_peer_is_banned_and_no_bad_byte_is_verified(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"w.bin": 4 * 1024 * 1024})
+    piece = 64 * 1024
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), piece)
+    # The liar: a node that checked a good copy (so libtorrent's seed-mode self-check cannot stop
+    # it), whose file is then corrupted on disk: one byte flipped in every piece it serves.
+    bad = tmp_path / "bad" / "model"
+    bad.mkdir(parents=True)
+    (bad / "w.bin").write_bytes((src / "w.bin").read_bytes())
+    honest, liar = Node(tmp_path / "honest", LOCAL), Node(tmp_path / "liar", LOCAL)
+    honest.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    honest.releases[m.name].handle.set_upload_limit(1024 * 1024)  # slow, so the liar gets asked too
+    liar.add(m, ReleaseSpec(name=m.name, save_dir=str(bad), ratio=100.0))
+    run_until([liar], lambda: liar.releases[m.name].state is State.SEEDING)
+    with open(bad / "w.bin", "r+b") as f:
+        for off in range(100, m.total_size, piece):
+            f.seek(off)
+            byte = f.read(1)
+            f.seek(off)
+            f.write(bytes([byte[0] ^ 0x5A]))
+    leech = Node(tmp_path / "leech", LOCAL)
+    peers = (f"127.0.0.1:{liar.listen_port}", f"127.0.0.1:{honest.listen_port}")
+    leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=100.0, peers=peers))
+    nodes = [honest, liar, leech]
+    try:
+        run_until(nodes, lambda: leech.releases[m.name].state is State.SEEDING, timeout=90)
+        r = leech.releases[m.name]
+        assert (tmp_path / "out" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
+        assert r.hash_failures > 0
+        assert f"127.0.0.1:{liar.listen_port}" in r.banned
+        assert r.files["w.bin"] is FileStatus.VERIFIED
+        print(f"hostile peer: {r.hash_failures} failed pieces, banned {sorted(r.banned)}")
+    finally:
+        for n in nodes:
+            n.close()
