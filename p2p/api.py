@@ -52,6 +52,9 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
             return await handler(request)
         except LlamashareError as exc:
             return _error(409 if "already" in str(exc) or "in the way" in str(exc) else 400, str(exc))
+        except OSError as exc:  # e.g. the release folder cannot be created
+            where = f"{exc.filename}: " if exc.filename else ""
+            return _error(400, f"{where}{exc.strerror or exc}")
 
     async def body(request: web.Request) -> dict:
         try:

@@ -6,6 +6,7 @@ process exits); these functions only start it, submit the release and watch its 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,19 @@ class FetchOptions:
     local_only: bool = False
 
 
+def check_writable(directory: Path) -> None:
+    """Fail now, with the reason, if files cannot be written into ``directory``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".llamashare-probe-"):
+            pass
+    except OSError as exc:
+        raise FetchError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+
+
 def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bool) -> DaemonClient:
+    if not seed_forever:
+        check_writable(opts.directory)
     client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
     client.call("POST", "/releases", {
         "manifest": dumps(manifest), "dir": str(opts.directory.resolve()), "ratio": opts.ratio,

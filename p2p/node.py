@@ -303,7 +303,9 @@ class Node:
             release.banned.add("%s:%d" % tuple(alert.endpoint))
             log.warning("%s: banned peer %s:%d (sent corrupt data)", release.spec.name, *alert.endpoint)
         elif isinstance(alert, lt.tracker_error_alert):
-            release.tracker_error = f"tracker {alert.tracker_url()}: {alert.error_message() or alert.message()}"
+            reason = alert.error.message() if alert.error.value() else ""
+            said = alert.error_message()  # the tracker's own failure reason, if it answered
+            release.tracker_error = f"tracker {alert.tracker_url()}: " + "; ".join(x for x in (reason, said) if x)
         elif isinstance(alert, lt.tracker_reply_alert):
             release.tracker_error = None
         elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):

@@ -173,3 +173,58 @@ def test_kill_9_mid_download_resumes_without_refetching(tmp_path: Path, homes) -
     # Only what was missing (plus a few pieces in flight at the kill) came over the wire again.
     assert again <= size - before + 8 * piece, (again, size - before)
     print(f"killed at {before / size:.0%}; re-downloaded {again / 2**20:.1f} MiB of {(size - before) / 2**20:.1f} MiB missing")
+
+
+def test_unreachable_tracker_is_reported_and_bounded(tmp_path: Path, homes) -> None:
+    from tests.peers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/announce"
+    src = tmp_path / "publisher" / "model"
+    make_payload(src, {"w.bin": 100_000})
+    m, torrent = create_release(src, ReleaseInfo(name="model", license="MIT", trackers=((dead,),)), 16 * 1024)
+    write_release(m, torrent, tmp_path / "model.toml")
+    p = cli(homes("n"), "fetch", str(tmp_path / "model.toml"), "--dir", str(tmp_path / "out"), "--timeout", "6", "-q")
+    assert p.returncode == 1
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: model: not complete after 6s") and "keeps trying" in line
+    assert f"tracker {dead}" in line, line
+    print(line)
+
+
+def test_target_dir_that_cannot_be_written(tmp_path: Path, homes) -> None:
+    m, src, manifest_path = publish(tmp_path, None, {"w.bin": 1000})
+    (tmp_path / "a-file").write_text("x")
+    p = cli(homes("n"), "fetch", str(manifest_path), "--dir", str(tmp_path / "a-file" / "sub"), "--timeout", "5", "-q")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == f"error: cannot write to {tmp_path / 'a-file' / 'sub'}: Not a directory"
+
+
+def test_file_too_large_for_the_disk_is_an_error_not_a_hang(tmp_path: Path, homes) -> None:
+    """RLIMIT_FSIZE stands in for a full disk: writes past 1 MiB fail with EFBIG."""
+    import resource
+
+    m, src, manifest_path = publish(tmp_path, None, {"w.bin": 3 * 1024 * 1024})
+    publisher, leecher = homes("publisher"), homes("leecher")
+    seed(publisher, m, FetchOptions(directory=src))
+    limit = 1024 * 1024
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with open(leecher.log_file, "ab") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(leecher.root), "daemon", "run"],
+                                  stdout=log, stderr=log, preexec_fn=small_disk, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while running_client(leecher) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        peer = f"127.0.0.1:{DaemonClient(publisher).info['listen_port']}"
+        p = cli(leecher, "fetch", str(manifest_path), "--dir", str(tmp_path / "out"), "--peer", peer, "--timeout", "30", "-q")
+        assert p.returncode == 1
+        line = p.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: model: ") and "too large" in line.lower(), line
+        print(line)
+        assert release_status(DaemonClient(leecher), "model")["verified"] == 0  # nothing bad reported done
+    finally:
+        daemon.terminate()
+        daemon.wait(15)

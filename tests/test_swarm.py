@@ -167,6 +167,7 @@ def test_hostile_peer_is_banned_and_no_bad_byte_is_verified(tmp_path: Path) -> N
         assert (tmp_path / "out" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
         assert r.hash_failures > 0
         assert f"127.0.0.1:{liar.listen_port}" in r.banned
+        assert f"127.0.0.1:{honest.listen_port}" not in r.banned
         assert r.files["w.bin"] is FileStatus.VERIFIED
         print(f"hostile peer: {r.hash_failures} failed pieces, banned {sorted(r.banned)}")
     finally:
