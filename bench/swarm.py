@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Benchmark: llamashare's swarm against other BitTorrent peers, on 127.0.0.1, in one run.
+
+    python bench/swarm.py [--size-mib 1024] [--dir /tmp/llamashare-bench-swarm]
+
+Every transfer goes through a real tracker (Debian's opentracker) on loopback. Rows:
+
+1. llamashare → llamashare: `seed` in one --home, `fetch` in another (the product path: daemons,
+   tuned settings, per-file BLAKE3 verification), timed from submit to "every file verified";
+2. libtorrent defaults → libtorrent defaults: the same hybrid torrent in two plain sessions with
+   libtorrent's default settings (only DHT/LSD/UPnP off and several connections per IP allowed);
+3. aria2c → aria2c: a v1 torrent from mktorrent (aria2 speaks v1 only);
+4. Transmission 3.00 → Transmission: tried and reported (see shared/REFERENCE.md: it drops
+   loopback peers here), never sent anywhere but 127.0.0.1;
+5. one llamashare seeder → four llamashare leechers at once (target: all done ≤ 1.5× row 1);
+and the time from the last byte received to "verified" (target ≤ 10% of the download time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import libtorrent as lt  # noqa: E402
+
+from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
+from llamashare.manifests.manifest import load_manifest  # noqa: E402
+from llamashare.p2p.client import DaemonClient, start_daemon, stop_daemon  # noqa: E402
+from llamashare.p2p.fetch import FetchOptions, release_status, seed  # noqa: E402
+from llamashare.p2p.home import Home  # noqa: E402
+from tests.peers import Tracker, free_port  # noqa: E402
+
+PIECE = 4 * 1024 * 1024
+TIMEOUT = 600
+
+
+def make_file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size == size:
+        return
+    rng = np.random.default_rng(1)
+    with open(path, "wb") as f:
+        for _ in range(size // (64 << 20)):
+            f.write(rng.bytes(64 << 20))
+        f.write(rng.bytes(size % (64 << 20)))
+
+
+def home(root: Path, name: str) -> Home:
+    h = Home(root / "homes" / name)
+    shutil.rmtree(h.root, ignore_errors=True)
+    h.root.mkdir(parents=True)
+    h.config_file.write_text("local_only = true\nlisten_port = 0\nratio = 100.0\n")
+    return h
+
+
+def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Home) -> tuple[float, list[float]]:
+    """Submit to `leechers` fresh nodes at once; return (time until all verified, verify lags)."""
+    m = load_manifest(manifest_path)
+    text = manifest_path.read_text()
+    nodes = [home(work, f"leech{n}") for n in range(leechers)]
+    clients = [start_daemon(h, local_only=True) for h in nodes]
+    outs = [work / f"out{n}" for n in range(leechers)]
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    for c, out in zip(clients, outs):
+        c.call("POST", "/releases", {"manifest": text, "dir": str(out)})
+    last_byte = [None] * leechers
+    verified = [None] * leechers
+    while None in verified and time.monotonic() - start < TIMEOUT:
+        for i, c in enumerate(clients):
+            if verified[i] is not None:
+                continue
+            st = release_status(c, m.name)
+            now = time.monotonic()
+            if last_byte[i] is None and st["done"] >= st["size"]:
+                last_byte[i] = now
+            if st["verified"] == st["selected"] and st["state"] in ("seeding", "done seeding"):
+                verified[i] = now
+                last_byte[i] = last_byte[i] or now
+        time.sleep(0.02)
+    if None in verified:
+        raise SystemExit(f"llamashare leechers did not finish within {TIMEOUT}s")
+    total = max(verified) - start
+    lags = [(v - b) / (b - start) for v, b in zip(verified, last_byte)]
+    for h in nodes:
+        stop_daemon(h)
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    return total, lags
+
+
+def libtorrent_defaults(work: Path, torrent: bytes, src: Path, tracker: Tracker) -> float:
+    settings = {"enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+                "allow_multiple_connections_per_ip": True}  # fmt: skip
+    sessions = []
+    for name in ("seed", "leech"):
+        s = dict(settings, listen_interfaces=f"127.0.0.1:{free_port()}")
+        sessions.append(lt.session(s))
+    out = work / "lt-out"
+    shutil.rmtree(out, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        seed_atp = lt.load_torrent_buffer(torrent)
+        seed_atp.save_path = str(src.parent)
+        seed_atp.flags |= lt.torrent_flags.seed_mode
+        sessions[0].add_torrent(seed_atp)
+        time.sleep(1)
+        atp = lt.load_torrent_buffer(torrent)
+        atp.save_path = str(out)
+        start = time.monotonic()
+        h = sessions[1].add_torrent(atp)
+        while not h.status().is_seeding and time.monotonic() - start < TIMEOUT:
+            time.sleep(0.05)
+    elapsed = time.monotonic() - start
+    del sessions
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed
+
+
+def aria2(work: Path, src: Path, tracker: Tracker) -> float | str:
+    if not (shutil.which("aria2c") and shutil.which("mktorrent")):
+        return "not installed"
+    tfile = work / "v1.torrent"
+    tfile.unlink(missing_ok=True)
+    subprocess.run(["mktorrent", "-l", "22", "-a", tracker.http, "-o", str(tfile), str(src)], check=True, capture_output=True)
+    meta = lt.torrent_info(str(tfile))
+    tracker.allow(str(meta.info_hashes().v1))
+    common = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+              "--summary-interval=0", "--console-log-level=error", "--file-allocation=none"]  # fmt: skip
+    seeder = subprocess.Popen(["aria2c", *common, "--seed-ratio=0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
+                               "--dir", str(src.parent), str(tfile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    out = work / "aria-out"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        time.sleep(2)
+        start = time.monotonic()
+        subprocess.run(["aria2c", *common, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(out), str(tfile)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)  # fmt: skip
+        return time.monotonic() - start
+    finally:
+        seeder.terminate()
+        seeder.wait(10)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def transmission(work: Path, src: Path, tracker: Tracker) -> str:
+    if not shutil.which("transmission-cli"):
+        return "not installed (apt-get install transmission-cli to include it)"
+    return "not run: Transmission 3.00 drops loopback peers on this machine (shared/REFERENCE.md)"
+
+
+def version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "llamashare-bench-swarm")
+    args = ap.parse_args()
+    work = args.dir
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size_mib * 1024 * 1024
+    src = work / "src" / "bench"
+    print(f"generating {args.size_mib} MiB in {src} ...", flush=True)
+    make_file(src / "model.safetensors", size)
+    tracker = Tracker(work / "tracker")
+    try:
+        m, torrent = create_release(src, ReleaseInfo(name="bench", license="MIT", trackers=((tracker.http,),)), PIECE)
+        tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
+        manifest_path = work / "bench.toml"
+        write_release(m, torrent, manifest_path, force=True)
+        seeder = home(work, "seeder")
+        seed(seeder, m, FetchOptions(directory=src, local_only=True))
+
+        print("llamashare → llamashare ...", flush=True)
+        one, lag1 = llamashare_fetch(work, manifest_path, 1, seeder)
+        print("llamashare → 4 leechers ...", flush=True)
+        four, lag4 = llamashare_fetch(work, manifest_path, 4, seeder)
+        stop_daemon(seeder)
+        print("libtorrent defaults ...", flush=True)
+        lt_default = libtorrent_defaults(work, torrent, src, tracker)
+        print("aria2c → aria2c ...", flush=True)
+        aria = aria2(work, src, tracker)
+        trans = transmission(work, src, tracker)
+    finally:
+        tracker.close()
+
+    mib = size / 2**20
+    print()
+    print(f"llamashare (libtorrent {lt.__version__}), {version(['aria2c', '--version'])}, "
+          f"{os.cpu_count()} cores; {mib:.0f} MiB file, {PIECE >> 20} MiB pieces, 127.0.0.1 via opentracker")  # fmt: skip
+    print(f"{'peers':<44}{'seconds':>9}{'MiB/s':>9}{'llamashare speed-up':>21}")
+    rows = [("llamashare → llamashare (verified)", one), ("libtorrent defaults → libtorrent defaults", lt_default),
+            ("aria2c → aria2c (v1 torrent, mktorrent)", aria), ("Transmission → Transmission", trans)]  # fmt: skip
+    for label, t in rows:
+        if isinstance(t, str):
+            print(f"{label:<44}{t}")
+        else:
+            print(f"{label:<44}{t:>9.2f}{mib / t:>9.1f}{t / one:>20.2f}×")
+    print(f"{'llamashare → 4 leechers at once (all done)':<44}{four:>9.2f}{4 * mib / four:>9.1f}")
+    print()
+    print(f"target ≥ 2× libtorrent defaults: {lt_default / one:.2f}× — {'met' if lt_default / one >= 2 else 'NOT met'}")
+    if not isinstance(aria, str):
+        print(f"target ≥ 2× aria2c: {aria / one:.2f}× — {'met' if aria / one >= 2 else 'NOT met'}")
+    print(f"target 4 leechers ≤ 1.5× one leecher: {four / one:.2f}× — {'met' if four <= 1.5 * one else 'NOT met'}")
+    worst = max(lag1 + lag4)
+    print(f"target last byte → verified ≤ 10% of download time: worst {100 * worst:.1f}% — {'met' if worst <= 0.10 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
