@@ -75,7 +75,7 @@ class Hasher:
         skips SHA-256 (its field is then empty) where BLAKE3 alone is the check, as in fetch."""
         chunk_size = CHUNK_SIZE if piece_size is None else max(CHUNK_SIZE, piece_size)
         sha = hashlib.sha256()
-        b3 = blake3.blake3()
+        b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)  # large chunks: ~1.7x faster on 2 cores
         in_flight: deque[list[Future]] = deque()
         piece_futures: list[Future] = []
         size = 0

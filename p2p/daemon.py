@@ -28,7 +28,7 @@ from llamashare.p2p.home import Home
 from llamashare.p2p.node import Node
 from llamashare.p2p.settings import NetworkOptions
 
-POLL_EVERY = 0.2
+POLL_EVERY = 0.05  # alerts, verifications and targets: cheap to check, and it bounds the "verified" lag
 RESUME_EVERY = 30.0
 log = logging.getLogger("llamashare.daemon")
 

@@ -18,7 +18,7 @@ from llamashare.manifests.verify import verify_release
 from llamashare.p2p.client import DaemonClient, start_daemon
 from llamashare.p2p.home import Home
 
-POLL = 0.5
+POLL = 0.2
 FINISHED = ("seeding", "done seeding", "complete")
 
 

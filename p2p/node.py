@@ -24,7 +24,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import blake3
 import libtorrent as lt
 
 from llamashare.errors import LlamashareError
@@ -83,6 +85,52 @@ class ReleaseSpec:
         return cls(**d)
 
 
+class FileCursor:
+    """Incremental BLAKE3 over the contiguous, piece-verified prefix of one file.
+
+    Advanced as pieces finish (on the verify thread), so when the file's last piece lands only
+    the tail is left to hash: "verified" follows the last byte closely instead of costing one
+    more full read of a multi-GB file. Replaced (never rewound) when a file must be re-verified.
+    """
+
+    def __init__(self, entry: FileEntry, path: Path, first_piece: int, piece_size: int) -> None:
+        self.entry, self.path = entry, path
+        self.first_piece, self.piece_size = first_piece, piece_size
+        self.offset = 0
+        self._b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+    def next_piece(self) -> int:
+        return self.first_piece + self.offset // self.piece_size
+
+    def advance(self, have_piece: Callable[[int], bool]) -> None:
+        """Hash forward over every following piece libtorrent has verified (worker thread)."""
+        if self.offset >= self.entry.size:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while self.offset < self.entry.size and have_piece(self.next_piece()):
+                want = min(self.piece_size - self.offset % self.piece_size, self.entry.size - self.offset)
+                data = f.read(want)
+                if len(data) != want:
+                    raise OSError(f"{self.path} is shorter than its downloaded pieces")
+                self._b3.update(data)
+                self.offset += want
+
+    def finish(self, have_piece: Callable[[int], bool]) -> str | None:
+        """After the file completed: None if it is the manifest's file, else why not."""
+        try:
+            self.advance(have_piece)
+            size = self.path.stat().st_size
+        except OSError as exc:
+            return f"cannot read {self.path}: {exc.strerror or exc}"
+        if size != self.entry.size or self.offset != self.entry.size:
+            return f"{self.entry.path}: {size} bytes on disk, expected {self.entry.size}"
+        digest = self._b3.hexdigest()
+        if digest != self.entry.blake3:
+            return f"{self.entry.path}: BLAKE3 {digest[:16]}… differs from the manifest's {self.entry.blake3[:16]}…"
+        return None
+
+
 @dataclass
 class Release:
     spec: ReleaseSpec
@@ -95,6 +143,8 @@ class Release:
     tracker_error: str | None = None
     seeding_since: float | None = None
     verify_jobs: dict[str, Future] = field(default_factory=dict)
+    cursors: dict[str, FileCursor] = field(default_factory=dict)
+    piece_to_file: dict[int, str] = field(default_factory=dict)  # hybrid torrents: one file per piece
     hash_failures: int = 0
     banned: set[str] = field(default_factory=set)  # peers banned for sending data that failed the hash
     rechecks: int = 0
@@ -230,7 +280,10 @@ class Node:
         atp.flags &= ~lt.torrent_flags.auto_managed
         atp.flags &= ~lt.torrent_flags.paused
         if spec.seed_forever and resume is None:
-            atp.flags |= lt.torrent_flags.seed_mode  # files were verified by BLAKE3 first
+            # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest,
+            # which pins the torrent): mark every piece as had, so libtorrent neither re-checks
+            # the files on add nor re-hashes each piece on first upload (as seed mode would).
+            atp.have_pieces = [True] * ti.num_pieces()
         for peer in spec.peers:
             parse_peer(peer)
         handle = self.session.add_torrent(atp)
@@ -238,11 +291,30 @@ class Node:
                           selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
         if spec.seed_forever:
             release.files = {p: (s if s is FileStatus.SKIPPED else FileStatus.VERIFIED) for p, s in files.items()}
+        piece_size = ti.piece_length()
+        for i, rel in renamed.items():
+            if files[rel] is FileStatus.PENDING and fs.file_size(i):
+                first = fs.file_offset(i) // piece_size
+                for p in range(first, first + -(-fs.file_size(i) // piece_size)):
+                    release.piece_to_file[p] = rel
+        self._reset_cursors(release)
         self.releases[spec.name] = release
         self._by_hash[str(handle.info_hashes().v1)] = spec.name
         for peer in spec.peers:
             handle.connect_peer(parse_peer(peer))
         return release
+
+    def _reset_cursors(self, release: Release, only: str | None = None) -> None:
+        piece_size = release.manifest.torrent.piece_size
+        firsts: dict[str, int] = {}
+        for p, rel in sorted(release.piece_to_file.items(), reverse=True):
+            firsts[rel] = p
+        for entry in release.manifest.files:
+            if only is not None and entry.path != only:
+                continue
+            if release.files.get(entry.path) in (FileStatus.PENDING, FileStatus.FAILED, FileStatus.VERIFYING):
+                first = firsts.get(entry.path, 0)
+                release.cursors[entry.path] = FileCursor(entry, safe_join(release.dir, entry.path), first, piece_size)
 
     def remove(self, name: str) -> None:
         """Stop a release and forget it; its files stay where they are."""
@@ -295,7 +367,12 @@ class Node:
             self._pending_resume -= 1
         if release is None:
             return
-        if isinstance(alert, lt.file_completed_alert):
+        if isinstance(alert, lt.piece_finished_alert):
+            rel = release.piece_to_file.get(int(alert.piece_index))
+            cursor = release.cursors.get(rel) if rel else None
+            if cursor is not None and cursor.next_piece() == int(alert.piece_index):
+                self._verify_pool.submit(cursor.advance, release.handle.have_piece)
+        elif isinstance(alert, lt.file_completed_alert):
             self._start_verification(release, int(alert.index))
         elif isinstance(alert, lt.hash_failed_alert):
             release.hash_failures += 1
@@ -333,22 +410,11 @@ class Node:
         rel = rel[len(release.manifest.name) + 1:] if rel.startswith(release.manifest.name + "/") else rel
         if release.files.get(rel) not in (FileStatus.PENDING, FileStatus.FAILED):
             return
-        entry = next(f for f in release.manifest.files if f.path == rel)
+        if rel not in release.cursors:  # an empty file, or one restored already complete
+            entry = next(f for f in release.manifest.files if f.path == rel)
+            release.cursors[rel] = FileCursor(entry, safe_join(release.dir, rel), 0, release.manifest.torrent.piece_size)
         release.files[rel] = FileStatus.VERIFYING
-        release.verify_jobs[rel] = self._verify_pool.submit(self._verify_file, release.dir, entry)
-
-    def _verify_file(self, root: Path, entry: FileEntry) -> str | None:
-        """Worker thread: None if the file on disk is the manifest's file, else why not."""
-        path = safe_join(root, entry.path)
-        try:
-            digest = self._hasher.hash_file(path, sha256=False)
-        except OSError as exc:
-            return f"cannot read {path}: {exc.strerror or exc}"
-        if digest.size != entry.size:
-            return f"{entry.path}: {digest.size} bytes, expected {entry.size}"
-        if digest.blake3 != entry.blake3:
-            return f"{entry.path}: BLAKE3 {digest.blake3[:16]}… differs from the manifest's {entry.blake3[:16]}…"
-        return None
+        release.verify_jobs[rel] = self._verify_pool.submit(release.cursors[rel].finish, release.handle.have_piece)
 
     def _collect_verifications(self, release: Release) -> None:
         for rel, job in list(release.verify_jobs.items()):
@@ -360,6 +426,7 @@ class Node:
                 release.files[rel] = FileStatus.VERIFIED
                 continue
             release.files[rel] = FileStatus.FAILED
+            self._reset_cursors(release, only=rel)
             log.warning("%s: %s", release.spec.name, problem)
             if release.rechecks < 2:
                 # Re-check the pieces against the torrent: damaged ones are fetched again.

@@ -174,3 +174,32 @@ def test_hostile_peer_is_banned_and_no_bad_byte_is_verified(tmp_path: Path) -> N
     finally:
         for n in nodes:
             n.close()
+
+
+def test_file_failing_the_manifest_hash_is_never_reported_done(tmp_path: Path) -> None:
+    """The torrent's pieces all check out, but the manifest's BLAKE3 for one file is different
+    (a publisher mistake or a tampered manifest): that file is re-checked, then the release
+    stops in error, and the file is never "verified"."""
+    from dataclasses import replace
+
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"good.bin": 300_000, "bad.bin": 200_000})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 64 * 1024)
+    lying = replace(m, files=tuple(replace(f, blake3="0" * 64) if f.path == "bad.bin" else f for f in m.files))
+    seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
+    seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    leech.add(lying, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), peers=(f"127.0.0.1:{seeder.listen_port}",)))
+    seen: set[FileStatus] = set()
+    try:
+        def done() -> bool:
+            seen.add(leech.releases[m.name].files["bad.bin"])
+            return leech.releases[m.name].state is State.ERROR
+
+        run_until([seeder, leech], done, timeout=60)
+        r = leech.releases[m.name]
+        assert FileStatus.VERIFIED not in seen and r.files["bad.bin"] is FileStatus.FAILED
+        assert r.files["good.bin"] is FileStatus.VERIFIED
+        assert r.rechecks == 2 and "manifest is inconsistent" in (r.error or "")
+    finally:
+        seeder.close()
+        leech.close()
