@@ -28,7 +28,8 @@ from llamashare.p2p.home import Home
 from llamashare.p2p.node import Node
 from llamashare.p2p.settings import NetworkOptions
 
-POLL_EVERY = 0.05  # alerts, verifications and targets: cheap to check, and it bounds the "verified" lag
+POLL_EVERY = 0.05  # at the latest; alerts and finished hash jobs wake the loop sooner
+MIN_POLL_GAP = 0.005  # at the earliest: a burst of alerts is handled in one poll
 RESUME_EVERY = 30.0
 log = logging.getLogger("llamashare.daemon")
 
@@ -68,16 +69,23 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
     node = Node(home.state_dir, net)
     restored = node.restore()
     stop = asyncio.Event()
+    tick = asyncio.Event()  # set by libtorrent alerts, finished hash jobs and stop
     loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        tick.set()
+
+    node.set_wakeup(lambda: loop.call_soon_threadsafe(tick.set))
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", api_port))
     port = sock.getsockname()[1]
     info = {"pid": os.getpid(), "api_port": port, "listen_port": node.listen_port, "version": __version__,
             "home": str(home.root), "started_at": time.time()}  # fmt: skip
-    runner = web.AppRunner(make_app(node, token, port, stop.set, info), access_log=None)
+    runner = web.AppRunner(make_app(node, token, port, request_stop, info), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     atomic_write(home.info_file, json.dumps(info).encode())
@@ -85,14 +93,16 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
     last_resume = time.monotonic()
     try:
         while not stop.is_set():
+            tick.clear()
             node.poll()
             if time.monotonic() - last_resume > RESUME_EVERY:
                 node.save_resume_data()
                 last_resume = time.monotonic()
             try:
-                await asyncio.wait_for(stop.wait(), POLL_EVERY)
+                await asyncio.wait_for(tick.wait(), POLL_EVERY)
             except asyncio.TimeoutError:
                 pass
+            await asyncio.sleep(MIN_POLL_GAP)
     finally:
         log.info("daemon stopping: saving resume data")
         home.info_file.unlink(missing_ok=True)
