@@ -76,7 +76,20 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         stop.set()
         tick.set()
 
-    node.set_wakeup(lambda: loop.call_soon_threadsafe(tick.set))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+
+    def on_alerts() -> None:
+        try:
+            while os.read(wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        tick.set()
+
+    loop.add_reader(wake_r, on_alerts)
+    node.set_wakeup(lambda: loop.call_soon_threadsafe(tick.set), wake_w)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -107,5 +120,8 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         log.info("daemon stopping: saving resume data")
         home.info_file.unlink(missing_ok=True)
         await runner.cleanup()
+        loop.remove_reader(wake_r)
         node.close()
+        os.close(wake_r)
+        os.close(wake_w)
         log.info("daemon stopped")

@@ -210,11 +210,13 @@ class Node:
         self._pending_resume = 0
         self._wakeup: Callable[[], None] | None = None
 
-    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
-        """Call ``wakeup`` (from any thread) when :meth:`poll` has something to do: a libtorrent
-        alert or a finished hash job. Lets an event loop poll at once instead of on a timer."""
+    def set_wakeup(self, wakeup: Callable[[], None], alert_fd: int) -> None:
+        """Let an event loop poll at once instead of on a timer: libtorrent writes a byte to
+        ``alert_fd`` (a non-blocking pipe) when alerts arrive, and finished hash jobs call
+        ``wakeup`` from their thread. (Not ``set_alert_notify``: its Python callback needs the
+        GIL on libtorrent's thread, which deadlocks with a session being destroyed.)"""
         self._wakeup = wakeup
-        self.session.set_alert_notify(wakeup)
+        self.session.set_alert_fd(alert_fd)
 
     def _hash_then_wake(self, cursor: "FileCursor", k: int) -> None:
         cursor.advance_to(k)
