@@ -1,7 +1,8 @@
 """``llamashare demo``: the whole path, offline, on a generated sample, one visible step at a time.
 
-Today the path is publish → verify → tamper → verify again (the swarm, convert, quantize and run
-stages join it as they land). Every step prints what it does, where files go, and its time.
+Today the path is publish → sign → verify → seed from one local node → fetch over BitTorrent into a
+second node (loopback only) → tamper → verify again; convert, quantize and run join it as they
+land. Every step prints what it does, where files go, and its time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from llamashare.manifests.create import ReleaseInfo, create_release, write_relea
 from llamashare.manifests.manifest import dumps, load_manifest
 from llamashare.manifests.signing import generate_keypair, load_private_key, sign_manifest, verify_signature
 from llamashare.manifests.verify import FileState, verify_release
+from llamashare.p2p.client import DaemonClient, stop_daemon
+from llamashare.p2p.fetch import FetchOptions, fetch, seed
+from llamashare.p2p.home import Home
 from llamashare.sample import write_sample_model
 
 Echo = Callable[[str], None]
@@ -41,11 +45,12 @@ def run_demo(workdir: Path | None, echo: Echo = print) -> None:
 
 
 def _run(work: Path, echo: Echo) -> None:
-    source = work / "sample-llama"
+    source = work / "published" / "sample-llama"
     manifest_path = work / "sample-llama.toml"
     key = work / "publisher.key"
-    if source.exists():
-        shutil.rmtree(source)
+    for old in (source, work / "fetched", work / "node-a", work / "node-b"):
+        if old.exists():
+            shutil.rmtree(old)
     with _step(echo, f"generate a small LLaMA-shaped model in {source}"):
         files = write_sample_model(source)
         echo(f"    {len(files)} files, {sum(f.stat().st_size for f in files)} bytes")
@@ -67,14 +72,29 @@ def _run(work: Path, echo: Echo) -> None:
             echo(f"    {r.state.value:<10} {r.entry.path}")
         if not all(r.ok for r in reports):
             raise LlamashareError("demo: a freshly published file failed verification")
+    fetched = work / "fetched" / "sample-llama"
+    with _step(echo, f"seed it from node A and fetch it over BitTorrent into node B ({fetched})"):
+        a, b = Home(work / "node-a"), Home(work / "node-b")
+        for home in (a, b):
+            home.root.mkdir(parents=True, exist_ok=True)
+            home.config_file.write_text("local_only = true\nlisten_port = 0\n")
+        try:
+            seed(a, loaded, FetchOptions(directory=source))
+            peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
+            echo(f"    node A seeds on {peer}; node B fetches (127.0.0.1 only, no DHT)")
+            st = fetch(b, loaded, FetchOptions(directory=fetched, peers=(peer,), timeout=120))
+            echo(f"    node B: {st['verified']} of {st['selected']} files verified against the manifest, now {st['state']}")
+        finally:
+            for home in (a, b):
+                stop_daemon(home)
     with _step(echo, "flip one byte in a shard and verify again: the swap must be caught"):
         target = next(f for f in loaded.files if f.path.endswith(".safetensors"))
-        shard = source / target.path
+        shard = fetched / target.path
         data = bytearray(shard.read_bytes())
         data[len(data) // 2] ^= 0xFF
         shard.write_bytes(bytes(data))
-        caught = [r for r in verify_release(loaded, source) if r.state is FileState.WRONG_HASH]
+        caught = [r for r in verify_release(loaded, fetched) if r.state is FileState.WRONG_HASH]
         if [r.entry.path for r in caught] != [target.path]:
             raise LlamashareError("demo: the tampered shard was not detected")
         echo(f"    {caught[0].state.value:<10} {caught[0].entry.path}  ({caught[0].detail})")
-    echo("demo finished: publish, sign and verify work; fetch, convert, quantize and run land next.")
+    echo("demo finished: publish, sign, seed, fetch and verify work; convert, quantize and run land next.")
