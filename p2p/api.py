@@ -7,7 +7,8 @@ read the API through DNS rebinding nor drive it cross-site. Endpoints (all JSON)
 
     GET    /api/v1/status                   node info and every release's state
     POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
-                                             "seed_forever", "no_seed", "include": [...], "peers": [...]}
+                                             "seed_forever", "no_seed", "include": [...], "peers": [...]};
+                                             again for a release in error: clear it and retry
     PATCH  /api/v1/releases/{name}          change targets: {"ratio", "seed_time"}
     DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
     POST   /api/v1/shutdown                 save resume data and exit
@@ -89,6 +90,7 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         if existing is not None:
             if existing.manifest.torrent.info_hash_v1 != manifest.torrent.info_hash_v1:
                 return _error(409, f"another release named {manifest.name!r} is already in this node")
+            node.retry(manifest.name)  # asking again for a release in error means: try again
             return web.json_response({"name": manifest.name, "added": False})
         node.add(manifest, spec)
         return web.json_response({"name": manifest.name, "added": True}, status=201)

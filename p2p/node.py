@@ -313,6 +313,9 @@ class Node:
             atp.file_priorities = priorities  # (setting priorities at all would end seed mode)
         atp.flags &= ~lt.torrent_flags.auto_managed
         atp.flags &= ~lt.torrent_flags.paused
+        # libtorrent puts a torrent in upload mode after a disk error and saves that in its
+        # resume data; a restart (or retry) is the moment to try writing again.
+        atp.flags &= ~lt.torrent_flags.upload_mode
         if spec.seed_forever and resume is None:
             # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest,
             # which pins the torrent): mark every piece as had, so libtorrent neither re-checks
@@ -359,6 +362,16 @@ class Node:
         for f in ("resume.dat", "spec.json", "manifest.toml"):
             (folder / f).unlink(missing_ok=True)
         folder.rmdir()
+
+    def retry(self, name: str) -> None:
+        """Clear a release's error (disk freed, permissions fixed) and carry on where it stood."""
+        release = self._get(name)
+        if release.state is not State.ERROR:
+            return
+        release.error, release.state, release.rechecks = None, State.CHECKING, 0
+        release.handle.unset_flags(lt.torrent_flags.upload_mode)
+        release.handle.clear_error()
+        release.handle.resume()
 
     def set_targets(self, name: str, ratio: float | None, seed_time: float | None) -> None:
         release = self._get(name)
@@ -420,7 +433,7 @@ class Node:
             release.tracker_error = None
         elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
             release.state = State.ERROR
-            release.error = _storage_message(alert)
+            release.error = _storage_message(alert, release.dir)
             log.error("%s: %s", release.spec.name, release.error)
 
     def _collect_verifications(self, release: Release) -> None:
@@ -543,9 +556,15 @@ def _selected(entry: FileEntry, include: tuple[str, ...]) -> bool:
     return not include or any(fnmatch.fnmatchcase(entry.path, g) for g in include)
 
 
-def _storage_message(alert: lt.alert) -> str:
+_SPACE_ERRORS = ("file too large", "file too short", "no space left on device", "disk quota exceeded")
+
+
+def _storage_message(alert: lt.alert, folder: Path) -> str:
+    """One line: where, what libtorrent said, and the likely cause when it is about space."""
     error = getattr(alert, "error", None)
     text = error.message() if error is not None and hasattr(error, "message") else alert.message()
     filename = getattr(alert, "filename", None)
-    where = filename() if callable(filename) else filename
-    return f"{where}: {text}" if where else text
+    where = (filename() if callable(filename) else filename) or str(folder)
+    if text.lower() in _SPACE_ERRORS:
+        text += " (disk full, quota or file size limit: free space, then `llamashare fetch` again resumes)"
+    return f"{where}: {text}"
