@@ -32,8 +32,8 @@ def make_payload(root: Path, sizes: dict[str, int]) -> None:
         p.write_bytes(os.urandom(size))
 
 
-def release_with_tracker(root: Path, tracker: Tracker, piece_size: int = 64 * 1024) -> Manifest:
-    m, _ = create_release(root, ReleaseInfo(name=root.name, license="MIT", trackers=((tracker.http,),)), piece_size)
+def release_with_tracker(root: Path, tracker: Tracker, piece_size: int = 64 * 1024, url: str | None = None) -> Manifest:
+    m, _ = create_release(root, ReleaseInfo(name=root.name, license="MIT", trackers=((url or tracker.http,),)), piece_size)
     tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
     return m
 
@@ -55,10 +55,11 @@ def same_bytes(a: Path, b: Path, m: Manifest) -> bool:
 
 
 @pytest.mark.slow
-def test_one_seeder_three_leechers_through_tracker(tmp_path: Path, tracker: Tracker) -> None:
+@pytest.mark.parametrize("protocol", ["http", "udp"])
+def test_one_seeder_three_leechers_through_tracker(tmp_path: Path, tracker: Tracker, protocol: str) -> None:
     src = tmp_path / "src" / "model"
     make_payload(src, {"a.safetensors": 3 * 1024 * 1024 + 5, "b.safetensors": 2 * 1024 * 1024, "config.json": 300})
-    m = release_with_tracker(src, tracker)
+    m = release_with_tracker(src, tracker, url=getattr(tracker, protocol))
     seeder = Node(tmp_path / "n0", LOCAL)
     seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
     # A slow origin (as on a home uplink): leechers finish only by trading pieces with each other.
