@@ -204,3 +204,24 @@ def test_file_failing_the_manifest_hash_is_never_reported_done(tmp_path: Path) -
     finally:
         seeder.close()
         leech.close()
+
+
+def test_include_fetches_only_matching_files(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"model-1.safetensors": 300_000, "model-2.safetensors": 200_000, "pytorch_model.bin": 400_000, "config.json": 99})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 16 * 1024)
+    seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
+    seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    out = tmp_path / "out"
+    r = leech.add(m, ReleaseSpec(name=m.name, save_dir=str(out), include=("*.safetensors", "config.json"),
+                                 peers=(f"127.0.0.1:{seeder.listen_port}",)))  # fmt: skip
+    try:
+        run_until([seeder, leech], lambda: r.state is State.SEEDING)
+        assert r.files["pytorch_model.bin"] is FileStatus.SKIPPED
+        assert {p for p, st in r.files.items() if st is FileStatus.VERIFIED} == {"model-1.safetensors", "model-2.safetensors", "config.json"}
+        assert r.selected_size == 300_000 + 200_000 + 99
+        assert not (out / "pytorch_model.bin").exists() or (out / "pytorch_model.bin").stat().st_blocks == 0
+        assert (out / "model-2.safetensors").read_bytes() == (src / "model-2.safetensors").read_bytes()
+    finally:
+        seeder.close()
+        leech.close()
