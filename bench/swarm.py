@@ -37,7 +37,7 @@ import libtorrent as lt  # noqa: E402
 
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
 from llamashare.manifests.manifest import load_manifest  # noqa: E402
-from llamashare.p2p.client import DaemonClient, start_daemon, stop_daemon  # noqa: E402
+from llamashare.p2p.client import start_daemon, stop_daemon  # noqa: E402
 from llamashare.p2p.fetch import FetchOptions, release_status, seed  # noqa: E402
 from llamashare.p2p.home import Home  # noqa: E402
 from tests.peers import Tracker, free_port  # noqa: E402

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import platformdirs
@@ -15,6 +16,9 @@ import platformdirs
 from llamashare import __version__
 from llamashare.errors import EXIT_FAILURE, LlamashareError, ManifestError
 from llamashare.ui import byte_progress, err, human_size
+
+if TYPE_CHECKING:
+    from llamashare.manifests.manifest import Manifest
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -226,7 +230,7 @@ def _network_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def _load_and_show(manifest_path: Path) -> "Manifest":  # noqa: F821
+def _load_and_show(manifest_path: Path) -> "Manifest":
     from llamashare.manifests.manifest import load_manifest
 
     m = load_manifest(manifest_path)

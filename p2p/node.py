@@ -2,9 +2,10 @@
 
 libtorrent moves and piece-checks the bytes. On top of it this module:
 
-- verifies each selected file against the manifest's size and BLAKE3 as soon as libtorrent
-  reports the file complete, on a worker thread, while the rest keeps downloading; a file is
-  "verified" only then, and a mismatch forces a re-check (bad pieces are fetched again);
+- verifies each selected file against the manifest's size and BLAKE3 while it downloads (a
+  :class:`FileCursor` per file hashes the flushed, contiguous prefix on a worker thread); a file
+  is "verified" only when the whole file matches, and a mismatch forces a re-check (bad pieces
+  are fetched again) before the release is put in error;
 - enforces the share-ratio and seed-time targets (libtorrent's own limits never stop a torrent),
   pausing the release and keeping its files when a target is reached;
 - saves resume data atomically, so a restarted node continues where it stood;
@@ -21,7 +22,7 @@ import fnmatch
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,13 +50,11 @@ class State(str, enum.Enum):
     SEEDING = "seeding"
     DONE = "done seeding"  # target reached: stopped, files kept
     COMPLETE = "complete"  # verified, not seeding (--no-seed)
-    PAUSED = "paused"
     ERROR = "error"
 
 
 class FileStatus(str, enum.Enum):
-    PENDING = "pending"
-    VERIFYING = "verifying"
+    PENDING = "pending"  # downloading, its BLAKE3 cursor following
     VERIFIED = "verified"
     FAILED = "failed"
     SKIPPED = "skipped"  # not selected by --include
@@ -169,7 +168,6 @@ class Release:
     banned: set[str] = field(default_factory=set)  # peers banned for sending data that failed the hash
     rechecks: int = 0
     verified_at: float | None = None
-    last_downloaded_at: float | None = None
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
 
@@ -253,11 +251,9 @@ class Node:
 
     # ------------------------------------------------------------------ adding and removing
 
-    def add(self, manifest: Manifest, spec: ReleaseSpec, allow_existing: bool = False) -> Release:
+    def add(self, manifest: Manifest, spec: ReleaseSpec) -> Release:
         """Start fetching (or seeding) a release. Raises ReleaseError for conflicts."""
         if spec.name in self.releases:
-            if allow_existing:
-                return self.releases[spec.name]
             raise ReleaseError(f"release {spec.name!r} is already in this node")
         if manifest.torrent.data is None:
             raise ReleaseError(f"manifest for {manifest.name!r} has no torrent data")
@@ -349,7 +345,7 @@ class Node:
         for entry in release.manifest.files:
             if only is not None and entry.path != only:
                 continue
-            if release.files.get(entry.path) in (FileStatus.PENDING, FileStatus.FAILED, FileStatus.VERIFYING):
+            if release.files.get(entry.path) in (FileStatus.PENDING, FileStatus.FAILED):
                 path = safe_join(release.dir, entry.path)
                 release.cursors[entry.path] = FileCursor(entry, path, firsts.get(entry.path, 0), piece_size)
 
@@ -471,7 +467,7 @@ class Node:
         st = release.handle.status()
         release.downloaded_bytes = st.all_time_download
         release.uploaded_bytes = st.all_time_upload
-        if release.state in (State.DONE, State.COMPLETE, State.PAUSED):
+        if release.state in (State.DONE, State.COMPLETE):
             return
         if st.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data):
             release.state = State.CHECKING

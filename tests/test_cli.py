@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from llamashare.cli import cli
 
 
-def run(*args: str) -> "click.testing.Result":  # noqa: F821
+def run(*args: object) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 

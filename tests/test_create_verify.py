@@ -9,7 +9,6 @@ import pytest
 
 from llamashare.errors import OutputExistsError, SourceDirError
 from llamashare.manifests.create import ReleaseInfo, create_release, list_release_files, write_release
-from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import load_manifest
 from llamashare.manifests.verify import FileState, extra_files, verify_release
 from tests.helpers import make_release

@@ -19,7 +19,6 @@ from llamashare.manifests.manifest import (
     TorrentRef,
     canonical_bytes,
     dumps,
-    from_dict,
     load_manifest,
     manifest_id,
     parse_manifest,
