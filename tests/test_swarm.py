@@ -225,3 +225,54 @@ def test_include_fetches_only_matching_files(tmp_path: Path) -> None:
     finally:
         seeder.close()
         leech.close()
+
+
+@pytest.fixture
+def http_mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A plain HTTP server (aiohttp, static files, Range support) on 127.0.0.1: a BEP 19 mirror."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from tests.peers import free_port
+
+    root = tmp_path / "mirror"
+    root.mkdir()
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_static("/", root)
+    runner = web.AppRunner(app)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield f"http://127.0.0.1:{port}/", root
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_web_seed_alone_completes_a_fetch(tmp_path: Path, http_mirror: tuple[str, Path]) -> None:
+    """No peers at all: the release comes from its BEP 19 HTTP mirror, verified."""
+    url, mirror = http_mirror
+    src = mirror / "model"  # a mirror serves the release folder under its name (BEP 19 layout)
+    make_payload(src, {"a.safetensors": 700_000, "sub/config.json": 1234})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT", web_seeds=(url,)), 64 * 1024)
+    leech = Node(tmp_path / "l", LOCAL)
+    r = leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=0.0))
+    try:
+        run_until([leech], lambda: r.all_verified, timeout=60)
+        assert same_bytes(src, tmp_path / "out", m)
+        assert r.handle.status().num_peers <= 1  # the web seed only
+    finally:
+        leech.close()
