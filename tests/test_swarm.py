@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -275,4 +276,25 @@ def test_web_seed_alone_completes_a_fetch(tmp_path: Path, http_mirror: tuple[str
         assert same_bytes(src, tmp_path / "out", m)
         assert r.handle.status().num_peers <= 1  # the web seed only
     finally:
+        leech.close()
+
+
+def test_seed_time_target_stops_seeding_and_a_new_target_resumes_it(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"w.bin": 200_000})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 16 * 1024)
+    seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
+    seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    r = leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=None, seed_time=1.5,
+                                 peers=(f"127.0.0.1:{seeder.listen_port}",)))  # fmt: skip
+    try:
+        run_until([seeder, leech], lambda: r.state is State.SEEDING)
+        started = time.monotonic()
+        run_until([seeder, leech], lambda: r.state is State.DONE, timeout=30)
+        assert time.monotonic() - started >= 1.0 and r.handle.status().paused
+        leech.set_targets(m.name, ratio=None, seed_time=3600)  # what PATCH /releases/NAME does
+        assert r.state is State.SEEDING and not r.handle.status().paused
+        assert json.loads((tmp_path / "l" / "releases" / "model" / "spec.json").read_text())["seed_time"] == 3600
+    finally:
+        seeder.close()
         leech.close()
