@@ -170,6 +170,7 @@ class Release:
     verified_at: float | None = None
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
+    seeded_seconds: float = 0.0  # libtorrent's finished_duration: kept in resume data across restarts
 
     @property
     def dir(self) -> Path:
@@ -467,6 +468,8 @@ class Node:
         st = release.handle.status()
         release.downloaded_bytes = st.all_time_download
         release.uploaded_bytes = st.all_time_upload
+        finished = st.finished_duration
+        release.seeded_seconds = finished.total_seconds() if hasattr(finished, "total_seconds") else float(finished)
         if release.state in (State.DONE, State.COMPLETE):
             return
         if st.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data):
@@ -507,8 +510,7 @@ class Node:
             return False
         if spec.ratio is not None and self.ratio(release) >= spec.ratio:
             return True
-        seeded = time.time() - (release.seeding_since or time.time())
-        return spec.seed_time is not None and seeded >= spec.seed_time
+        return spec.seed_time is not None and release.seeded_seconds >= spec.seed_time
 
     # ------------------------------------------------------------------ resume data
 
