@@ -35,6 +35,11 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    """For helpers deep in a handler: raise it, and the client gets ``{"error": message}``."""
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict) -> web.Application:
     """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks)."""
 
@@ -61,9 +66,9 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         try:
             data = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON"}), content_type="application/json")
+            raise _bad_request("body is not JSON") from None
         if not isinstance(data, dict):
-            raise web.HTTPBadRequest(text=json.dumps({"error": "body must be a JSON object"}), content_type="application/json")
+            raise _bad_request("body must be a JSON object")
         return data
 
     async def status(request: web.Request) -> web.Response:
@@ -131,12 +136,12 @@ def _number(data: dict, key: str, default: float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"'{key}' must be a non-negative number or null"}), content_type="application/json")
+        raise _bad_request(f"'{key}' must be a non-negative number or null")
     return float(value)
 
 
 def _strings(data: dict, key: str) -> list[str]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"'{key}' must be a list of strings"}), content_type="application/json")
+        raise _bad_request(f"'{key}' must be a list of strings")
     return value

@@ -159,7 +159,7 @@ class Release:
     state: State = State.CHECKING
     error: str | None = None
     tracker_error: str | None = None
-    seeding_since: float | None = None
+    saved_when_seeding: bool = False  # resume data written once the release turned to seeding
     cursors: dict[str, FileCursor] = field(default_factory=dict)
     flushing: list[tuple[FileCursor, int]] | None = None  # cursor targets awaiting cache_flushed_alert
     sequential: bool = False
@@ -491,8 +491,8 @@ class Node:
                 release.state = State.COMPLETE
                 self._save_one(release)
                 return
-            if release.seeding_since is None:
-                release.seeding_since = time.time()
+            if not release.saved_when_seeding:
+                release.saved_when_seeding = True
                 self._save_one(release)
             release.state = State.SEEDING
             if self._target_reached(release):
