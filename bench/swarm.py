@@ -60,11 +60,8 @@ def make_file(path: Path, size: int) -> None:
 
 
 def home(root: Path, name: str, extra_config: str = "") -> Home:
-    h = Home(root / "homes" / name)
-    shutil.rmtree(h.root, ignore_errors=True)
-    h.root.mkdir(parents=True)
-    h.config_file.write_text("local_only = true\nlisten_port = 0\nratio = 100.0\n" + extra_config)
-    return h
+    shutil.rmtree(root / "homes" / name, ignore_errors=True)
+    return Home.local_node(root / "homes" / name, "ratio = 100.0\n" + extra_config)
 
 
 def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Home) -> tuple[float, list[float]]:

@@ -74,10 +74,7 @@ def _run(work: Path, echo: Echo) -> None:
             raise LlamashareError("demo: a freshly published file failed verification")
     fetched = work / "fetched" / "sample-llama"
     with _step(echo, f"seed it from node A and fetch it over BitTorrent into node B ({fetched})"):
-        a, b = Home(work / "node-a"), Home(work / "node-b")
-        for home in (a, b):
-            home.root.mkdir(parents=True, exist_ok=True)
-            home.config_file.write_text("local_only = true\nlisten_port = 0\n")
+        a, b = Home.local_node(work / "node-a"), Home.local_node(work / "node-b")
         try:
             seed(a, loaded, FetchOptions(directory=source))
             peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from llamashare.errors import LlamashareError
 from llamashare.manifests.manifest import parse_manifest
-from llamashare.p2p.node import Node, ReleaseSpec
+from llamashare.p2p.node import Node, ReleaseConflict, ReleaseSpec
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
 
@@ -56,8 +56,10 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
             return _error(403, "missing or wrong token (see daemon.token in the llamashare home)")
         try:
             return await handler(request)
+        except ReleaseConflict as exc:
+            return _error(409, str(exc))
         except LlamashareError as exc:
-            return _error(409 if "already" in str(exc) or "in the way" in str(exc) else 400, str(exc))
+            return _error(400, str(exc))
         except OSError as exc:  # e.g. the release folder cannot be created
             where = f"{exc.filename}: " if exc.filename else ""
             return _error(400, f"{where}{exc.strerror or exc}")

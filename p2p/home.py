@@ -69,6 +69,14 @@ class Home:
     def log_file(self) -> Path:
         return self.root / "daemon.log"
 
+    @classmethod
+    def local_node(cls, root: Path, extra_config: str = "") -> "Home":
+        """A fresh home for a loopback-only node on any free port (demo, tests, benchmarks)."""
+        home = cls(root)
+        home.root.mkdir(parents=True, exist_ok=True)
+        home.config_file.write_text("local_only = true\nlisten_port = 0\n" + extra_config)
+        return home
+
     def config(self) -> Config:
         if not self.config_file.exists():
             return Config()

@@ -40,7 +40,11 @@ log = logging.getLogger("llamashare.node")
 
 
 class ReleaseError(LlamashareError):
-    """A release cannot be added or continued (file in the way, duplicate, storage error)."""
+    """A release cannot be added or continued (bad peer address, unknown name, storage error)."""
+
+
+class ReleaseConflict(ReleaseError):
+    """The release clashes with what is already there: same name in the node, or a file in the way."""
 
 
 class State(str, enum.Enum):
@@ -255,7 +259,7 @@ class Node:
     def add(self, manifest: Manifest, spec: ReleaseSpec) -> Release:
         """Start fetching (or seeding) a release. Raises ReleaseError for conflicts."""
         if spec.name in self.releases:
-            raise ReleaseError(f"release {spec.name!r} is already in this node")
+            raise ReleaseConflict(f"release {spec.name!r} is already in this node")
         if manifest.torrent.data is None:
             raise ReleaseError(f"manifest for {manifest.name!r} has no torrent data")
         save_dir = Path(spec.save_dir)
@@ -278,7 +282,7 @@ class Node:
             if path.is_file() and path.stat().st_size == entry.size:
                 if self._hasher.hash_file(path, sha256=False).blake3 == entry.blake3:
                     continue
-            raise ReleaseError(f"{path} is in the way: it exists with other content than {manifest.name}'s "
+            raise ReleaseConflict(f"{path} is in the way: it exists with other content than {manifest.name}'s "
                                f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
 
     def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: bytes | None) -> Release:

@@ -33,9 +33,7 @@ def homes(tmp_path: Path) -> Iterator:
     made: list[Home] = []
 
     def make(name: str, config: str = "") -> Home:
-        home = Home(tmp_path / "homes" / name)
-        home.root.mkdir(parents=True)
-        home.config_file.write_text("local_only = true\nlisten_port = 0\n" + config)
+        home = Home.local_node(tmp_path / "homes" / name, config)
         made.append(home)
         return home
 
