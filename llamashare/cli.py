@@ -80,12 +80,13 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 @click.option("--base-manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="For delta weights: the base release's manifest (its id is recorded).")
 @click.option("--recommended-quant", help="Quantization to suggest to fetchers, e.g. Q4_K_M.")
 @click.option("--no-embed", is_flag=True, help="Reference NAME.torrent beside the manifest instead of embedding it.")
+@click.option("--v1-twin", is_flag=True, help="Also publish a v1-only twin torrent (NAME.v1.torrent) for v1-only clients such as aria2; llamashare nodes seed and fetch through both.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing manifest/torrent.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def create(directory: Path, output: Path | None, name: str | None, release_version: str, license_: str,
            description: str | None, homepage: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
            piece_size: int | None, base_name: str | None, base_manifest: Path | None,
-           recommended_quant: str | None, no_embed: bool, force: bool, quiet: bool) -> None:  # fmt: skip
+           recommended_quant: str | None, no_embed: bool, v1_twin: bool, force: bool, quiet: bool) -> None:  # fmt: skip
     """Publish DIRECTORY as a release: hash every file once (BLAKE3, SHA-256 and hybrid v1+v2
     torrent pieces together) and write a TOML manifest plus the .torrent.
 
@@ -114,19 +115,21 @@ def create(directory: Path, output: Path | None, name: str | None, release_versi
         check_name(name, "name")
     except ManifestError as exc:
         raise click.BadParameter(exc.problem, param_hint="--name") from None
-    torrent_path = output.with_name(f"{name}.torrent")
-    exclude = {output, torrent_path}
+    exclude = {output, output.with_name(f"{name}.torrent"), output.with_name(f"{name}.v1.torrent")}
     files = list_release_files(directory, exclude)
     with byte_progress(f"hashing {name}", sum(size for _, size in files), quiet) as bar:
         manifest, torrent = create_release(directory, info, piece_size, exclude, bar.advance,
                                            lambda rel, _: bar.describe(f"hashing {rel}"),
-                                           embed_torrent=not no_embed, files=files)  # fmt: skip
-    write_release(manifest, torrent, output, force=force)
+                                           embed_torrent=not no_embed, files=files, v1_twin=v1_twin)  # fmt: skip
+    torrent_paths = write_release(manifest, torrent, output, force=force)
     click.echo(f"wrote {output} ({len(manifest.files)} files, {human_size(manifest.total_size)}, "
                f"piece size {human_size(manifest.torrent.piece_size)})")  # fmt: skip
-    click.echo(f"wrote {torrent_path}")
+    for path in torrent_paths:
+        click.echo(f"wrote {path}")
     click.echo(f"info-hash v1 {manifest.torrent.info_hash_v1}")
     click.echo(f"info-hash v2 {manifest.torrent.info_hash_v2}")
+    if manifest.torrent.v1_twin:
+        click.echo(f"info-hash of the v1 twin {manifest.torrent.v1_twin}")
 
 
 @cli.command(context_settings=CONTEXT)

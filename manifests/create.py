@@ -31,8 +31,10 @@ from llamashare.p2p.torrent import (
     build_torrent,
     canonical_order,
     default_piece_size,
+    info_hash_v1,
     is_valid_piece_size,
     read_torrent,
+    v1_companion,
 )
 
 #: Top-level folders that are tooling, not release content (git checkouts, huggingface_hub caches).
@@ -104,10 +106,12 @@ def create_release(
     on_file: Callable[[str, int], None] | None = None,
     embed_torrent: bool = True,
     files: list[tuple[str, int]] | None = None,
+    v1_twin: bool = False,
 ) -> tuple[Manifest, bytes]:
     """Hash ``root`` and return the validated manifest and the .torrent bytes.
 
-    ``files`` is :func:`list_release_files`'s answer when the caller already has it.
+    ``files`` is :func:`list_release_files`'s answer when the caller already has it. ``v1_twin``
+    also pins the v1-only twin torrent (for v1-only clients such as aria2) in the manifest.
     """
     files = files if files is not None else list_release_files(root, exclude)
     total = sum(size for _, size in files)
@@ -133,6 +137,7 @@ def create_release(
         info_hash_v2=meta.info_hash_v2,
         piece_size=piece_size,
         data=torrent,
+        v1_twin=info_hash_v1(v1_companion(torrent)) if v1_twin else None,
     )
     manifest = Manifest(
         name=info.name,
@@ -155,13 +160,17 @@ def create_release(
     return checked, torrent
 
 
-def write_release(manifest: Manifest, torrent: bytes, manifest_path: Path, force: bool = False) -> Path:
-    """Write the manifest and ``<name>.torrent`` beside it, atomically; return the torrent path."""
-    torrent_path = manifest_path.with_name(manifest.torrent.file or f"{manifest.name}.torrent")
+def write_release(manifest: Manifest, torrent: bytes, manifest_path: Path, force: bool = False) -> list[Path]:
+    """Write the manifest, ``<name>.torrent`` and (if pinned) the v1 twin ``<name>.v1.torrent``
+    beside it, atomically; return the torrent paths."""
+    outputs = {manifest_path.with_name(manifest.torrent.file or f"{manifest.name}.torrent"): torrent}
+    if manifest.torrent.v1_twin is not None:
+        outputs[manifest_path.with_name(f"{manifest.name}.v1.torrent")] = v1_companion(torrent)
     if not force:
-        for p in (manifest_path, torrent_path):
+        for p in (manifest_path, *outputs):
             if p.exists():
                 raise OutputExistsError(p)
-    atomic_write(torrent_path, torrent)
+    for path, data in outputs.items():
+        atomic_write(path, data)
     atomic_write(manifest_path, dumps(manifest).encode("utf-8"))
-    return torrent_path
+    return list(outputs)

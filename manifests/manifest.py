@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import tomli_w
 
 from llamashare.errors import ManifestError, TorrentError
-from llamashare.p2p.torrent import is_valid_piece_size, read_torrent
+from llamashare.p2p.torrent import info_hash_v1, is_valid_piece_size, read_torrent, v1_companion
 
 FORMAT_VERSION = 1
 KINDS = ("full", "delta")
@@ -36,7 +36,7 @@ MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-_HEX = {"blake3": 64, "sha256": 64, "info_hash_v1": 40, "info_hash_v2": 64, "manifest_sha256": 64}
+_HEX = {"blake3": 64, "sha256": 64, "info_hash_v1": 40, "v1_twin": 40, "info_hash_v2": 64, "manifest_sha256": 64}
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
 
@@ -59,6 +59,7 @@ class TorrentRef:
     piece_size: int
     data: bytes | None = None  # the whole .torrent, when embedded (``data`` key, base64)
     file: str | None = None  # a sibling .torrent's file name, when not embedded
+    v1_twin: str | None = None  # info-hash of the v1-only twin (p2p.torrent.v1_companion), if published
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,9 @@ def _parse_files(items: list) -> tuple[FileEntry, ...]:
 
 
 def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> TorrentRef:
-    _no_unknown(table, {"info_hash_v1", "info_hash_v2", "piece_size", "data", "file"}, "torrent.")
+    _no_unknown(table, {"info_hash_v1", "info_hash_v2", "piece_size", "data", "file", "v1_twin"}, "torrent.")
     v1 = _hex(_require(table, "info_hash_v1", str, "torrent."), "info_hash_v1", "torrent.info_hash_v1")
+    twin = _hex(_typed(table["v1_twin"], str, "torrent.v1_twin"), "v1_twin", "torrent.v1_twin") if "v1_twin" in table else None
     v2 = _hex(_require(table, "info_hash_v2", str, "torrent."), "info_hash_v2", "torrent.info_hash_v2")
     piece_size = _require(table, "piece_size", int, "torrent.")
     if not is_valid_piece_size(piece_size):
@@ -310,7 +312,7 @@ def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> Torren
             data = base64.b64decode("".join(encoded.split()), validate=True)
         except (binascii.Error, ValueError):
             raise ManifestError("torrent.data", "is not valid base64") from None
-        return TorrentRef(v1, v2, piece_size, data=data)
+        return TorrentRef(v1, v2, piece_size, data=data, v1_twin=twin)
     name = _typed(table["file"], str, "torrent.file")
     if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".torrent"):
         raise ManifestError("torrent.file", f"{name!r} must be a plain file name ending in .torrent, beside the manifest")
@@ -320,7 +322,7 @@ def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> Torren
             data = (torrent_dir / name).read_bytes()
         except OSError as exc:
             raise ManifestError("torrent.file", f"{name!r} cannot be read: {exc.strerror}") from None
-    return TorrentRef(v1, v2, piece_size, data=data, file=name)
+    return TorrentRef(v1, v2, piece_size, data=data, file=name, v1_twin=twin)
 
 
 def _parse_trackers(value: Any) -> tuple[tuple[str, ...], ...]:
@@ -381,6 +383,8 @@ def check_torrent_matches(manifest: Manifest) -> None:
         extra = sorted(set(theirs) - set(ours))
         detail = f"not in torrent: {missing[0]}" if missing else f"only in torrent: {extra[0]}"
         raise ManifestError("torrent", f"its file list differs from [[files]] ({detail})")
+    if ref.v1_twin is not None and (twin := info_hash_v1(v1_companion(ref.data))) != ref.v1_twin:
+        raise ManifestError("torrent.v1_twin", f"is {ref.v1_twin} but the torrent's v1 twin is {twin}")
 
 
 # --------------------------------------------------------------------------- serialize
@@ -401,6 +405,8 @@ def to_dict(manifest: Manifest, include_signature: bool = True) -> dict[str, Any
         doc["base"] = {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256}
     t = m.torrent
     torrent: dict[str, Any] = {"info_hash_v1": t.info_hash_v1, "info_hash_v2": t.info_hash_v2, "piece_size": t.piece_size}
+    if t.v1_twin is not None:
+        torrent["v1_twin"] = t.v1_twin
     if t.file is not None:
         torrent["file"] = t.file
     elif t.data is not None:

@@ -9,6 +9,11 @@ libtorrent moves and piece-checks the bytes. On top of it this module:
 - enforces the share-ratio and seed-time targets (libtorrent's own limits never stop a torrent),
   pausing the release and keeping its files when a target is reached;
 - saves resume data atomically, so a restarted node continues where it stood;
+- runs a release's v1-only twin torrent (when its manifest pins one) beside the hybrid one, so
+  v1-only clients such as aria2 can take part: both seed once the files are verified, and while
+  downloading exactly one of them fetches (the twin only when the hybrid swarm has no peers and
+  the twin's has). Their pieces are the same bytes (p2p.torrent.v1_companion), so the BLAKE3
+  cursors follow whichever has them;
 - refuses to write over a file that is in the way with other content.
 
 Single-threaded by contract: call every method from one thread (the daemon's event loop);
@@ -35,8 +40,13 @@ from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
 from llamashare.p2p.settings import NetworkOptions, session_settings
+from llamashare.p2p.torrent import v1_companion
 
 log = logging.getLogger("llamashare.node")
+
+#: How long the downloading torrent must have had no peers, while the other one of a hybrid/twin
+#: pair has some, before the other one takes over the download.
+SWITCH_AFTER = 3.0
 
 
 class ReleaseError(LlamashareError):
@@ -160,12 +170,18 @@ class Release:
     handle: lt.torrent_handle
     files: dict[str, FileStatus]
     selected_size: int
+    priorities: list[int] = field(default_factory=list)  # per torrent file (pad files included)
+    renamed: dict[int, str] = field(default_factory=dict)  # torrent file index -> path in the release folder
+    twin: lt.torrent_handle | None = None  # the v1-only twin, when the manifest pins one
+    via_twin: bool = False  # the twin, not the hybrid, is the one downloading
+    stalled_since: float | None = None  # since when the downloading torrent has had no peers
     state: State = State.CHECKING
     error: str | None = None
     tracker_error: str | None = None
     saved_when_seeding: bool = False  # resume data written once the release turned to seeding
     cursors: dict[str, FileCursor] = field(default_factory=dict)
     flushing: list[tuple[FileCursor, int]] | None = None  # cursor targets awaiting cache_flushed_alert
+    flushes_pending: int = 0  # cache_flushed_alerts still to come (one per handle)
     sequential: bool = False
     piece_to_file: dict[int, str] = field(default_factory=dict)  # hybrid torrents: one file per piece
     hash_failures: int = 0
@@ -183,6 +199,18 @@ class Release:
     @property
     def all_verified(self) -> bool:
         return all(s in (FileStatus.VERIFIED, FileStatus.SKIPPED) for s in self.files.values())
+
+    @property
+    def handles(self) -> list[lt.torrent_handle]:
+        return [self.handle] if self.twin is None else [self.handle, self.twin]
+
+    @property
+    def active(self) -> lt.torrent_handle:
+        """The torrent that downloads (the other one only seeds what it has)."""
+        return self.twin if self.via_twin and self.twin is not None else self.handle
+
+    def have_piece(self, piece: int) -> bool:
+        return any(h.have_piece(piece) for h in self.handles)
 
 
 def parse_peer(text: str) -> tuple[str, int]:
@@ -239,8 +267,9 @@ class Node:
             try:
                 spec = ReleaseSpec.from_json((folder / "spec.json").read_text())
                 manifest = load_manifest(folder / "manifest.toml")
-                resume = folder / "resume.dat"
-                self._add(manifest, spec, resume.read_bytes() if resume.exists() else None)
+                resume, twin_resume = folder / "resume.dat", folder / "resume-v1.dat"
+                self._add(manifest, spec, resume.read_bytes() if resume.exists() else None,
+                          twin_resume.read_bytes() if twin_resume.exists() else None)  # fmt: skip
                 restored.append(spec.name)
             except (OSError, ValueError, LlamashareError) as exc:
                 log.error("cannot restore %s: %s", folder.name, exc)
@@ -285,12 +314,8 @@ class Node:
             raise ReleaseConflict(f"{path} is in the way: it exists with other content than {manifest.name}'s "
                                f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
 
-    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: bytes | None) -> Release:
-        if resume is not None:
-            atp = lt.read_resume_data(resume)
-        else:
-            atp = lt.load_torrent_buffer(manifest.torrent.data)
-        atp.save_path = spec.save_dir
+    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: bytes | None, twin_resume: bytes | None = None) -> Release:
+        atp = lt.read_resume_data(resume) if resume is not None else lt.load_torrent_buffer(manifest.torrent.data)
         ti = atp.ti
         fs = ti.layout()
         # Files land at DIR/<path>, not DIR/<torrent name>/<path>: the release folder is DIR.
@@ -309,24 +334,21 @@ class Node:
             wanted = _selected(by_path[rel], spec.include)
             priorities.append(4 if wanted else 0)
             files[rel] = FileStatus.PENDING if wanted else FileStatus.SKIPPED
-        atp.renamed_files = renamed
-        if FileStatus.SKIPPED in files.values():
-            atp.file_priorities = priorities  # (setting priorities at all would end seed mode)
-        atp.flags &= ~lt.torrent_flags.auto_managed
-        atp.flags &= ~lt.torrent_flags.paused
-        # libtorrent puts a torrent in upload mode after a disk error and saves that in its
-        # resume data; a restart (or retry) is the moment to try writing again.
-        atp.flags &= ~lt.torrent_flags.upload_mode
-        if spec.seed_forever and resume is None:
-            # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest,
-            # which pins the torrent): mark every piece as had, so libtorrent neither re-checks
-            # the files on add nor re-hashes each piece on first upload (as seed mode would).
-            atp.have_pieces = [True] * ti.num_pieces()
         for peer in spec.peers:
             parse_peer(peer)
-        handle = self.session.add_torrent(atp)
-        release = Release(spec, manifest, handle, files,
+        # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest, which
+        # pins the torrent): mark every piece as had, so libtorrent neither re-checks the files
+        # on add nor re-hashes each piece on first upload (as seed mode would).
+        seeded = [True] * ti.num_pieces() if spec.seed_forever and resume is None else None
+        handle = self._add_torrent(atp, spec, renamed, priorities, FileStatus.SKIPPED in files.values(), seeded)
+        release = Release(spec, manifest, handle, files, priorities=priorities, renamed=renamed,
                           selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
+        if manifest.torrent.v1_twin is not None:
+            twin_atp = lt.read_resume_data(twin_resume) if twin_resume is not None else lt.load_torrent_buffer(v1_companion(manifest.torrent.data))
+            # Until a fetch needs it, the twin only announces and seeds what it has (priority 0).
+            watching = priorities if spec.seed_forever else [0] * len(priorities)
+            release.twin = self._add_torrent(twin_atp, spec, renamed, watching, True, seeded)
+            self._by_hash[manifest.torrent.v1_twin] = spec.name
         if spec.seed_forever:
             release.files = {p: (s if s is FileStatus.SKIPPED else FileStatus.VERIFIED) for p, s in files.items()}
         piece_size = ti.piece_length()
@@ -339,8 +361,24 @@ class Node:
         self.releases[spec.name] = release
         self._by_hash[str(handle.info_hashes().v1)] = spec.name
         for peer in spec.peers:
-            handle.connect_peer(parse_peer(peer))
+            for h in release.handles:
+                h.connect_peer(parse_peer(peer))
         return release
+
+    def _add_torrent(self, atp: lt.add_torrent_params, spec: ReleaseSpec, renamed: dict[int, str],
+                     priorities: list[int], set_priorities: bool, have: list[bool] | None) -> lt.torrent_handle:  # fmt: skip
+        atp.save_path = spec.save_dir
+        atp.renamed_files = renamed
+        if set_priorities:
+            atp.file_priorities = priorities  # (setting priorities at all would end seed mode)
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        # libtorrent puts a torrent in upload mode after a disk error and saves that in its
+        # resume data; a restart (or retry) is the moment to try writing again.
+        atp.flags &= ~lt.torrent_flags.upload_mode
+        if have is not None:
+            atp.have_pieces = have
+        return self.session.add_torrent(atp)
 
     def _reset_cursors(self, release: Release, only: str | None = None) -> None:
         piece_size = release.manifest.torrent.piece_size
@@ -357,10 +395,11 @@ class Node:
     def remove(self, name: str) -> None:
         """Stop a release and forget it; its files stay where they are."""
         release = self._get(name)
-        self.session.remove_torrent(release.handle)
+        for h in release.handles:
+            self.session.remove_torrent(h)
         del self.releases[name]
         folder = self.state_dir / "releases" / name
-        for f in ("resume.dat", "spec.json", "manifest.toml"):
+        for f in ("resume.dat", "resume-v1.dat", "spec.json", "manifest.toml"):
             (folder / f).unlink(missing_ok=True)
         folder.rmdir()
 
@@ -370,16 +409,18 @@ class Node:
         if release.state is not State.ERROR:
             return
         release.error, release.state, release.rechecks = None, State.CHECKING, 0
-        release.handle.unset_flags(lt.torrent_flags.upload_mode)
-        release.handle.clear_error()
-        release.handle.resume()
+        for h in release.handles:
+            h.unset_flags(lt.torrent_flags.upload_mode)
+            h.clear_error()
+            h.resume()
 
     def set_targets(self, name: str, ratio: float | None, seed_time: float | None) -> None:
         release = self._get(name)
         release.spec.ratio, release.spec.seed_time = ratio, seed_time
         atomic_write(self.state_dir / "releases" / name / "spec.json", release.spec.to_json().encode())
         if release.state is State.DONE and not self._target_reached(release):
-            release.handle.resume()
+            for h in release.handles:
+                h.resume()
             release.state = State.SEEDING
 
     def _get(self, name: str) -> Release:
@@ -410,12 +451,16 @@ class Node:
             self._pending_resume -= 1
             if release:
                 data = lt.write_resume_data_buf(alert.params)
-                atomic_write(self.state_dir / "releases" / release.spec.name / "resume.dat", data)
+                name = "resume-v1.dat" if alert.handle == release.twin else "resume.dat"
+                atomic_write(self.state_dir / "releases" / release.spec.name / name, data)
         elif isinstance(alert, lt.save_resume_data_failed_alert):
             self._pending_resume -= 1
         if release is None:
             return
         if isinstance(alert, lt.cache_flushed_alert):
+            release.flushes_pending -= 1
+            if release.flushes_pending > 0:
+                return
             for cursor, k in release.flushing or ():
                 if release.cursors.get(cursor.entry.path) is cursor:  # not replaced by a re-check
                     cursor.safe = k
@@ -443,10 +488,12 @@ class Node:
             return
         pending = [(rel, c) for rel, c in release.cursors.items() if release.files.get(rel) is FileStatus.PENDING]
         if release.flushing is None:
-            targets = [(c, k) for _, c in pending if (k := c.frontier(release.handle.have_piece)) > c.safe]
+            targets = [(c, k) for _, c in pending if (k := c.frontier(release.have_piece)) > c.safe]
             if targets:
                 release.flushing = targets
-                release.handle.flush_cache()
+                release.flushes_pending = len(release.handles)
+                for h in release.handles:
+                    h.flush_cache()
         for rel, cursor in pending:
             if not cursor.complete:
                 continue
@@ -461,7 +508,8 @@ class Node:
                 release.rechecks += 1
                 release.files[rel] = FileStatus.PENDING
                 self._reset_cursors(release, only=rel)
-                release.handle.force_recheck()
+                for h in release.handles:
+                    h.force_recheck()
             else:
                 release.state = State.ERROR
                 release.error = f"{problem} (pieces match the torrent but not the manifest: the manifest is inconsistent)"
@@ -469,41 +517,89 @@ class Node:
     def _update_state(self, release: Release) -> None:
         if release.state is State.ERROR:
             return
-        st = release.handle.status()
-        release.downloaded_bytes = st.all_time_download
-        release.uploaded_bytes = st.all_time_upload
-        finished = st.finished_duration
-        release.seeded_seconds = finished.total_seconds() if hasattr(finished, "total_seconds") else float(finished)
+        statuses = [h.status() for h in release.handles]
+        release.downloaded_bytes = sum(s.all_time_download for s in statuses)
+        release.uploaded_bytes = sum(s.all_time_upload for s in statuses)
+        release.seeded_seconds = max(_seconds(s.finished_duration) for s in statuses)
         if release.state in (State.DONE, State.COMPLETE):
             return
+        st = statuses[release.via_twin]
         if st.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data):
             release.state = State.CHECKING
         elif not release.all_verified:
             release.state = State.VERIFYING if st.is_finished else State.DOWNLOADING
+            if release.twin is not None:
+                self._pick_downloader(release, statuses)
             # Rarest-first keeps a swarm healthy only while peers hold different pieces. When every
             # connected peer is a seed, any order is as good for the swarm, and in-order lets the
             # BLAKE3 cursors follow the download instead of hashing whole files at the end.
             sequential = 0 < st.num_peers == st.num_seeds
             if sequential != release.sequential:
                 release.sequential = sequential
-                (release.handle.set_flags if sequential else release.handle.unset_flags)(lt.torrent_flags.sequential_download)
+                (release.active.set_flags if sequential else release.active.unset_flags)(lt.torrent_flags.sequential_download)
         else:
             if release.verified_at is None:
                 release.verified_at = time.time()
             if release.spec.no_seed:
-                release.handle.pause()
+                for h in release.handles:
+                    h.pause()
                 release.state = State.COMPLETE
                 self._save_one(release)
                 return
             if not release.saved_when_seeding:
                 release.saved_when_seeding = True
+                if release.twin is not None and not release.spec.seed_forever:
+                    self._seed_both(release)
                 self._save_one(release)
             release.state = State.SEEDING
             if self._target_reached(release):
-                release.handle.pause()
+                for h in release.handles:
+                    h.pause()
                 release.state = State.DONE
                 self._save_one(release)
                 log.info("%s: seeding target reached (ratio %.2f)", release.spec.name, self.ratio(release))
+
+    def _pick_downloader(self, release: Release, statuses: list[lt.torrent_status]) -> None:
+        """Hand the download to the other torrent of the pair when the downloading one has had
+        no connected peer for SWITCH_AFTER seconds while the other one knows some (e.g. a swarm
+        of aria2 seeds on the v1 twin). The one that stops keeps its pieces and seeds them."""
+        active, other = statuses[release.via_twin], statuses[not release.via_twin]
+        if active.num_peers or not other.list_peers:
+            release.stalled_since = None
+            return
+        now = time.monotonic()
+        if release.stalled_since is None:
+            release.stalled_since = now
+        if now - release.stalled_since < SWITCH_AFTER:
+            return
+        release.active.prioritize_files([0] * len(release.priorities))
+        release.active.unset_flags(lt.torrent_flags.sequential_download)
+        release.via_twin, release.stalled_since, release.sequential = not release.via_twin, None, False
+        release.active.prioritize_files(release.priorities)
+        log.info("%s: downloading through the %s torrent (no peers on the other)", release.spec.name,
+                 "v1 twin" if release.via_twin else "hybrid")  # fmt: skip
+
+    def _seed_both(self, release: Release) -> None:
+        """Once every file is verified, let both torrents of the pair seed it all.
+
+        The one that did not download lacks those pieces; its files are now verified against
+        the manifest, which pins both torrents, so re-add it with the pieces marked had instead
+        of re-reading gigabytes in a re-check. Its transfer totals carry over."""
+        for twin in (False, True):
+            old = release.twin if twin else release.handle
+            if all(old.have_piece(p) for p in release.piece_to_file):
+                continue
+            st = old.status()
+            data = release.manifest.torrent.data
+            atp = lt.load_torrent_buffer(v1_companion(data) if twin else data)
+            atp.total_uploaded, atp.total_downloaded = st.all_time_upload, st.all_time_download
+            have = [p in release.piece_to_file for p in range(atp.ti.num_pieces())]
+            self.session.remove_torrent(old)
+            new = self._add_torrent(atp, release.spec, release.renamed, release.priorities, True, have)
+            if twin:
+                release.twin = new
+            else:
+                release.handle = new
 
     def ratio(self, release: Release) -> float:
         return release.uploaded_bytes / max(1, release.selected_size)
@@ -519,8 +615,9 @@ class Node:
     # ------------------------------------------------------------------ resume data
 
     def _save_one(self, release: Release) -> None:
-        release.handle.save_resume_data(lt.torrent_handle.save_info_dict)
-        self._pending_resume += 1
+        for h in release.handles:
+            h.save_resume_data(lt.torrent_handle.save_info_dict)
+            self._pending_resume += 1
 
     def save_resume_data(self, wait: bool = False, timeout: float = 10.0) -> None:
         for release in self.releases.values():
@@ -536,22 +633,29 @@ class Node:
     def status(self) -> list[dict]:
         out = []
         for name, r in sorted(self.releases.items()):
-            st = r.handle.status()
+            statuses = [h.status() for h in r.handles]
+            st = statuses[r.via_twin]
             files = {k: v.value for k, v in r.files.items()}
             out.append({
                 "name": name, "version": r.manifest.version, "license": r.manifest.license.splitlines()[0],
                 "dir": r.spec.save_dir, "state": r.state.value, "error": r.error, "tracker_error": r.tracker_error,
                 "size": r.selected_size, "done": st.total_wanted_done, "progress": st.progress,
-                "download_rate": st.download_payload_rate, "upload_rate": st.upload_payload_rate,
+                "download_rate": sum(s.download_payload_rate for s in statuses),
+                "upload_rate": sum(s.upload_payload_rate for s in statuses),
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
-                "seed_forever": r.spec.seed_forever, "peers": st.num_peers, "seeds": st.num_seeds,
+                "seed_forever": r.spec.seed_forever, "peers": sum(s.num_peers for s in statuses),
+                "seeds": sum(s.num_seeds for s in statuses), "via": "v1 twin" if r.via_twin else "hybrid",
                 "hash_failures": r.hash_failures, "banned_peers": sorted(r.banned), "files": files,
                 "verified": sum(v == "verified" for v in files.values()),
                 "selected": sum(v != "skipped" for v in files.values()),
-                "info_hash_v1": r.manifest.torrent.info_hash_v1,
+                "info_hash_v1": r.manifest.torrent.info_hash_v1, "v1_twin": r.manifest.torrent.v1_twin,
             })  # fmt: skip
         return out
+
+
+def _seconds(duration: object) -> float:
+    return duration.total_seconds() if hasattr(duration, "total_seconds") else float(duration)
 
 
 def _selected(entry: FileEntry, include: tuple[str, ...]) -> bool:

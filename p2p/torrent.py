@@ -216,3 +216,35 @@ def read_torrent(data: bytes) -> TorrentMeta:
         piece_size=ti.piece_length(),
         files=tuple(files),
     )
+
+
+def v1_companion(hybrid: bytes) -> bytes:
+    """The v1-only twin of a hybrid torrent, for clients that speak only BitTorrent v1.
+
+    Why a twin and not the hybrid: aria2 1.36 drops the empty-string keys of the v2 "file tree"
+    when it re-encodes the info dictionary, so it computes a wrong info-hash for any hybrid
+    torrent. The twin's info dictionary is the hybrid's minus its v2 keys ("file tree",
+    "meta version"): the same files, pad files (BEP 47), piece size and SHA-1 pieces. So a piece
+    index means the same bytes in both swarms, it costs no extra hashing, and anyone can derive
+    it from the hybrid (the manifest only pins its info-hash). Clients that ignore BEP 47 store
+    the pad files as zero-filled files under ``.pad/``. Trackers and web seeds are kept.
+    """
+    try:
+        top = lt.bdecode(hybrid)
+        info = top[b"info"]
+        twin_info = {k: info[k] for k in (b"files", b"name", b"piece length", b"pieces")}
+    except (TypeError, KeyError, RuntimeError):
+        raise TorrentError("not a hybrid torrent: cannot derive its v1 twin") from None
+    twin: dict = {b"info": twin_info}
+    for key in (b"announce", b"announce-list", b"url-list"):
+        if key in top:
+            twin[key] = top[key]
+    return lt.bencode(twin)
+
+
+def info_hash_v1(torrent: bytes) -> str:
+    """The v1 info-hash of .torrent bytes, as libtorrent computes it."""
+    try:
+        return str(lt.torrent_info(torrent).info_hashes().v1)
+    except RuntimeError as exc:
+        raise TorrentError(f"invalid torrent: {exc}") from None

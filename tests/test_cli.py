@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import libtorrent as lt
 import pytest
 from click.testing import CliRunner, Result
 
@@ -30,9 +31,12 @@ def test_version_and_help_have_examples() -> None:
 def test_create_verify_sign_flow(sample_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "rel.toml"
     r = run("create", sample_model, "--license", "Apache-2.0", "--name", "sample", "-o", out, "-q",
-            "--tracker", "udp://127.0.0.1:6969/announce", "--piece-size", "65536")  # fmt: skip
+            "--tracker", "udp://127.0.0.1:6969/announce", "--piece-size", "65536", "--v1-twin")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "info-hash v2" in r.output and (tmp_path / "sample.torrent").is_file()
+    twin = lt.torrent_info(str(tmp_path / "sample.v1.torrent"))  # what aria2c and other v1-only clients load
+    assert not twin.info_hashes().has_v2() and f"v1 twin {twin.info_hashes().v1}" in r.output
+    assert twin.piece_length() == 65536 and twin.num_files() > 7  # the hybrid's pad files, kept
     r = run("verify", out, "--dir", sample_model, "-q")
     assert r.exit_code == 0 and "7 of 7 files ok" in r.output
 

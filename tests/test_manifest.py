@@ -178,6 +178,8 @@ HOSTILE = [
     ("torrent.data", "!!!", "torrent.data", "base64"),
     ("torrent.data", base64.b64encode(b"d4:infoi1ee").decode(), "torrent", "invalid torrent"),
     ("torrent.file", "x.torrent", "torrent", "exactly one"),
+    ("torrent.v1_twin", "00" * 20, "torrent.v1_twin", "the torrent's v1 twin is"),
+    ("torrent.v1_twin", "00", "torrent.v1_twin", "hex"),
     ("files.0.size", 101, "torrent", "file list differs"),
     ("signature", {"algorithm": "rsa", "public_key": HEX64, "value": HEX64 * 2}, "signature.algorithm", "not supported"),
     ("signature", {"algorithm": "ed25519", "public_key": "00", "value": HEX64 * 2}, "signature.public_key", "hex"),
