@@ -85,3 +85,24 @@ class VerificationError(LlamashareError):
     def __init__(self, message: str, report: object = None) -> None:
         self.report = report
         super().__init__(message)
+
+
+class CheckpointError(LlamashareError, ValueError):
+    """A model checkpoint cannot be read or converted: unknown layout or architecture, truncated
+    or malformed file, shape or dtype that does not fit. ``path`` names the file when known."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle in a .pth checkpoint asks for a global outside the tensor-checkpoint allow list
+    (e.g. ``os.system``): refused before anything runs; ``name`` is the global it asked for."""
+
+    def __init__(self, name: str, path: str | Path | None = None) -> None:
+        self.name = name
+        super().__init__(f"refusing to load: its pickle asks for {name!r}, which a tensor checkpoint never needs "
+                         "(it could run code); nothing was executed", path)  # fmt: skip

@@ -55,8 +55,9 @@ def _tensors(cfg: SampleConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def _byte_level_vocab(size: int) -> dict[str, int]:
-    # The 256 single-byte tokens of a byte-level BPE (GPT-2 byte-to-unicode map), then filler.
+def _byte_level_bpe(size: int) -> tuple[dict[str, int], list[str]]:
+    """A small but real byte-level BPE: the 256 byte tokens (GPT-2's byte-to-unicode map), then
+    merges of a space or a frequent letter with a letter, up to ``size`` - 3 (room for specials)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     mapping, extra = {}, 0
     for b in range(256):
@@ -66,9 +67,13 @@ def _byte_level_vocab(size: int) -> dict[str, int]:
             mapping[b] = chr(256 + extra)
             extra += 1
     vocab = {mapping[b]: b for b in range(256)}
-    for n in range(256, size - 3):
-        vocab[f"tok{n}"] = n
-    return vocab
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    pairs = [(mapping[32], c) for c in letters] + [(a, b) for a in letters for b in letters]
+    merges = []
+    for a, b in pairs[: size - 3 - 256]:
+        vocab[a + b] = len(vocab)
+        merges.append(f"{a} {b}")
+    return vocab, merges
 
 
 def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[Path]:
@@ -86,6 +91,7 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
         weight_map |= {n: shard for n in part}
         written.append(root / shard)
     total = sum(t.nbytes for t in tensors.values())
+    vocab, merges = _byte_level_bpe(cfg.vocab_size)
     docs = {
         "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
         "config.json": {
@@ -112,7 +118,7 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
             ],  # fmt: skip
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
             "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "vocab": _byte_level_vocab(cfg.vocab_size), "merges": []},
+            "model": {"type": "BPE", "vocab": vocab, "merges": merges},
         },
     }
     for name, doc in docs.items():

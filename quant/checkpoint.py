@@ -1,0 +1,258 @@
+"""Model checkpoints on disk, opened lazily: which layout, which hyper-parameters, which tensors.
+
+Two layouts are detected from the files present:
+- Hugging Face: ``config.json`` + ``*.safetensors`` (one file, or shards listed by
+  ``model.safetensors.index.json``); tensor names like ``model.layers.0.self_attn.q_proj.weight``.
+- Meta's original release: ``params.json`` + ``consolidated.NN.pth`` (one per model-parallel
+  rank); names like ``layers.0.attention.wq.weight``. A tensor split across ranks is joined along
+  the axis its layer was split on (column-parallel on rows, row-parallel and the embedding on
+  columns); replicated ones (norms) come from rank 0.
+
+Nothing is read until a tensor's ``load()`` is called, and then only that tensor (memory-mapped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from llamashare.errors import CheckpointError
+from llamashare.quant import safetensors_io
+from llamashare.quant.torch_pickle import TorchArchive
+
+#: Hugging Face architectures llamashare converts, all of which llama.cpp runs as ``llama``.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One source tensor: name, shape and dtype known up front; ``load()`` reads it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # F32, F16, BF16, ...
+    load: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    def load_f32(self) -> np.ndarray:
+        return safetensors_io.to_float32(self.load(), self.dtype)
+
+
+@dataclass(frozen=True)
+class LlamaParams:
+    """The hyper-parameters a LLaMA-family GGUF records, from config.json or params.json."""
+
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_ctx: int
+    norm_eps: float
+    rope_theta: float = 10000.0
+    head_dim: int | None = None  # defaults to n_embd // n_head
+    rope_scaling: dict[str, Any] | None = None
+    tied_embeddings: bool = False
+
+    @property
+    def n_rot(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+
+@dataclass
+class Checkpoint:
+    layout: str  # "hf" or "meta"
+    root: Path
+    params: LlamaParams
+    tensors: dict[str, Tensor]
+    config: dict[str, Any]
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_checkpoint(root: Path) -> Checkpoint:
+    """Detect the layout of ``root`` and open it; a clear error for anything else."""
+    if not root.is_dir():
+        raise CheckpointError("is not a directory", root)
+    if (root / "config.json").is_file():
+        return _open_hf(root)
+    if (root / "params.json").is_file():
+        return _open_meta(root)
+    raise CheckpointError("is neither a Hugging Face model folder (config.json + *.safetensors) nor an original "
+                          "Meta checkpoint (params.json + consolidated.NN.pth)", root)  # fmt: skip
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot be read as JSON: {exc}", path) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError("is not a JSON object", path)
+    return doc
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def _open_hf(root: Path) -> Checkpoint:
+    config = _read_json(root / "config.json")
+    archs = config.get("architectures") or []
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise CheckpointError(f"architecture {', '.join(map(str, archs)) or config.get('model_type', '?')} is not "
+                              f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)} (llama.cpp's 'llama')",
+                              root / "config.json")  # fmt: skip
+    params = hf_params(config, root / "config.json")
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError("has no weight_map", index)
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+                raise CheckpointError(f"names shard {shard!r}, which is not a file name in the folder", index)
+    else:
+        shards = sorted(p.name for p in root.glob("*.safetensors"))
+        weight_map = None
+    if not shards:
+        raise CheckpointError("has no *.safetensors weights (PyTorch .bin checkpoints from Hugging Face are not "
+                              "supported: they are unrestricted pickles; ask for safetensors)", root)  # fmt: skip
+    tensors: dict[str, Tensor] = {}
+    for shard in shards:
+        path = root / shard
+        if not path.is_file():
+            raise CheckpointError(f"shard {shard} is missing", root)
+        for name, ref in safetensors_io.read_header(path).items():
+            if weight_map is not None and weight_map.get(name) != shard:
+                continue  # the index is authoritative about which shard holds a tensor
+            tensors[name] = Tensor(name, ref.shape, ref.dtype, lambda ref=ref: safetensors_io.load(ref))
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise CheckpointError(f"tensor {missing[0]} is listed in the index but not in {weight_map[missing[0]]}", root)
+    params = _with_tied(params, tensors, "lm_head.weight")
+    return Checkpoint("hf", root, params, tensors, config)
+
+
+def hf_params(config: dict[str, Any], where: Path) -> LlamaParams:
+    def need(key: str, kind: type = int) -> Any:
+        value = config.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"needs {key!r} ({kind.__name__})", where)
+        return value
+
+    n_head = need("num_attention_heads")
+    scaling = config.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise CheckpointError("rope_scaling must be an object or null", where)
+    return LlamaParams(
+        n_vocab=need("vocab_size"),
+        n_embd=need("hidden_size"),
+        n_layer=need("num_hidden_layers"),
+        n_ff=need("intermediate_size"),
+        n_head=n_head,
+        n_head_kv=config.get("num_key_value_heads") or n_head,
+        n_ctx=config.get("max_position_embeddings") or 2048,
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(config.get("rope_theta") or 10000.0),
+        head_dim=config.get("head_dim"),
+        rope_scaling=scaling,
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+
+
+def _with_tied(params: LlamaParams, tensors: dict[str, Tensor], output: str) -> LlamaParams:
+    """A checkpoint without an output matrix uses the embedding for it (tied), whatever the config says."""
+    return replace(params, tied_embeddings=output not in tensors)
+
+
+# --------------------------------------------------------------------------- Meta
+
+
+_RANK_FILE = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
+def meta_split_axis(name: str) -> int | None:
+    """The axis Meta's model-parallel code split ``name`` along; None for replicated tensors."""
+    if name.endswith("norm.weight") or name == "rope.freqs":
+        return None
+    if name.startswith("tok_embeddings.") or name.endswith((".attention.wo.weight", ".feed_forward.w2.weight")):
+        return 1  # ParallelEmbedding and RowParallelLinear split the input dimension
+    return 0  # ColumnParallelLinear (wq, wk, wv, w1, w3, output) splits the output dimension
+
+
+def _open_meta(root: Path) -> Checkpoint:
+    config = _read_json(root / "params.json")
+    files = sorted((p for p in root.iterdir() if _RANK_FILE.match(p.name)), key=lambda p: int(_RANK_FILE.match(p.name)[1]))
+    if not files:
+        raise CheckpointError("has params.json but no consolidated.NN.pth", root)
+    ranks = [int(_RANK_FILE.match(p.name)[1]) for p in files]
+    if ranks != list(range(len(files))):
+        raise CheckpointError(f"model-parallel shards must be consolidated.00 … {len(files) - 1:02d}; found ranks {ranks}", root)
+    archives = [TorchArchive(p) for p in files]
+    first = archives[0].tensors
+    for a in archives[1:]:
+        if set(a.tensors) != set(first):
+            extra = sorted(set(a.tensors) ^ set(first))[0]
+            raise CheckpointError(f"shards disagree on tensor names ({extra})", a.path)
+    tensors: dict[str, Tensor] = {}
+    for name, t0 in first.items():
+        if name == "rope.freqs":
+            continue  # recomputed by every runtime from rope_theta
+        parts = [a.tensors[name] for a in archives]
+        axis = meta_split_axis(name) if len(parts) > 1 else None
+        shape = list(t0.shape)
+        for p in parts[1:]:
+            if p.dtype != t0.dtype or len(p.shape) != len(shape) or (axis is None and p.shape != t0.shape):
+                raise CheckpointError(f"tensor {name}: shards disagree on its dtype or shape", root)
+            if axis is not None:
+                if any(p.shape[d] != shape[d] for d in range(len(shape)) if d != axis):
+                    raise CheckpointError(f"tensor {name}: shard shapes do not line up on axis {axis}", root)
+                shape[axis] += p.shape[axis]
+        load = (lambda t0=t0: np.ascontiguousarray(t0.load())) if axis is None else \
+            (lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis))  # fmt: skip
+        tensors[name] = Tensor(name, tuple(shape), t0.dtype, load)
+    params = meta_params(config, tensors, root)
+    return Checkpoint("meta", root, _with_tied(params, tensors, "output.weight"), tensors, config,
+                      closers=[a.close for a in archives])  # fmt: skip
+
+
+def meta_params(config: dict[str, Any], tensors: dict[str, Tensor], root: Path) -> LlamaParams:
+    where = root / "params.json"
+    for key in ("dim", "n_layers", "n_heads"):
+        if not isinstance(config.get(key), int):
+            raise CheckpointError(f"needs {key!r} (integer)", where)
+    emb = tensors.get("tok_embeddings.weight")
+    ff = tensors.get("layers.0.feed_forward.w1.weight")
+    if emb is None or ff is None:
+        raise CheckpointError("has no tok_embeddings.weight or layers.0.feed_forward.w1.weight: not a LLaMA checkpoint", root)
+    eps = float(config.get("norm_eps", 1e-6))
+    # params.json has no context length. LLaMA 1 (eps 1e-6) was trained on 2048 tokens, LLaMA 2
+    # (eps 1e-5) on 4096: the same rule llama.cpp's original converter used.
+    n_ctx = int(config.get("max_seq_len") or (4096 if eps == 1e-5 else 2048))
+    return LlamaParams(
+        n_vocab=emb.shape[0],  # params.json says -1 in LLaMA 1; the embedding knows
+        n_embd=config["dim"],
+        n_layer=config["n_layers"],
+        n_ff=ff.shape[0],
+        n_head=config["n_heads"],
+        n_head_kv=config.get("n_kv_heads") or config["n_heads"],
+        n_ctx=n_ctx,
+        norm_eps=eps,
+        rope_theta=float(config.get("rope_theta") or 10000.0),
+    )

@@ -1,0 +1,238 @@
+"""Checkpoint → GGUF for the LLaMA family, one tensor in memory at a time.
+
+The output is what llama.cpp's own converter writes for architecture ``llama``: GGUF tensor
+names (gguf-py's name map knows both the Hugging Face and the Meta names), the metadata keys
+``llama.*`` and ``general.*``, the tokenizer, and Q/K weights in GGML's rotary layout. Hugging
+Face checkpoints store Q and K with each head's rotary pairs split into halves; Meta's and GGML's
+keep pairs interleaved, so HF Q/K rows are permuted back (per KV head for K, which matters with
+grouped-query attention). Norm vectors stay F32, matrices take ``outtype``.
+
+Writing streams: the header and tensor table first (shapes are known from the file headers),
+then each tensor is read (memory-mapped), transformed and appended. The output goes to
+``OUT.partial`` and is renamed over nothing only when complete, so a crash or a bad tensor
+halfway leaves no file that looks finished; an existing OUT is never replaced without ``force``.
+With ``base``, the source is a delta and every tensor is ``base + delta`` (see quant.delta).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+from llamashare.errors import CheckpointError, OutputExistsError
+from llamashare.quant import safetensors_io
+from llamashare.quant.checkpoint import Checkpoint, LlamaParams, Tensor, open_checkpoint
+from llamashare.quant.delta import apply_delta
+from llamashare.quant.vocab import add_vocab, read_vocab
+
+OUTTYPES = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+}
+#: Source tensors that carry no weights (precomputed rotary tables some exports include).
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str  # GGUF name
+    shape: tuple[int, ...]  # NumPy order (rows, cols)
+    qtype: gguf.GGMLQuantizationType
+    produce: Callable[[], np.ndarray]  # float32, already in GGML layout
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * (2 if self.qtype != gguf.GGMLQuantizationType.F32 else 4)
+
+
+def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Hugging Face Q/K rows → GGML's interleaved rotary layout, head by head.
+
+    Within each head HF orders rows [x0 … x(d/2-1), y0 … y(d/2-1)]; GGML wants [x0, y0, x1, y1, …].
+    """
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (heads, 2, d/2, cols) → (heads, d/2, 2, cols)
+
+
+def llama3_rope_factors(params: LlamaParams) -> np.ndarray | None:
+    """Per-frequency rope scaling of Llama 3.1-style ``rope_scaling`` (rope_type "llama3"),
+    written as the ``rope_freqs.weight`` tensor llama.cpp reads; None for other models."""
+    rs = params.rope_scaling or {}
+    if rs.get("rope_type", rs.get("type")) != "llama3":
+        return None
+    factor = float(rs.get("factor", 8.0))
+    low, high = float(rs.get("low_freq_factor", 1.0)), float(rs.get("high_freq_factor", 4.0))
+    old_ctx = float(rs.get("original_max_position_embeddings", 8192))
+    dim = params.n_rot
+    freqs = 1.0 / params.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    factors = np.where(wavelen < old_ctx / high, 1.0,
+                       np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))  # fmt: skip
+    return factors.astype(np.float32)
+
+
+def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list[OutTensor]:
+    """Every output tensor, in llama.cpp's order, without reading any weights yet."""
+    p = ckpt.params
+    qtype = OUTTYPES[outtype][0]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, p.n_layer)
+    out: list[OutTensor] = []
+    for src in ckpt.tensors.values():
+        if src.name.endswith(IGNORED_SUFFIXES):
+            continue
+        name = names.get_name(src.name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise CheckpointError(f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root)
+        produce = _producer(src, ckpt, base)
+        if ckpt.layout == "hf" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = p.n_head if name.endswith("attn_q.weight") else p.n_head_kv
+            produce = (lambda f=produce, h=heads: permute_rotary(f(), h))
+        shape = src.shape  # with a delta, the delta's shape wins (a larger vocabulary extends the base)
+        out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, produce))
+    factors = llama3_rope_factors(p)
+    if factors is not None:
+        out.append(OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: factors))
+    _check_complete(out, p, ckpt.root)
+    order = {n: i for i, n in enumerate(("token_embd.weight", "rope_freqs.weight"))}
+    return sorted(out, key=lambda t: (order.get(t.name, 2), _block(t.name), t.name == "output_norm.weight", t.name == "output.weight"))
+
+
+def _block(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("blk.") else 1 << 30
+
+
+def _producer(src: Tensor, ckpt: Checkpoint, base: Checkpoint | None) -> Callable[[], np.ndarray]:
+    if base is None:
+        return src.load_f32
+    if src.name not in base.tensors:
+        raise CheckpointError(f"delta tensor {src.name} is not in the base model", base.root)
+    return lambda: apply_delta(src.name, base.tensors[src.name], src)
+
+
+def _check_complete(out: list[OutTensor], p: LlamaParams, root: Path) -> None:
+    have = {t.name: t.shape for t in out}
+    kv = p.n_head_kv * p.n_rot
+    expected = {"token_embd.weight": (p.n_vocab, p.n_embd), "output_norm.weight": (p.n_embd,)}
+    if not p.tied_embeddings:
+        expected["output.weight"] = (p.n_vocab, p.n_embd)
+    for i in range(p.n_layer):
+        b = f"blk.{i}."
+        expected |= {b + "attn_norm.weight": (p.n_embd,), b + "attn_q.weight": (p.n_head * p.n_rot, p.n_embd),
+                     b + "attn_k.weight": (kv, p.n_embd), b + "attn_v.weight": (kv, p.n_embd),
+                     b + "attn_output.weight": (p.n_embd, p.n_head * p.n_rot), b + "ffn_norm.weight": (p.n_embd,),
+                     b + "ffn_gate.weight": (p.n_ff, p.n_embd), b + "ffn_up.weight": (p.n_ff, p.n_embd),
+                     b + "ffn_down.weight": (p.n_embd, p.n_ff)}  # fmt: skip
+    for name, shape in expected.items():
+        if name not in have:
+            raise CheckpointError(f"has no tensor for {name}: incomplete checkpoint", root)
+        if tuple(have[name]) != shape:
+            raise CheckpointError(f"tensor for {name} has shape {list(have[name])}, the config implies {list(shape)}", root)
+    extra = sorted(set(have) - set(expected) - {"rope_freqs.weight"})
+    if extra:
+        raise CheckpointError(f"tensor for {extra[0]} does not fit a {p.n_layer}-layer model", root)
+
+
+def _cast(array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(array, dtype=np.float16)
+    return safetensors_io.float32_to_bf16(array)
+
+
+def write_metadata(writer: gguf.GGUFWriter, name: str, p: LlamaParams, outtype: str) -> None:
+    """The general.* and llama.* keys llama.cpp reads for this architecture."""
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_context_length(p.n_ctx)
+    writer.add_embedding_length(p.n_embd)
+    writer.add_block_count(p.n_layer)
+    writer.add_feed_forward_length(p.n_ff)
+    writer.add_head_count(p.n_head)
+    writer.add_head_count_kv(p.n_head_kv)
+    writer.add_rope_freq_base(p.rope_theta)
+    writer.add_layer_norm_rms_eps(p.norm_eps)
+    writer.add_vocab_size(p.n_vocab)
+    writer.add_rope_dimension_count(p.n_rot)
+    if p.head_dim is not None:
+        writer.add_key_length(p.head_dim)
+        writer.add_value_length(p.head_dim)
+    rs = p.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rs["factor"]))
+    elif kind not in (None, "default", "llama3"):
+        raise CheckpointError(f"rope_scaling type {kind!r} is not supported (linear and llama3 are)")
+    writer.add_file_type(OUTTYPES[outtype][1])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    path: Path
+    layout: str
+    tensors: int
+    bytes_written: int
+    params: LlamaParams
+    tokenizer: str
+
+
+def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None, force: bool = False,
+            progress: Progress | None = None, on_tensor: Callable[[str], None] | None = None) -> ConvertReport:  # fmt: skip
+    """Convert the checkpoint folder ``src`` (a delta when ``base`` is given) to GGUF at ``out``."""
+    if outtype not in OUTTYPES:
+        raise CheckpointError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    if out.exists() and not force:
+        raise OutputExistsError(out)
+    with open_checkpoint(src) as ckpt, (open_checkpoint(base) if base else _Nothing()) as base_ckpt:
+        vocab = read_vocab(src, ckpt.params.n_vocab)  # before any weights: a missing tokenizer fails fast
+        tensors = plan(ckpt, outtype, base_ckpt)
+        partial = out.with_name(out.name + ".partial")
+        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        try:
+            write_metadata(writer, src.resolve().name, ckpt.params, outtype)
+            add_vocab(writer, src, vocab)
+            for t in tensors:
+                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            written = 0
+            for t in tensors:
+                if on_tensor:
+                    on_tensor(t.name)
+                data = _cast(t.produce(), t.qtype)
+                if data.shape != tuple(t.shape):
+                    raise CheckpointError(f"tensor {t.name} came out as {list(data.shape)}, planned {list(t.shape)}", src)
+                writer.write_tensor_data(data)
+                written += data.nbytes
+                if progress:
+                    progress(data.nbytes)
+            writer.fout[0].flush()
+            os.fsync(writer.fout[0].fileno())
+            writer.close()
+        except BaseException:
+            writer.close()
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, out)
+    return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model)
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        pass

@@ -1,0 +1,87 @@
+"""Delta weights (Vicuna style): a release that holds ``target - base`` instead of the target.
+
+Publishers share deltas when the base model's license forbids redistributing it; users who have
+the base add the two back. Both directions work tensor by tensor, in float32, so only a few
+tensors are in memory at once. When the target's vocabulary is larger than the base's (Vicuna's
+32001 rows against LLaMA's 32000: one added pad token), the base's embedding and output matrices
+get zero rows at the end first; any other shape difference is an error naming the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from llamashare.errors import CheckpointError, OutputExistsError
+from llamashare.quant import safetensors_io
+from llamashare.quant.checkpoint import Tensor, open_checkpoint
+
+#: Tensors whose first axis is the vocabulary (Hugging Face and Meta names).
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight", "tok_embeddings.weight", "output.weight")
+
+
+def _aligned_base(name: str, base: Tensor, target_shape: tuple[int, ...]) -> np.ndarray:
+    """The base tensor as float32, zero-extended on the vocabulary axis when the target is larger."""
+    if base.shape == target_shape:
+        return base.load_f32()
+    if (name in VOCAB_TENSORS and len(base.shape) == 2 and base.shape[1] == target_shape[1]
+            and base.shape[0] < target_shape[0]):  # fmt: skip
+        grown = np.zeros(target_shape, np.float32)
+        grown[: base.shape[0]] = base.load_f32()
+        return grown
+    raise CheckpointError(f"tensor {name}: the delta has shape {list(target_shape)} but the base has {list(base.shape)}")
+
+
+def apply_delta(name: str, base: Tensor, delta: Tensor) -> np.ndarray:
+    """target = base + delta, in float32."""
+    out = _aligned_base(name, base, delta.shape)
+    out += delta.load_f32()
+    return out
+
+
+def make_delta(target: Path, base: Path, out: Path, force: bool = False,
+               on_tensor: Callable[[str], None] | None = None) -> int:  # fmt: skip
+    """Write ``out/`` as a Hugging Face folder holding ``target - base`` (in the target's dtype,
+    one safetensors file per target shard) plus the target's config and tokenizer files.
+    Returns the number of tensors. The folder is built as ``out.partial`` and renamed at the end."""
+    if out.exists() and not force:
+        raise OutputExistsError(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with open_checkpoint(target) as t, open_checkpoint(base) as b:
+        if t.layout != "hf":
+            raise CheckpointError("delta make needs a Hugging Face (safetensors) target", target)
+        missing = sorted(set(t.tensors) - set(b.tensors))
+        if missing:
+            raise CheckpointError(f"tensor {missing[0]} of the target is not in the base", base)
+        shards: dict[str, list[str]] = {}
+        index_path = target / "model.safetensors.index.json"
+        if index_path.is_file():
+            for name, shard in json.loads(index_path.read_text())["weight_map"].items():
+                shards.setdefault(shard, []).append(name)
+        else:
+            shards = {"model.safetensors": list(t.tensors)}
+        for shard, names in shards.items():
+            def producer(name: str) -> Callable[[], np.ndarray]:
+                def run() -> np.ndarray:
+                    if on_tensor:
+                        on_tensor(name)
+                    tt = t.tensors[name]
+                    diff = tt.load_f32() - _aligned_base(name, b.tensors[name], tt.shape)
+                    return safetensors_io.float32_to_bf16(diff) if tt.dtype == "BF16" else diff
+                return run
+            safetensors_io.write(partial / shard, [(n, t.tensors[n].dtype, t.tensors[n].shape, producer(n)) for n in names],
+                                 metadata={"format": "pt", "llamashare": "delta"})  # fmt: skip
+        for f in sorted(target.iterdir()):
+            if f.is_file() and not f.name.endswith(".safetensors"):
+                shutil.copy2(f, partial / f.name)
+        count = len(t.tensors)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return count
