@@ -409,6 +409,60 @@ def daemon_run(home, listen_port: int | None, api_port: int | None, local_only: 
     run_daemon(home, listen_port, api_port, local_only or None)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The GGUF file to write.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True, help="Type of the weight matrices (norms stay f32).")
+@click.option("--base", type=click.Path(path_type=Path, file_okay=False, exists=True), help="SOURCE is a delta: add it to this base model folder, tensor by tensor.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def convert(source: Path, output: Path, outtype: str, base: Path | None, force: bool, quiet: bool) -> None:
+    """Convert a LLaMA-family checkpoint folder to GGUF (for llama.cpp, Ollama, LM Studio and
+    `llamashare run`). Hugging Face folders (config.json, *.safetensors, tokenizer) and Meta's
+    original layout (params.json, consolidated.NN.pth, tokenizer.model) are detected; .pth
+    pickles are read with an allow list, never executed. Streams: a few tensors in memory.
+
+    \b
+    Examples:
+      llamashare convert ./smollm2-135m -o smollm2.gguf
+      llamashare convert ./vicuna-7b-delta --base ./llama-7b -o vicuna-7b.gguf
+    """
+    from llamashare.quant.convert import convert as run_convert
+
+    with byte_progress(f"converting {source.name}", 0, quiet) as bar:
+        report = run_convert(source, output, outtype, base, force, progress=bar.advance,
+                             on_tensor=lambda name: bar.describe(f"converting {name}"), on_total=bar.set_total)  # fmt: skip
+    p = report.params
+    click.echo(f"wrote {report.path} ({report.tensors} tensors, {human_size(report.bytes_written)} of weights, {outtype}): "
+               f"{p.n_layer} layers, {p.n_embd} wide, {p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab} "
+               f"({'SentencePiece' if report.tokenizer == 'llama' else 'BPE'}), from the {report.layout} layout")  # fmt: skip
+
+
+@cli.group(context_settings=CONTEXT)
+def delta() -> None:
+    """Delta weights (target − base), for models whose base may not be redistributed."""
+
+
+@delta.command("make", context_settings=CONTEXT)
+@click.argument("target", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--base", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The base model folder.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write the delta into.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output folder.")
+def delta_make(target: Path, base: Path, output: Path, force: bool) -> None:
+    """Write TARGET − BASE as a Hugging Face folder (safetensors + TARGET's config and
+    tokenizer), ready for `llamashare create`. Users rebuild TARGET with
+    `llamashare convert DELTA --base BASE`.
+
+    \b
+    Example:
+      llamashare delta make ./vicuna-7b --base ./llama-7b -o ./vicuna-7b-delta
+    """
+    from llamashare.quant.delta import make_delta
+
+    count = make_delta(target, base, output, force)
+    click.echo(f"wrote {output} ({count} delta tensors)")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="llamashare")

@@ -52,6 +52,9 @@ class ByteBar:
     def describe(self, text: str) -> None:
         self._bar.update(self._task, description=text)
 
+    def set_total(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
 
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

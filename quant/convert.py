@@ -36,6 +36,7 @@ OUTTYPES = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
 }
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 #: Source tensors that carry no weights (precomputed rotary tables some exports include).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
 
@@ -90,6 +91,8 @@ def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list
     for src in ckpt.tensors.values():
         if src.name.endswith(IGNORED_SUFFIXES):
             continue
+        if src.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"tensor {src.name} has dtype {src.dtype}; weights must be one of {', '.join(WEIGHT_DTYPES)}", ckpt.root)
         name = names.get_name(src.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise CheckpointError(f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root)
@@ -189,7 +192,8 @@ class ConvertReport:
 
 
 def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None, force: bool = False,
-            progress: Progress | None = None, on_tensor: Callable[[str], None] | None = None) -> ConvertReport:  # fmt: skip
+            progress: Progress | None = None, on_tensor: Callable[[str], None] | None = None,
+            on_total: Callable[[int], None] | None = None) -> ConvertReport:  # fmt: skip
     """Convert the checkpoint folder ``src`` (a delta when ``base`` is given) to GGUF at ``out``."""
     if outtype not in OUTTYPES:
         raise CheckpointError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
@@ -198,6 +202,8 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
     with open_checkpoint(src) as ckpt, (open_checkpoint(base) if base else _Nothing()) as base_ckpt:
         vocab = read_vocab(src, ckpt.params.n_vocab)  # before any weights: a missing tokenizer fails fast
         tensors = plan(ckpt, outtype, base_ckpt)
+        if on_total:
+            on_total(sum(t.nbytes for t in tensors))
         partial = out.with_name(out.name + ".partial")
         writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         try:

@@ -38,9 +38,7 @@ def _aligned_base(name: str, base: Tensor, target_shape: tuple[int, ...]) -> np.
 
 def apply_delta(name: str, base: Tensor, delta: Tensor) -> np.ndarray:
     """target = base + delta, in float32."""
-    out = _aligned_base(name, base, delta.shape)
-    out += delta.load_f32()
-    return out
+    return _aligned_base(name, base, delta.shape) + delta.load_f32()
 
 
 def make_delta(target: Path, base: Path, out: Path, force: bool = False,
