@@ -33,16 +33,18 @@ def _tensors(cfg: SampleConfig) -> dict[str, np.ndarray]:
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     kv = h // cfg.num_attention_heads * cfg.num_key_value_heads
 
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
+    def w(*shape: int, scale: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
 
     out = {"model.embed_tokens.weight": w(v, h)}
     for n in range(cfg.num_hidden_layers):
         p = f"model.layers.{n}."
         out |= {
             p + "input_layernorm.weight": np.ones(h, np.float32),
-            p + "self_attn.q_proj.weight": w(h, h),
-            p + "self_attn.k_proj.weight": w(kv, h),
+            # Q and K large enough for peaked attention: position and rotary-layout mistakes
+            # then change the logits visibly (with 0.02, attention is near uniform).
+            p + "self_attn.q_proj.weight": w(h, h, scale=0.15),
+            p + "self_attn.k_proj.weight": w(kv, h, scale=0.15),
             p + "self_attn.v_proj.weight": w(kv, h),
             p + "self_attn.o_proj.weight": w(h, h),
             p + "post_attention_layernorm.weight": np.ones(h, np.float32),
