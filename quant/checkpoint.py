@@ -36,10 +36,17 @@ class Tensor:
     name: str
     shape: tuple[int, ...]
     dtype: str  # F32, F16, BF16, ...
-    load: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    load: Callable[[], np.ndarray] = field(repr=False, compare=False)  # a fresh memory map each call
+    rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def load_f32(self) -> np.ndarray:
         return safetensors_io.to_float32(self.load(), self.dtype)
+
+    def rows_f32(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32. Only those rows' pages are touched, and the mapping is
+        dropped with the result, so converting a big matrix in row blocks keeps RSS at a block."""
+        part = self.rows(start, stop) if self.rows is not None else self.load()[start:stop]
+        return safetensors_io.to_float32(part, self.dtype).copy()
 
 
 @dataclass(frozen=True)
@@ -224,12 +231,29 @@ def _open_meta(root: Path) -> Checkpoint:
                 if any(p.shape[d] != shape[d] for d in range(len(shape)) if d != axis):
                     raise CheckpointError(f"tensor {name}: shard shapes do not line up on axis {axis}", root)
                 shape[axis] += p.shape[axis]
-        load = (lambda t0=t0: np.ascontiguousarray(t0.load())) if axis is None else \
-            (lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis))  # fmt: skip
-        tensors[name] = Tensor(name, tuple(shape), t0.dtype, load)
+        if axis is None:
+            tensors[name] = Tensor(name, tuple(shape), t0.dtype, lambda t0=t0: np.ascontiguousarray(t0.load()))
+        else:
+            tensors[name] = Tensor(name, tuple(shape), t0.dtype,
+                                   lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis),
+                                   rows=lambda a, b, parts=parts, axis=axis: _joined_rows(parts, axis, a, b))  # fmt: skip
     params = meta_params(config, tensors, root)
     return Checkpoint("meta", root, _with_tied(params, tensors, "output.weight"), tensors, config,
                       closers=[a.close for a in archives])  # fmt: skip
+
+
+def _joined_rows(parts: list, axis: int, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of shards joined along ``axis``, reading only those rows."""
+    if axis == 1:
+        return np.concatenate([p.load()[start:stop] for p in parts], axis=1)
+    out, offset = [], 0
+    for p in parts:
+        n = p.shape[0]
+        a, b = max(start - offset, 0), min(stop - offset, n)
+        if a < b:
+            out.append(np.array(p.load()[a:b]))
+        offset += n
+    return np.concatenate(out, axis=0)
 
 
 def meta_params(config: dict[str, Any], tensors: dict[str, Tensor], root: Path) -> LlamaParams:

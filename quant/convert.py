@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import gguf
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from llamashare.errors import CheckpointError, OutputExistsError
 from llamashare.quant import safetensors_io
 from llamashare.quant.checkpoint import Checkpoint, LlamaParams, Tensor, open_checkpoint
-from llamashare.quant.delta import apply_delta
+from llamashare.quant.delta import apply_delta, check_shapes
 from llamashare.quant.vocab import add_vocab, read_vocab
 
 OUTTYPES = {
@@ -41,6 +41,9 @@ WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
 
 Progress = Callable[[int], None]
+#: Rows are converted in blocks of about this many bytes (float32), so peak memory is a block,
+#: not the largest tensor (a 7B model's embedding is 500 MB in float32).
+BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class OutTensor:
     name: str  # GGUF name
     shape: tuple[int, ...]  # NumPy order (rows, cols)
     qtype: gguf.GGMLQuantizationType
-    produce: Callable[[], np.ndarray]  # float32, already in GGML layout
+    blocks: Callable[[], Iterator[np.ndarray]]  # float32 row blocks, already in GGML layout
 
     @property
     def nbytes(self) -> int:
@@ -96,15 +99,15 @@ def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list
         name = names.get_name(src.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise CheckpointError(f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root)
-        produce = _producer(src, ckpt, base)
+        rotary_heads = None
         if ckpt.layout == "hf" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = p.n_head if name.endswith("attn_q.weight") else p.n_head_kv
-            produce = (lambda f=produce, h=heads: permute_rotary(f(), h))
+            rotary_heads = p.n_head if name.endswith("attn_q.weight") else p.n_head_kv
+        blocks = _blocks(src, base.tensors.get(src.name) if base else None, rotary_heads, base)
         shape = src.shape  # with a delta, the delta's shape wins (a larger vocabulary extends the base)
-        out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, produce))
+        out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, blocks))
     factors = llama3_rope_factors(p)
     if factors is not None:
-        out.append(OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: factors))
+        out.append(OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: iter([factors])))
     _check_complete(out, p, ckpt.root)
     order = {n: i for i, n in enumerate(("token_embd.weight", "rope_freqs.weight"))}
     return sorted(out, key=lambda t: (order.get(t.name, 2), _block(t.name), t.name == "output_norm.weight", t.name == "output.weight"))
@@ -114,12 +117,26 @@ def _block(name: str) -> int:
     return int(name.split(".")[1]) if name.startswith("blk.") else 1 << 30
 
 
-def _producer(src: Tensor, ckpt: Checkpoint, base: Checkpoint | None) -> Callable[[], np.ndarray]:
-    if base is None:
-        return src.load_f32
-    if src.name not in base.tensors:
-        raise CheckpointError(f"delta tensor {src.name} is not in the base model", base.root)
-    return lambda: apply_delta(src.name, base.tensors[src.name], src)
+def _blocks(src: Tensor, base_t: Tensor | None, rotary_heads: int | None, base: Checkpoint | None) -> Callable[[], Iterator[np.ndarray]]:
+    """Row blocks of the output tensor: read, add the base (deltas), permute Q/K rows per head."""
+    if base is not None:
+        if base_t is None:
+            raise CheckpointError(f"delta tensor {src.name} is not in the base model", base.root)
+        check_shapes(src.name, base_t, src.shape)
+    if len(src.shape) < 2:
+        return lambda: iter([apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()])
+    rows, width = src.shape[0], math.prod(src.shape[1:])
+    step = max(1, BLOCK_BYTES // (4 * width))
+    head = rows // rotary_heads if rotary_heads else 1
+    step = max(head, step // head * head)  # whole heads per block: the permutation is per head
+
+    def gen() -> Iterator[np.ndarray]:
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            block = apply_delta(base_t, src, start, stop) if base_t is not None else src.rows_f32(start, stop)
+            yield permute_rotary(block, (stop - start) // head) if rotary_heads else block
+
+    return gen
 
 
 def _check_complete(out: list[OutTensor], p: LlamaParams, root: Path) -> None:
@@ -214,18 +231,28 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
+            fout = writer.fout[0]
             written = 0
             for t in tensors:
                 if on_tensor:
                     on_tensor(t.name)
-                data = _cast(t.produce(), t.qtype)
-                if data.shape != tuple(t.shape):
-                    raise CheckpointError(f"tensor {t.name} came out as {list(data.shape)}, planned {list(t.shape)}", src)
-                writer.write_tensor_data(data)
-                written += data.nbytes
-                if progress:
-                    progress(data.nbytes)
-            writer.fout[0].flush()
+                # gguf-py's write_tensor_data takes whole tensors; the data section is simply each
+                # tensor aligned to data_alignment, so blocks are written the same way by hand.
+                writer.write_padding(fout, fout.tell())
+                size = 0
+                for block in t.blocks():
+                    data = _cast(block, t.qtype)
+                    if data.shape[1:] != tuple(t.shape[1:]):
+                        raise CheckpointError(f"tensor {t.name} came out as {list(data.shape)}, planned {list(t.shape)}", src)
+                    data.tofile(fout)
+                    size += data.nbytes
+                    if progress:
+                        progress(data.nbytes)
+                if size != t.nbytes:
+                    raise CheckpointError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes}", src)
+                writer.write_padding(fout, size)
+                written += size
+            fout.flush()
             os.fsync(writer.fout[0].fileno())
             writer.close()
         except BaseException:

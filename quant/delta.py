@@ -24,21 +24,32 @@ from llamashare.quant.checkpoint import Tensor, open_checkpoint
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight", "tok_embeddings.weight", "output.weight")
 
 
-def _aligned_base(name: str, base: Tensor, target_shape: tuple[int, ...]) -> np.ndarray:
-    """The base tensor as float32, zero-extended on the vocabulary axis when the target is larger."""
+def check_shapes(name: str, base: Tensor, target_shape: tuple[int, ...]) -> None:
+    """Same shape, or the base is short of rows on a vocabulary matrix (zero-extended then)."""
     if base.shape == target_shape:
-        return base.load_f32()
+        return
     if (name in VOCAB_TENSORS and len(base.shape) == 2 and base.shape[1] == target_shape[1]
             and base.shape[0] < target_shape[0]):  # fmt: skip
-        grown = np.zeros(target_shape, np.float32)
-        grown[: base.shape[0]] = base.load_f32()
-        return grown
+        return
     raise CheckpointError(f"tensor {name}: the delta has shape {list(target_shape)} but the base has {list(base.shape)}")
 
 
-def apply_delta(name: str, base: Tensor, delta: Tensor) -> np.ndarray:
-    """target = base + delta, in float32."""
-    return _aligned_base(name, base, delta.shape) + delta.load_f32()
+def base_rows(base: Tensor, start: int, stop: int, width: tuple[int, ...]) -> np.ndarray:
+    """Rows [start, stop) of the base as float32; rows past its end are zeros."""
+    have = min(stop, base.shape[0] if base.shape else 1)
+    if not base.shape:
+        return base.load_f32()
+    out = np.zeros((stop - start, *width), np.float32)
+    if have > start:
+        out[: have - start] = base.rows_f32(start, have)
+    return out
+
+
+def apply_delta(base: Tensor, delta: Tensor, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of target = base + delta, in float32."""
+    if not delta.shape:
+        return base.load_f32() + delta.load_f32()
+    return base_rows(base, start, stop, delta.shape[1:]) + delta.rows_f32(start, stop)
 
 
 def make_delta(target: Path, base: Path, out: Path, force: bool = False,
@@ -57,6 +68,8 @@ def make_delta(target: Path, base: Path, out: Path, force: bool = False,
         missing = sorted(set(t.tensors) - set(b.tensors))
         if missing:
             raise CheckpointError(f"tensor {missing[0]} of the target is not in the base", base)
+        for name, tt in t.tensors.items():
+            check_shapes(name, b.tensors[name], tt.shape)
         shards: dict[str, list[str]] = {}
         index_path = target / "model.safetensors.index.json"
         if index_path.is_file():
@@ -70,7 +83,8 @@ def make_delta(target: Path, base: Path, out: Path, force: bool = False,
                     if on_tensor:
                         on_tensor(name)
                     tt = t.tensors[name]
-                    diff = tt.load_f32() - _aligned_base(name, b.tensors[name], tt.shape)
+                    rows = tt.shape[0] if tt.shape else 1
+                    diff = tt.load_f32() - base_rows(b.tensors[name], 0, rows, tt.shape[1:])
                     return safetensors_io.float32_to_bf16(diff) if tt.dtype == "BF16" else diff
                 return run
             safetensors_io.write(partial / shard, [(n, t.tensors[n].dtype, t.tensors[n].shape, producer(n)) for n in names],

@@ -141,7 +141,7 @@ class TorchArchive:
         if len(pkls) != 1:
             raise CheckpointError("no <archive>/data.pkl inside: not a PyTorch checkpoint", path)
         self.prefix = pkls[0][: -len("data.pkl")]
-        self._maps: dict[str, np.ndarray] = {}
+        self._starts: dict[str, int] = {}
         try:
             with self._zip.open(pkls[0]) as f:
                 obj = _RestrictedUnpickler(f, self).load()
@@ -157,9 +157,16 @@ class TorchArchive:
         self.tensors: dict[str, LazyTensor] = dict(obj)
 
     def storage_array(self, storage: Storage) -> np.ndarray:
-        """The storage's elements, memory-mapped straight from the (uncompressed) zip entry."""
-        if storage.key in self._maps:
-            return self._maps[storage.key]
+        """The storage's elements, memory-mapped straight from the (uncompressed) zip entry.
+        A fresh mapping each call: it is unmapped (and leaves RSS) when the caller drops it."""
+        if storage.numel == 0:
+            return np.zeros(0, storage.type.numpy)
+        if storage.key not in self._starts:
+            self._starts[storage.key] = self._locate(storage)
+        return np.memmap(self.path, dtype=storage.type.numpy, mode="r", offset=self._starts[storage.key], shape=(storage.numel,))
+
+    def _locate(self, storage: Storage) -> int:
+        """Byte offset of a storage's data in the file, after checking its zip entry."""
         name = f"{self.prefix}data/{storage.key}"
         try:
             info = self._zip.getinfo(name)
@@ -179,11 +186,7 @@ class TorchArchive:
         start = info.header_offset + 30 + name_len + extra_len
         if start + info.file_size > self.path.stat().st_size:
             raise CheckpointError(f"storage {name} is cut short: truncated file", self.path)
-        array = (np.memmap(self.path, dtype=storage.type.numpy, mode="r", offset=start, shape=(storage.numel,))
-                 if storage.numel else np.zeros(0, storage.type.numpy))  # fmt: skip
-        self._maps[storage.key] = array
-        return array
+        return start
 
     def close(self) -> None:
-        self._maps.clear()
         self._zip.close()

@@ -210,3 +210,20 @@ def test_existing_output_is_not_replaced_without_force(hf: Path, tmp_path: Path)
     with pytest.raises(OutputExistsError):
         convert(hf, tmp_path / "m.gguf")
     assert (tmp_path / "m.gguf").read_bytes() == b"keep me"
+
+
+def test_small_row_blocks_give_the_same_file(hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big tensors are converted in row blocks; blocks of a few rows (heads for Q/K, shards for
+    Meta, base rows for deltas) must produce the very same bytes as whole-tensor blocks."""
+    import llamashare.quant.convert as conv
+
+    write_meta(tmp_path / "meta" / "7B", hf, ranks=2, dtype=np.float16)
+    base = tmp_path / "base"
+    write_sample_model(base, SampleConfig(vocab_size=500, seed=5))
+    jobs = {"hf": (hf, None), "meta": (tmp_path / "meta" / "7B", None), "delta": (hf, base)}
+    for label, (src, base_dir) in jobs.items():
+        convert(src, tmp_path / f"{label}-whole.gguf", "f16", base=base_dir)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 3000)  # a few rows per block
+    for label, (src, base_dir) in jobs.items():
+        convert(src, tmp_path / f"{label}-blocks.gguf", "f16", base=base_dir)
+        assert (tmp_path / f"{label}-blocks.gguf").read_bytes() == (tmp_path / f"{label}-whole.gguf").read_bytes(), label
