@@ -120,7 +120,8 @@ def main() -> None:
             results[name].append(run(name, src, work))
         print(f"  round {r + 1}/{args.repeats} done", flush=True)
 
-    import gguf
+    from importlib import metadata
+
     import numpy
 
     from llamashare import __version__
@@ -129,7 +130,7 @@ def main() -> None:
     rss = {k: max(x["max_rss_kib"] for x in v) / 1024 for k, v in results.items()}
     mb = size / 1e6
     print()
-    print(f"llamashare {__version__}, gguf-py {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
+    print(f"llamashare {__version__}, gguf-py {metadata.version('gguf')}, "
           f"numpy {numpy.__version__}, Python {platform.python_version()}, {os.cpu_count()} cores; "
           f"{mb:.0f} MB float32 checkpoint → f16 GGUF; warm page cache; median of {args.repeats}")  # fmt: skip
     print(f"{'contender':<36}{'seconds':>9}{'MB/s':>8}{'× copy speed':>14}{'peak RSS MiB':>14}{'% of model':>12}")

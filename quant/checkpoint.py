@@ -103,7 +103,8 @@ def open_checkpoint(root: Path) -> Checkpoint:
                           "Meta checkpoint (params.json + consolidated.NN.pth)", root)  # fmt: skip
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file, or a CheckpointError naming the file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -117,7 +118,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _open_hf(root: Path) -> Checkpoint:
-    config = _read_json(root / "config.json")
+    config = read_json(root / "config.json")
     archs = config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise CheckpointError(f"architecture {', '.join(map(str, archs)) or config.get('model_type', '?')} is not "
@@ -126,7 +127,7 @@ def _open_hf(root: Path) -> Checkpoint:
     params = hf_params(config, root / "config.json")
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError("has no weight_map", index)
         shards = sorted(set(weight_map.values()))
@@ -204,7 +205,7 @@ def meta_split_axis(name: str) -> int | None:
 
 
 def _open_meta(root: Path) -> Checkpoint:
-    config = _read_json(root / "params.json")
+    config = read_json(root / "params.json")
     files = sorted((p for p in root.iterdir() if _RANK_FILE.match(p.name)), key=lambda p: int(_RANK_FILE.match(p.name)[1]))
     if not files:
         raise CheckpointError("has params.json but no consolidated.NN.pth", root)

@@ -9,7 +9,6 @@ get zero rows at the end first; any other shape difference is an error naming th
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ import numpy as np
 
 from llamashare.errors import CheckpointError, OutputExistsError
 from llamashare.quant import safetensors_io
-from llamashare.quant.checkpoint import Tensor, open_checkpoint
+from llamashare.quant.checkpoint import Tensor, open_checkpoint, read_json
 
 #: Tensors whose first axis is the vocabulary (Hugging Face and Meta names).
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight", "tok_embeddings.weight", "output.weight")
@@ -73,7 +72,7 @@ def make_delta(target: Path, base: Path, out: Path, force: bool = False,
         shards: dict[str, list[str]] = {}
         index_path = target / "model.safetensors.index.json"
         if index_path.is_file():
-            for name, shard in json.loads(index_path.read_text())["weight_map"].items():
+            for name, shard in read_json(index_path)["weight_map"].items():
                 shards.setdefault(shard, []).append(name)
         else:
             shards = {"model.safetensors": list(t.tensors)}

@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 
 from llamashare.errors import CheckpointError
+from llamashare.quant.checkpoint import read_json
 
 #: llama.cpp's Llama 3 split pattern (also in its converter); matched verbatim in tokenizer.json.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -61,15 +62,15 @@ def _added_tokens(root: Path) -> dict[int, tuple[str, bool]]:
     out: dict[int, tuple[str, bool]] = {}
     tj = root / "tokenizer.json"
     if tj.is_file():
-        for item in _load_json(tj).get("added_tokens") or []:
+        for item in read_json(tj).get("added_tokens") or []:
             out[int(item["id"])] = (item["content"], bool(item.get("special")))
     tc = root / "tokenizer_config.json"
     if tc.is_file():
-        for tid, item in (_load_json(tc).get("added_tokens_decoder") or {}).items():
+        for tid, item in (read_json(tc).get("added_tokens_decoder") or {}).items():
             out.setdefault(int(tid), (item["content"], bool(item.get("special"))))
     at = root / "added_tokens.json"
     if at.is_file():
-        for text, tid in _load_json(at).items():
+        for text, tid in read_json(at).items():
             out.setdefault(int(tid), (text, False))
     return out
 
@@ -108,7 +109,7 @@ def _sentencepiece(path: Path, root: Path) -> Vocab:
 
 
 def _bpe(path: Path) -> Vocab:
-    doc = _load_json(path)
+    doc = read_json(path)
     model = doc.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback") or (doc.get("decoder") or {}).get("type") != "ByteLevel":
         raise CheckpointError("is not a byte-level BPE tokenizer (for SentencePiece-based ones, include tokenizer.model)", path)
@@ -144,16 +145,6 @@ def bpe_pre_tokenizer(pre: Any, where: Path) -> str:
         return "llama-bpe"  # LLaMA 3
     raise CheckpointError(f"has a BPE pre-tokenizer llamashare does not know ({json.dumps(pre)[:120]}); known: "
                           "GPT-2, SmolLM, LLaMA 3", where)  # fmt: skip
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot be read as JSON: {exc}", path) from None
-    if not isinstance(doc, dict):
-        raise CheckpointError("is not a JSON object", path)
-    return doc
 
 
 def add_vocab(writer: gguf.GGUFWriter, root: Path, vocab: Vocab) -> None:

@@ -8,7 +8,6 @@ whose pieces are the hybrid's v1 pieces, and llamashare nodes run both torrents.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
