@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from llamashare.errors import CheckpointError, OutputExistsError, UnsafePickleError
 from llamashare.quant.convert import convert
 from llamashare.quant.delta import make_delta
-from llamashare.sample import SampleConfig, write_sample_model
+from llamashare.sample import CHAT_TEMPLATE, SampleConfig, write_sample_model
 from tests.checkpoints import hf_weights, unpermute_rotary_to_meta, write_hf_tied, write_meta
 from tests.torch_format import save_pth
 
@@ -90,6 +90,7 @@ def test_sharded_gqa_checkpoint_matches_source_math(hf: Path, tmp_path: Path, ou
     assert meta["tokenizer.ggml.token_type"][509:] == [gguf.TokenType.CONTROL] * 3
     assert meta["tokenizer.ggml.merges"][0] == "Ġ e" and len(meta["tokenizer.ggml.merges"]) == 253
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (509, 510)
+    assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.chat_template"] == CHAT_TEMPLATE
     assert not (tmp_path / "m.gguf.partial").exists()
 
 
@@ -227,3 +228,25 @@ def test_small_row_blocks_give_the_same_file(hf: Path, tmp_path: Path, monkeypat
     for label, (src, base_dir) in jobs.items():
         convert(src, tmp_path / f"{label}-blocks.gguf", "f16", base=base_dir)
         assert (tmp_path / f"{label}-blocks.gguf").read_bytes() == (tmp_path / f"{label}-whole.gguf").read_bytes(), label
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 64}])  # fmt: skip
+def test_rope_scaling_from_the_config(hf: Path, tmp_path: Path, scaling: dict) -> None:
+    import shutil
+
+    root = tmp_path / "m"
+    shutil.copytree(hf, root)
+    config = json.loads((root / "config.json").read_text()) | {"rope_scaling": scaling, "rope_theta": 500000.0}
+    (root / "config.json").write_text(json.dumps(config))
+    convert(root, tmp_path / "x.gguf", "f32")
+    meta, tensors, _ = read_gguf(tmp_path / "x.gguf")
+    assert meta["llama.rope.freq_base"] == 500000.0
+    if scaling["rope_type"] == "linear":
+        assert meta["llama.rope.scaling.type"] == "linear" and meta["llama.rope.scaling.factor"] == 4.0
+        assert "rope_freqs.weight" not in tensors
+    else:  # Llama 3.1: per-frequency factors, 1 for short wavelengths, `factor` for long ones
+        factors = tensors["rope_freqs.weight"]
+        assert factors.shape == (16,) and factors[0] == 1.0 and factors[-1] == 8.0
+        assert np.all(np.diff(factors) >= 0) and "llama.rope.scaling.type" not in meta
