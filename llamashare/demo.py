@@ -1,8 +1,8 @@
 """``llamashare demo``: the whole path, offline, on a generated sample, one visible step at a time.
 
 Today the path is publish → sign → verify → seed from one local node → fetch over BitTorrent into a
-second node (loopback only) → tamper → verify again; convert, quantize and run join it as they
-land. Every step prints what it does, where files go, and its time.
+second node (loopback only) → convert the fetched files to GGUF → tamper → verify again;
+quantize and run join it as they land. Every step prints what it does, where files go, and its time.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from llamashare.manifests.verify import FileState, verify_release
 from llamashare.p2p.client import DaemonClient, stop_daemon
 from llamashare.p2p.fetch import FetchOptions, fetch, seed
 from llamashare.p2p.home import Home
+from llamashare.quant.convert import convert
 from llamashare.sample import write_sample_model
 
 Echo = Callable[[str], None]
@@ -84,6 +85,12 @@ def _run(work: Path, echo: Echo) -> None:
         finally:
             for home in (a, b):
                 stop_daemon(home)
+    gguf_path = work / "sample-llama.f16.gguf"
+    with _step(echo, f"convert the fetched, verified files to GGUF for llama.cpp → {gguf_path}"):
+        report = convert(fetched, gguf_path, "f16", force=True)
+        p = report.params
+        echo(f"    {report.tensors} tensors, {report.bytes_written} bytes of f16 weights: {p.n_layer} layers, "
+             f"{p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab}")  # fmt: skip
     with _step(echo, "flip one byte in a shard and verify again: the swap must be caught"):
         target = next(f for f in loaded.files if f.path.endswith(".safetensors"))
         shard = fetched / target.path
@@ -94,4 +101,4 @@ def _run(work: Path, echo: Echo) -> None:
         if [r.entry.path for r in caught] != [target.path]:
             raise LlamashareError("demo: the tampered shard was not detected")
         echo(f"    {caught[0].state.value:<10} {caught[0].entry.path}  ({caught[0].detail})")
-    echo("demo finished: publish, sign, seed, fetch and verify work; convert, quantize and run land next.")
+    echo("demo finished: publish, sign, seed, fetch, verify and convert work; quantize and run land next.")

@@ -95,3 +95,4 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "wrong hash" in r.output and "demo finished" in r.output
     assert (tmp_path / "demo" / "sample-llama.toml").is_file()
+    assert (tmp_path / "demo" / "sample-llama.f16.gguf").read_bytes()[:4] == b"GGUF"
