@@ -46,7 +46,8 @@ class Tensor:
         """Rows [start, stop) as float32. Only those rows' pages are touched, and the mapping is
         dropped with the result, so converting a big matrix in row blocks keeps RSS at a block."""
         part = self.rows(start, stop) if self.rows is not None else self.load()[start:stop]
-        return safetensors_io.to_float32(part, self.dtype).copy()
+        # A new array either way (never a view that would keep the mapping alive).
+        return safetensors_io.to_float32(part, "BF16") if self.dtype == "BF16" else np.array(part, dtype=np.float32)
 
 
 @dataclass(frozen=True)

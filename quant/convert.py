@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -216,7 +217,7 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
         raise CheckpointError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     if out.exists() and not force:
         raise OutputExistsError(out)
-    with open_checkpoint(src) as ckpt, (open_checkpoint(base) if base else _Nothing()) as base_ckpt:
+    with open_checkpoint(src) as ckpt, (open_checkpoint(base) if base else nullcontext()) as base_ckpt:
         vocab = read_vocab(src, ckpt.params.n_vocab)  # before any weights: a missing tokenizer fails fast
         tensors = plan(ckpt, outtype, base_ckpt)
         if on_total:
@@ -261,11 +262,3 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
             raise
         os.replace(partial, out)
     return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model)
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        pass
