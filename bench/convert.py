@@ -18,13 +18,13 @@ Targets (issue 5): convert ≥ 0.5× the disk copy's MB/s; convert's peak RSS < 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from measure import measure, warm_page_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,26 +71,8 @@ writer.fout[0].flush(); os.fsync(writer.fout[0].fileno()); writer.close()
 """,
 }
 
-RUNNER = """
-import json, re, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-src, work = Path(sys.argv[1]), Path(sys.argv[2])
-t = time.perf_counter()
-exec(sys.stdin.read())
-seconds = time.perf_counter() - t
-hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
-print(json.dumps({"seconds": seconds, "max_rss_kib": hwm}))
-"""
-
-
 def run(name: str, src: Path, work: Path) -> dict:
-    repo = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(src), str(work), repo], input=CONTENDERS[name],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
-    if out.returncode:
-        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return measure(name, CONTENDERS[name], {"src": src, "work": work})
 
 
 def main() -> None:
@@ -110,10 +92,7 @@ def main() -> None:
         print(f"generating the checkpoint in {src} ...", flush=True)
         write_sample_model(src, cfg)
     size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-    for p in src.glob("*.safetensors"):  # warm the page cache: every contender reads from memory alike
-        with open(p, "rb", buffering=0) as f:
-            while f.read(64 << 20):
-                pass
+    warm_page_cache(sorted(src.glob("*.safetensors")))
     results: dict[str, list[dict]] = {k: [] for k in CONTENDERS}
     for r in range(args.repeats):
         for name in CONTENDERS:

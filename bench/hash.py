@@ -18,15 +18,14 @@ Target (issue 3): create ≤ 1.5× libtorrent alone; create's peak memory does n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from measure import measure, warm_page_cache
 
 PIECE = 4 * 1024 * 1024
 
@@ -52,20 +51,6 @@ for p in sorted(root.iterdir()):
 """,
 }
 
-# Peak memory is VmHWM of the child's own address space: ru_maxrss would carry over the parent's
-# high-water mark across fork + exec on Linux and show the benchmark's own size, not the contender's.
-RUNNER = """
-import json, re, sys, time
-from pathlib import Path
-root, PIECE = Path(sys.argv[1]), int(sys.argv[2])
-t = time.perf_counter()
-exec(sys.stdin.read())
-seconds = time.perf_counter() - t
-hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
-print(json.dumps({"seconds": seconds, "max_rss_kib": hwm}))
-"""
-
-
 def make_shards(root: Path, total: int, files: int = 4) -> None:
     root.mkdir(parents=True, exist_ok=True)
     each = total // files
@@ -81,9 +66,7 @@ def make_shards(root: Path, total: int, files: int = 4) -> None:
 
 
 def run(contender: str, root: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(root), str(PIECE)], input=CONTENDERS[contender],
-                         capture_output=True, text=True, check=True, timeout=600)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return measure(contender, CONTENDERS[contender], {"root": root, "PIECE": PIECE}, timeout=600)
 
 
 def main() -> None:
@@ -97,11 +80,7 @@ def main() -> None:
     print(f"generating {args.size_gib} GiB in {big} (and a quarter of it in {small}) ...", flush=True)
     make_shards(big, total)
     make_shards(small, total // 4)
-    for root in (big, small):  # warm the page cache so every contender reads from memory alike
-        for p in root.iterdir():
-            with open(p, "rb", buffering=0) as f:
-                while f.read(64 << 20):
-                    pass
+    warm_page_cache([p for root in (big, small) for p in root.iterdir()])
     results: dict[str, list[dict]] = {"create": [], "libtorrent": [], "blake3": [], "create (¼ size)": []}
     for r in range(args.repeats):
         for name in ("create", "libtorrent", "blake3"):
