@@ -35,9 +35,9 @@ def check_shapes(name: str, base: Tensor, target_shape: tuple[int, ...]) -> None
 
 def base_rows(base: Tensor, start: int, stop: int, width: tuple[int, ...]) -> np.ndarray:
     """Rows [start, stop) of the base as float32; rows past its end are zeros."""
-    have = min(stop, base.shape[0] if base.shape else 1)
     if not base.shape:
         return base.load_f32()
+    have = min(stop, base.shape[0])
     out = np.zeros((stop - start, *width), np.float32)
     if have > start:
         out[: have - start] = base.rows_f32(start, have)

@@ -14,7 +14,7 @@ wrong. Special ids, ``add_bos``/``add_eos`` and the chat template come from gguf
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class Vocab:
     tokens: list[str]
     scores: list[float]
     types: list[int]  # gguf.TokenType values
+    model_special_ids: dict[str, int] = field(default_factory=dict)  # bos/eos/unk the SentencePiece model names
 
 
 def find_tokenizer(root: Path) -> Path:
@@ -105,7 +106,8 @@ def _sentencepiece(path: Path, root: Path) -> Vocab:
         tokens.append(text)
         scores.append(-1000.0)
         types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
-    return Vocab("llama", None, tokens, scores, types)
+    named = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
+    return Vocab("llama", None, tokens, scores, types, {k: v for k, v in named.items() if v >= 0})
 
 
 def _bpe(path: Path) -> Vocab:
@@ -160,18 +162,10 @@ def add_vocab(writer: gguf.GGUFWriter, root: Path, vocab: Vocab) -> None:
     if vocab.model == "gpt2" and not special.merges:
         raise CheckpointError("tokenizer.json has no BPE merges; llama.cpp cannot load a BPE vocabulary without them", root)
     if vocab.model == "llama" and "bos" not in special.special_token_ids:
-        _sentencepiece_specials(root, special)
+        # Meta's release has no tokenizer_config.json: the SentencePiece model names bos/eos/unk.
+        for kind, tid in vocab.model_special_ids.items():
+            special.special_token_ids.setdefault(kind, tid)
+        special.add_special_token.setdefault("bos", True)
+        special.add_special_token.setdefault("eos", False)
     special.add_to_gguf(writer, quiet=True)
 
-
-def _sentencepiece_specials(root: Path, special: gguf.SpecialVocab) -> None:
-    """Meta's release has no tokenizer_config.json: the SentencePiece model names bos/eos/unk."""
-    from sentencepiece import SentencePieceProcessor
-
-    sp = SentencePieceProcessor()
-    sp.LoadFromFile(str(find_tokenizer(root)))
-    for kind, tid in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id())):
-        if tid >= 0:
-            special.special_token_ids.setdefault(kind, tid)
-    special.add_special_token.setdefault("bos", True)
-    special.add_special_token.setdefault("eos", False)
