@@ -106,3 +106,10 @@ class UnsafePickleError(CheckpointError):
         self.name = name
         super().__init__(f"refusing to load: its pickle asks for {name!r}, which a tensor checkpoint never needs "
                          "(it could run code); nothing was executed", path)  # fmt: skip
+
+
+class QuantizeError(LlamashareError, ValueError):
+    """A tensor or GGUF file cannot be quantized as asked: unknown type, non-finite weights, an
+    input that is already quantized, a row that is not a whole number of blocks."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -1,0 +1,262 @@
+"""K-quants: 256-value super-blocks of 16 or 32-value sub-blocks, each with its own 6- or 8-bit
+scale (and minimum) quantized against one float16 super-scale.
+
+The searches are ggml's reference ones (``quantize_row_q{4,5,6}_K_ref`` in ggml-quants.c, which
+``llama-quantize`` runs when no importance matrix is given): ``make_qkx2_quants`` fits a scale and
+a minimum per sub-block by trying ~20 candidate scales and keeping the one with the smallest
+weighted squared error; ``make_qx_quants`` fits a symmetric scale the same way. They run here on
+all sub-blocks at once, with sub-blocks as *columns* (arrays shaped ``(values, sub-blocks)``): each
+C loop over a sub-block's values becomes a loop over rows, and the sums keep the C loop's order,
+which is what makes the bytes identical.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+
+from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, nearest_int, seq_sum
+
+T = gguf.GGMLQuantizationType
+QK_K = 256
+GROUP_MAX_EPS = F32(1e-15)
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a/b where b != 0, else 0 — for columns whose result the C code never computes."""
+    out = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=F32)
+    np.divide(a, b, out=out, where=b != 0)
+    return out
+
+
+def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per column of ``x`` (n, m): levels L (n, m) in 0..nmax, scale (m,) and minimum (m,) such
+    that ``scale·L - minimum`` approximates x with the least ``w``-weighted error.
+
+    ggml's make_qkx2_quants: start from the min/max grid, then try iscale = (nmax + rmin +
+    rdelta·is)/(max - min) for is = 0..nstep, fit scale and min by weighted least squares for
+    each candidate's levels, keep strictly better ones. Returns ``-min`` as ggml's ``the_min``.
+    """
+    lo = x.min(axis=0)
+    lo = np.where(lo > 0, F32(0), lo)
+    hi = x.max(axis=0)
+    flat = hi == lo
+    # C starts these two sums at term 0 rather than at +0.0; the bits differ only if term 0 is
+    # -0.0, and weights here are never negative.
+    sum_w = seq_sum(w)
+    sum_x = seq_sum(w * x)
+    span = np.where(flat, F32(1), hi - lo)
+    iscale = F32(nmax) / span
+    scale = F32(1) / iscale
+    levels = np.clip(nearest_int(iscale * (x - lo)), 0, nmax).astype(F32)
+
+    def error(s: np.ndarray, m: np.ndarray, lv: np.ndarray) -> np.ndarray:
+        diff = s * lv + m - x
+        return seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
+
+    best = error(scale, lo, levels)
+    # C keeps one variable ``min``: once a candidate wins, later candidates are laid out from
+    # the fitted minimum, not from the data's.
+    the_min = lo.copy()
+    for step in range(nstep + 1):
+        span = np.where(flat, F32(1), hi - the_min)
+        cand = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
+        lv = np.clip(nearest_int(cand * (x - the_min)), 0, nmax).astype(F32)
+        wl = w * lv
+        sum_l = seq_sum(wl)
+        sum_l2 = seq_sum(wl * lv)
+        sum_xl = seq_sum(wl * x)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok = det > 0
+        this_scale = _divide(sum_w * sum_xl - sum_x * sum_l, det)
+        this_min = _divide(sum_l2 * sum_x - sum_l * sum_xl, det)
+        pos = this_min > 0
+        this_min = np.where(pos, F32(0), this_min)
+        this_scale = np.where(pos, _divide(sum_xl, sum_l2), this_scale)
+        cur = error(this_scale, this_min, lv)
+        better = ok & (cur < best)
+        if better.any():
+            best = np.where(better, cur, best)
+            levels = np.where(better, lv, levels)
+            scale = np.where(better, this_scale, scale)
+            the_min = np.where(better, this_min, the_min)
+    levels = np.where(flat, F32(0), levels)
+    scale = np.where(flat, F32(0), scale)
+    the_min = np.where(flat, lo, the_min)
+    return levels, scale, -the_min
+
+
+def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (n, m): levels (n, m) in 0..2·nmax-1 and a signed scale with
+    ``scale·(L - nmax)`` ≈ x, weights x² — ggml's make_qx_quants with rmse_type 1, no imatrix."""
+    mx = first_absmax(x, axis=0)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx)
+    w = x * x
+    wx = w * x
+
+    def fit(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lv = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
+        return lv, seq_sum(wx * lv), seq_sum(w * lv * lv)
+
+    levels, sumlx, suml2 = fit(F32(-nmax) / mx)
+    scale = _divide(sumlx, suml2)
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        lv, sumlx, suml2 = fit(-(F32(nmax) + F32(0.1) * F32(step)) / mx)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        if better.any():
+            levels = np.where(better, lv, levels)
+            scale = np.where(better, _divide(sumlx, suml2), scale)
+            best = np.where(better, scale * sumlx, best)
+    levels = np.where(zero, F32(-nmax), levels)  # stored as L + nmax: 0, like C's L[i] = 0
+    return (levels + F32(nmax)).astype(np.uint8), np.where(zero, F32(0), scale)
+
+
+def _columns(b: np.ndarray, sub: int) -> np.ndarray:
+    """(n, 256) super-blocks → (sub, n·256/sub): one sub-block per column, C-contiguous."""
+    return np.ascontiguousarray(b.reshape(-1, sub).T)
+
+
+def _rows(cols: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`_columns` for level arrays: → (n, 256)."""
+    return np.ascontiguousarray(cols.T).reshape(n, QK_K)
+
+
+def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and 8 six-bit mins per super-block (n, 8) → ggml's 12-byte packing."""
+    out = np.empty((ls.shape[0], 12), dtype=np.uint8)
+    out[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    out[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)
+    return out
+
+
+def _unpack_scales_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``get_scale_min_k4`` for all 8 sub-blocks: (n, 12) → scales (n, 8), mins (n, 8)."""
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc, mn
+
+
+class Q4_K(QuantType, ggml=T.Q4_K):
+    """Q4_K: 8 sub-blocks of 32, 4-bit levels, 6-bit scale and min each. Q5_K adds a fifth bit."""
+
+    nmax, rmin, nstep = 15, -1.0, 20
+    fp16_fields = (0, 2)
+
+    @classmethod
+    def _levels(cls, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The shared part of Q4_K and Q5_K: (d, dmin, packed scales, levels (n, 256))."""
+        n = b.shape[0]
+        x = _columns(b, 32)
+        av_x = np.sqrt(seq_sum(x * x) / F32(32))
+        levels, scales, mins = make_qkx2_quants(x, av_x + np.abs(x), cls.nmax, cls.rmin, 0.1, cls.nstep)
+        scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
+        max_scale = np.maximum(scales.max(axis=1), F32(0))
+        max_min = np.maximum(mins.max(axis=1), F32(0))
+        inv_scale = _divide(F32(63), max_scale)
+        inv_min = _divide(F32(63), max_min)
+        # C: uint8_t ls = nearest_int(...) wraps negatives, then MIN(63, ls)
+        ls = np.minimum(nearest_int(inv_scale[:, None] * scales) & 0xFF, 63).astype(np.uint8)
+        lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+        d = max_scale / F32(63)
+        dmin = max_min / F32(63)
+        # second pass: re-round every value against the scales as stored
+        dl = (fp16(d)[:, None] * ls).reshape(-1)
+        ml = (fp16(dmin)[:, None] * lm).reshape(-1)
+        redo = np.clip(nearest_int(_divide(x + ml, dl)), 0, cls.nmax).astype(F32)
+        levels = np.where(dl != 0, redo, levels)
+        return d, dmin, _pack_scales_k4(ls, lm), _rows(levels, n).astype(np.uint8)
+
+    @classmethod
+    def _quantize(cls, b: np.ndarray) -> np.ndarray:
+        d, dmin, scales, L = cls._levels(b)
+        quads = L.reshape(-1, 4, 2, 32)
+        qs = (quads[:, :, 0] | (quads[:, :, 1] << 4)).reshape(-1, 128)
+        return np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales, qs], axis=1)
+
+    @classmethod
+    def _scaled(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per sub-block d·scale and dmin·min, (n, 8, 1) each."""
+        d = blocks[:, 0:2].copy().view(np.float16).astype(F32)
+        dmin = blocks[:, 2:4].copy().view(np.float16).astype(F32)
+        sc, mn = _unpack_scales_k4(blocks[:, 4:16])
+        return (d * sc)[:, :, None], (dmin * mn)[:, :, None]
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
+        dl, ml = cls._scaled(blocks)
+        qs = blocks[:, 16:144].reshape(-1, 4, 1, 32)
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+        return (dl * q - ml).reshape(-1, QK_K)
+
+
+
+class Q5_K(Q4_K, ggml=T.Q5_K):
+    """Q5_K: as Q4_K with 5-bit levels; the fifth bits go to ``qh``, two bits per 64 values."""
+
+    nmax, rmin, nstep = 31, -0.5, 15
+
+    @classmethod
+    def _quantize(cls, b: np.ndarray) -> np.ndarray:
+        d, dmin, scales, L = cls._levels(b)
+        quads = L.reshape(-1, 4, 2, 32)  # [chunk of 64][low/high 32][value]
+        low = quads & 0x0F
+        qs = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)
+        bits = (quads >> 4).astype(np.uint8)  # chunk c, half h → bit 2c+h of qh[value]
+        shifts = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).astype(np.uint8)
+        qh = np.bitwise_or.reduce((bits << shifts[None, :, :, None]).reshape(-1, 8, 32), axis=1)
+        return np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales, qh, qs], axis=1)
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
+        dl, ml = cls._scaled(blocks)
+        qh = blocks[:, 16:48]
+        qs = blocks[:, 48:176].reshape(-1, 4, 1, 32)
+        low = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+        high = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+        return (dl * (low | (high << 4)) - ml).reshape(-1, QK_K)
+
+
+class Q6_K(QuantType, ggml=T.Q6_K):
+    """Q6_K: 16 sub-blocks of 16, 6-bit signed levels, 8-bit signed scales, one float16 d."""
+
+    fp16_fields = (208,)
+
+    @classmethod
+    def _quantize(cls, b: np.ndarray) -> np.ndarray:
+        n = b.shape[0]
+        x = _columns(b, 16)
+        levels, scales = make_qx_quants(x, 32)
+        scales = scales.reshape(n, 16)
+        max_scale = first_absmax(scales, axis=1)
+        zero = np.abs(max_scale) < GROUP_MAX_EPS
+        iscale = F32(-128) / np.where(zero, F32(1), max_scale)
+        d = F32(1) / iscale
+        sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
+        dl = (fp16(d)[:, None] * sc).reshape(-1)
+        redo = (np.clip(nearest_int(_divide(x, dl)), -32, 31) + 32).astype(np.uint8)
+        levels = np.where(dl != 0, redo, levels)
+        L = _rows(levels, n).reshape(n, 2, 4, 32)  # [half of 128][quarter][value]
+        ql = np.concatenate([L[:, :, 0] & 0x0F | (L[:, :, 2] & 0x0F) << 4,
+                             L[:, :, 1] & 0x0F | (L[:, :, 3] & 0x0F) << 4], axis=2).reshape(n, 128)  # fmt: skip
+        qh = ((L[:, :, 0] >> 4) | (L[:, :, 1] >> 4) << 2 | (L[:, :, 2] >> 4) << 4 | (L[:, :, 3] >> 4) << 6).reshape(n, 64)
+        out = np.concatenate([ql, qh, sc.view(np.uint8), fp16_bytes(d)], axis=1)
+        out[zero] = 0
+        return out
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
+        n = blocks.shape[0]
+        ql = blocks[:, 0:128].reshape(n, 2, 2, 32)
+        qh = blocks[:, 128:192].reshape(n, 2, 1, 32)
+        sc = blocks[:, 192:208].view(np.int8).astype(F32).reshape(n, 16, 1)
+        d = blocks[:, 208:210].copy().view(np.float16).astype(F32)[:, :, None]
+        low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # (n, 2, 4, 32): quarters 0..3
+        high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+        q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(n, 16, 16)
+        return ((d * sc) * q).reshape(n, QK_K)
