@@ -14,7 +14,9 @@ NumPy's own ``sum`` along a row is pairwise and rounds differently.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, ClassVar
 
 import gguf
 import numpy as np
@@ -22,9 +24,9 @@ import numpy as np
 from llamashare.errors import QuantizeError
 
 F32 = np.float32
-#: Elements handled per NumPy pass: big enough to amortise call overhead, small enough that a
-#: handful of float32 temporaries stay in a 1–2 MiB L2 cache.
-CHUNK_ELEMENTS = 1 << 16
+#: Elements handled per NumPy pass (1 MiB of float32): big enough to amortise Python's call
+#: overhead and let two threads run without fighting over the GIL, small enough for the cache.
+CHUNK_ELEMENTS = 1 << 18
 
 _REGISTRY: dict[str, type[QuantType]] = {}
 
@@ -68,26 +70,30 @@ class QuantType:
     # -- whole arrays ------------------------------------------------------------------------
 
     @classmethod
-    def quantize(cls, values: np.ndarray) -> np.ndarray:
-        """float32 values (any shape, last axis a multiple of the block size) → uint8 blocks,
-        shaped (..., row_bytes). Refuses inf/nan and results whose float16 scales overflow."""
-        values = np.asarray(values, dtype=F32)
-        row = cls.row_bytes(values.shape[-1]) if values.ndim else cls.row_bytes(1)
+    def quantize(cls, values: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """float values (any shape, last axis a multiple of the block size) → uint8 blocks,
+        shaped (..., row_bytes). Refuses inf/nan and results whose float16 scales overflow.
+
+        Chunks are converted to float32 one at a time (a float16 input is never widened whole)
+        and spread over ``threads`` threads (default: every core); NumPy releases the GIL
+        inside its loops, and chunks are independent, so the bytes do not depend on it."""
+        values = np.asarray(values)
+        row = cls.row_bytes(values.shape[-1] if values.ndim else 1)
         flat = values.reshape(-1, cls.block_size)
         out = np.empty((flat.shape[0], cls.type_size), dtype=np.uint8)
-        step = max(1, cls.chunk_elements // cls.block_size)
-        for start in range(0, flat.shape[0], step):
-            chunk = flat[start:start + step]
-            if not np.isfinite(chunk).all():
-                bad = start + int(np.argmin(np.isfinite(chunk).all(axis=1)))
-                raise QuantizeError(f"value {chunk[bad - start][~np.isfinite(chunk[bad - start])][0]} in block {bad} "
-                                    "is not finite; the source weights are damaged")  # fmt: skip
-            out[start:start + step] = cls._quantize(chunk)
+
+        def work(start: int, stop: int) -> None:
+            chunk = np.asarray(flat[start:stop], dtype=F32)
+            if not np.isfinite(np.add.reduce(chunk, axis=None)):  # one cheap pass; inf/nan propagate
+                _refuse_non_finite(chunk, start)
+            out[start:stop] = cls._quantize(chunk)
+
+        _in_chunks(work, flat.shape[0], max(1, cls.chunk_elements // cls.block_size), threads)
         cls._check_scales(out)
         return out.reshape(*values.shape[:-1], row)
 
     @classmethod
-    def dequantize(cls, data: np.ndarray, n_per_row: int | None = None) -> np.ndarray:
+    def dequantize(cls, data: np.ndarray, n_per_row: int | None = None, threads: int | None = None) -> np.ndarray:
         """uint8 blocks (..., row_bytes) → float32 values (..., n_per_row), as ggml's
         ``dequantize_row_*`` computes them."""
         data = np.asarray(data)
@@ -97,9 +103,11 @@ class QuantType:
             raise QuantizeError(f"{data.shape[-1]} bytes per row is not a whole number of {cls.name} blocks")
         blocks = data.reshape(-1, cls.type_size)
         out = np.empty((blocks.shape[0], cls.block_size), dtype=F32)
-        step = max(1, cls.chunk_elements // cls.block_size)
-        for start in range(0, blocks.shape[0], step):
-            out[start:start + step] = cls._dequantize(blocks[start:start + step])
+
+        def work(start: int, stop: int) -> None:
+            out[start:stop] = cls._dequantize(blocks[start:stop])
+
+        _in_chunks(work, blocks.shape[0], max(1, cls.chunk_elements // cls.block_size), threads)
         n = data.shape[-1] // cls.type_size * cls.block_size
         assert n_per_row is None or n_per_row == n
         return out.reshape(*data.shape[:-1], n)
@@ -122,6 +130,34 @@ class QuantType:
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
         """(n, type_size) uint8 → (n, block_size) float32."""
         raise NotImplementedError
+
+
+def _refuse_non_finite(chunk: np.ndarray, first_block: int) -> None:
+    bad = ~np.isfinite(chunk)
+    if bad.any():
+        block = int(np.argmax(bad.any(axis=1)))
+        value = chunk[block][bad[block]][0]
+        raise QuantizeError(f"value {value} in block {first_block + block} is not finite; the source weights are damaged")
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _in_chunks(work: Callable[[int, int], None], n: int, step: int, threads: int | None) -> None:
+    """Run ``work(start, stop)`` over [0, n) in steps, on up to ``threads`` threads."""
+    global _POOL
+    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+    threads = min(threads or os.cpu_count() or 1, len(spans))
+    if threads <= 1:
+        for a, b in spans:
+            work(a, b)
+        return
+    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - sizing a private pool
+        _POOL = ThreadPoolExecutor(max_workers=max(threads, os.cpu_count() or 1), thread_name_prefix="quant")
+    # one task per thread, each taking every threads-th chunk: few futures, balanced work
+    tasks = [_POOL.submit(lambda k=k: [work(a, b) for a, b in spans[k::threads]]) for k in range(threads)]
+    for t in tasks:
+        t.result()
 
 
 def lookup(name: str) -> type[QuantType]:
@@ -177,10 +213,15 @@ def nearest_int(x: np.ndarray) -> np.ndarray:
 
 
 def roundf(x: np.ndarray) -> np.ndarray:
-    """C ``roundf``: round half away from zero (``np.rint`` rounds half to even)."""
-    r = np.rint(x)
-    tie = (x - r) == np.copysign(F32(0.5), x)
-    r[tie] += np.copysign(F32(1), x[tie])
+    """C ``roundf``: round half away from zero (``np.rint`` rounds half to even).
+
+    trunc(x) + trunc(2·frac): the fraction and its double are exact in float32, so this is
+    exact where ``trunc(x + 0.5)`` is not (0.49999997 + 0.5 rounds up to 1.0)."""
+    r = np.trunc(x)
+    frac = x - r
+    frac *= F32(2)
+    np.trunc(frac, out=frac)
+    r += frac
     return r
 
 
