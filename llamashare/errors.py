@@ -113,3 +113,12 @@ class QuantizeError(LlamashareError, ValueError):
     input that is already quantized, a row that is not a whole number of blocks."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class InsufficientSpaceError(LlamashareError, OSError):
+    """Not enough free disk space for an output, found before writing any of it."""
+
+    def __init__(self, folder: Path, need: int, free: int) -> None:
+        self.folder, self.need, self.free = folder, need, free
+        super().__init__(f"{folder}: not enough free space: the output needs {need / 2**20:.1f} MiB, "
+                         f"{free / 2**20:.1f} MiB are free")  # fmt: skip
