@@ -25,7 +25,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one l
 
 @contextmanager
 def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator["ByteBar"]:
-    """A bytes progress bar (rate, ETA) on stderr; silent with ``quiet`` or off a terminal."""
+    """A bytes progress bar (rate, ETA) on stderr; silent with ``quiet`` or off a terminal.
+    With ``total`` 0 the bar stays hidden until ``set_total`` (a step that fails while checking
+    its input then prints only its error)."""
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -38,7 +40,7 @@ def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator
         transient=False,
     )
     with bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, visible=total > 0)
         yield ByteBar(bar, task)
 
 
@@ -53,7 +55,7 @@ class ByteBar:
         self._bar.update(self._task, description=text)
 
     def set_total(self, total: int) -> None:
-        self._bar.update(self._task, total=total)
+        self._bar.update(self._task, total=total, visible=True)
 
 
 def human_size(n: float) -> str:

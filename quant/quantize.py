@@ -72,7 +72,7 @@ def _open(src: Path) -> gguf.GGUFReader:
     except FileNotFoundError:
         raise QuantizeError(f"{src}: no such file") from None
     except (ValueError, OSError, IndexError, KeyError, TypeError) as e:  # gguf-py's parse errors
-        raise QuantizeError(f"{src}: not a readable GGUF file ({e})") from None
+        raise QuantizeError(f"{src}: not a readable GGUF file, truncated or damaged ({e})") from None
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: object = None) -> object:
