@@ -17,12 +17,13 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import gguf
 import numpy as np
 
 from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
+from llamashare.quant.gguf_file import GGUFHeader, TensorInfo, encode_header, encode_kv, read_header
 from llamashare.quant.presets import Model, Preset, gguf_order, plan, preset
 from llamashare.quant.qtype import QuantType, by_ggml, lookup
 
@@ -31,6 +32,7 @@ SLAB_BYTES = 16 * 1024 * 1024
 #: keys llama.cpp drops (a quantized model is written as one file) or rewrites at the end.
 DROPPED_KEYS = ("split.no", "split.count", "split.tensors.count")
 REWRITTEN_KEYS = ("general.quantization_version", "general.file_type")
+V = gguf.GGUFValueType
 
 
 @dataclass(frozen=True)
@@ -66,86 +68,56 @@ class QuantizeReport:
         return self.bytes_out * 8 / max(1, self.n_elements)
 
 
-def _open(src: Path) -> gguf.GGUFReader:
-    try:
-        return gguf.GGUFReader(src, "r")
-    except FileNotFoundError:
-        raise QuantizeError(f"{src}: no such file") from None
-    except (ValueError, OSError, IndexError, KeyError, TypeError) as e:  # gguf-py's parse errors
-        raise QuantizeError(f"{src}: not a readable GGUF file, truncated or damaged ({e})") from None
-
-
-def _field(reader: gguf.GGUFReader, key: str, default: object = None) -> object:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
-def _model(reader: gguf.GGUFReader, src: Path) -> Model:
-    arch = _field(reader, "general.architecture")
+def _model(h: GGUFHeader) -> Model:
+    arch = h.value("general.architecture")
     if not isinstance(arch, str):
-        raise QuantizeError(f"{src}: no general.architecture key; not a model file")
-    n_layer = _field(reader, f"{arch}.block_count")
-    n_head = _field(reader, f"{arch}.attention.head_count", 0)
+        raise QuantizeError(f"{h.path}: no general.architecture key; not a model file")
+    n_layer = h.value(f"{arch}.block_count")
     if not isinstance(n_layer, int):
-        raise QuantizeError(f"{src}: no {arch}.block_count key")
-    n_head_kv = _field(reader, f"{arch}.attention.head_count_kv", n_head)
-    return Model(n_layer, int(n_head or 0), int(n_head_kv or 0), int(_field(reader, f"{arch}.expert_count", 0) or 0))
+        raise QuantizeError(f"{h.path}: no {arch}.block_count key")
+    n_head = int(h.value(f"{arch}.attention.head_count", 0) or 0)
+    n_head_kv = int(h.value(f"{arch}.attention.head_count_kv", n_head) or 0)
+    return Model(n_layer, n_head, n_head_kv, int(h.value(f"{arch}.expert_count", 0) or 0))
 
 
-def _plan(reader: gguf.GGUFReader, src: Path, p: Preset, pure: bool, allow_requantize: bool) -> list[TensorPlan]:
-    file_size = reader.data.shape[0]
+def _plan(h: GGUFHeader, p: Preset, pure: bool, allow_requantize: bool) -> list[TensorPlan]:
     have: dict[str, tuple[tuple[int, ...], type[QuantType], int, int]] = {}
-    for t in reader.tensors:
-        ne = tuple(int(d) for d in t.shape)
-        cur = by_ggml(int(t.tensor_type))
-        if t.data_offset + t.n_bytes > file_size:
-            raise QuantizeError(f"{src}: tensor {t.name} runs past the end of the file (truncated download?)")
-        have[t.name] = (ne, cur, int(t.data_offset), int(t.n_bytes))
-    targets = plan([(n, ne, cur.name) for n, (ne, cur, _, _) in have.items()], p, _model(reader, src), pure)
+    for t in h.tensors:
+        cur = by_ggml(t.ggml_type)
+        nbytes = math.prod(t.ne[1:]) * cur.row_bytes(t.ne[0])
+        offset = h.data_start + t.offset
+        if t.name in have:
+            raise QuantizeError(f"{h.path}: tensor {t.name} appears twice")
+        if offset + nbytes > len(h.data):
+            raise QuantizeError(f"{h.path}: tensor {t.name} runs past the end of the file (truncated download?)")
+        have[t.name] = (t.ne, cur, offset, nbytes)
+    targets = plan([(n, ne, cur.name) for n, (ne, cur, _, _) in have.items()], p, _model(h), pure)
     out = []
     for name in gguf_order(list(have)):
         ne, cur, offset, nbytes = have[name]
         dst = lookup(targets[name])
         if dst is not cur and cur.is_quantized() and not allow_requantize:
-            raise QuantizeError(f"{src}: tensor {name} is already {cur.name}; quantizing it again loses quality "
+            raise QuantizeError(f"{h.path}: tensor {name} is already {cur.name}; quantizing it again loses quality "
                                 "(convert from the original weights, or pass --allow-requantize)")  # fmt: skip
         out.append(TensorPlan(name, ne, cur, dst, offset, nbytes))
     return out
 
 
-def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, p: Preset) -> None:
-    """Every key of the input in its order (raw string bytes, exact value types), minus split
-    keys, then quantization version and file type last, as llama.cpp's gguf_set_val appends."""
-    writer.kv_data[0].clear()  # the writer pre-adds general.architecture; the input has it in place
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key in DROPPED_KEYS or key in REWRITTEN_KEYS:
-            continue
-        vtype = gguf.GGUFValueType(int(f.types[0]))
-        if vtype == gguf.GGUFValueType.ARRAY:
-            sub = gguf.GGUFValueType(int(f.types[-1]))
-            if sub == gguf.GGUFValueType.STRING:
-                value: object = [bytes(f.parts[i]) for i in f.data]
-            else:
-                value = [v for i in f.data for v in f.parts[i].tolist()]
-            writer.add_key_value(key, value, vtype, sub_type=sub)
-        elif vtype == gguf.GGUFValueType.STRING:
-            writer.add_key_value(key, bytes(f.parts[f.data[0]]), vtype)
-        else:
-            writer.add_key_value(key, f.parts[f.data[0]].tolist()[0], vtype)
-        if key == "general.alignment":
-            writer.data_alignment = int(f.parts[f.data[0]][0])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(p.ftype)
+def _header(h: GGUFHeader, tensors: list[TensorPlan], p: Preset) -> bytes:
+    """Every key of the input in its order, byte for byte, minus split keys; then quantization
+    version and file type appended, as llama.cpp's gguf_set_val_u32 does; then the tensor table."""
+    kvs = [raw for key, raw in h.raw_kv.items() if key not in DROPPED_KEYS + REWRITTEN_KEYS]
+    kvs.append(encode_kv("general.quantization_version", V.UINT32, gguf.GGML_QUANT_VERSION))
+    kvs.append(encode_kv("general.file_type", V.UINT32, int(p.ftype)))
+    infos, offset = [], 0
+    for t in tensors:
+        infos.append(TensorInfo(t.name, t.ne, int(t.dst.ggml), offset))
+        offset += _aligned(t.nbytes_out, h.alignment)
+    return encode_header(kvs, infos, h.alignment)
 
 
-def _check_space(out: Path, reader: gguf.GGUFReader, tensors: list[TensorPlan], alignment: int) -> int:
-    need = reader.data_offset + 4096 + sum(-(-t.nbytes_out // alignment) * alignment for t in tensors)
-    free = shutil.disk_usage(out.parent).free
-    if free < need:
-        raise InsufficientSpaceError(out.parent, need, free)
-    return need
+def _aligned(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
 
 
 Progress = Callable[[int], None]
@@ -161,34 +133,30 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
         raise QuantizeError(f"{out}: the output would overwrite the input; choose another name")
     if out.exists() and not force:
         raise OutputExistsError(out)
-    reader = _open(src)
-    tensors = _plan(reader, src, p, pure, allow_requantize)
+    h = read_header(src)
+    tensors = _plan(h, p, pure, allow_requantize)
+    header = _header(h, tensors, p)
+    need = len(header) + sum(_aligned(t.nbytes_out, h.alignment) for t in tensors)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise InsufficientSpaceError(out.parent, need, free)
     if on_total:
-        on_total(sum(t.rows * t.ne[0] * 4 for t in tensors if t.dst is not t.src) + sum(t.nbytes_in for t in tensors if t.dst is t.src))
+        on_total(sum(t.rows * t.ne[0] * 4 if t.dst is not t.src else t.nbytes_in for t in tensors))
     partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(partial, None)
     try:
-        _copy_metadata(reader, writer, p)
-        _check_space(out, reader, tensors, writer.data_alignment)
-        for t in tensors:
-            writer.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(np.float32), t.nbytes_out, raw_dtype=t.dst.ggml)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        for t in tensors:
-            if on_tensor:
-                on_tensor(t)
-            writer.write_padding(fout, fout.tell())
-            size = _write_tensor(reader, t, fout, threads, progress)
-            if size != t.nbytes_out:
-                raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
-            writer.write_padding(fout, size)
-        fout.flush()
-        os.fsync(fout.fileno())
-        writer.close()
+        with open(partial, "wb") as fout:
+            fout.write(header)
+            for t in tensors:
+                if on_tensor:
+                    on_tensor(t)
+                size = _write_tensor(h, t, fout, threads, progress)
+                if size != t.nbytes_out:
+                    raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
+                fout.write(b"\0" * (_aligned(size, h.alignment) - size))
+            fout.flush()
+            os.fsync(fout.fileno())
     except BaseException:
-        writer.close()
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, out)
@@ -197,10 +165,10 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
                           sum(t.rows * t.ne[0] for t in tensors))  # fmt: skip
 
 
-def _write_tensor(reader: gguf.GGUFReader, t: TensorPlan, fout, threads: int | None, progress: Progress | None) -> int:
+def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | None, progress: Progress | None) -> int:
     """Stream one tensor: copied as is when its type stays, else slab by slab through float32."""
     row_in = t.nbytes_in // t.rows
-    raw = reader.data[t.offset:t.offset + t.nbytes_in].reshape(t.rows, row_in)
+    raw = np.frombuffer(h.data, dtype=np.uint8, count=t.nbytes_in, offset=t.offset).reshape(t.rows, row_in)
     size = 0
     if t.dst is t.src:
         step = max(1, SLAB_BYTES // row_in)

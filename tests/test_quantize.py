@@ -271,3 +271,43 @@ def test_refusals_leave_nothing_behind(k_model: Path, tmp_path: Path, monkeypatc
         quantize_file(k_model, out, "Q4_K_M", force=True, progress=interrupt)
     assert out.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf", "out.gguf"]
+
+
+# -- the GGUF header reader ----------------------------------------------------------------------
+
+
+def test_header_reader_agrees_with_gguf_py(smollm2: Path, k_model: Path) -> None:
+    from llamashare.quant.gguf_file import read_header
+
+    for path in (smollm2, k_model):
+        ours, theirs = read_header(path), gguf.GGUFReader(path)
+        fields = {k: f for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+        assert list(ours.raw_kv) == list(fields)
+        for key, f in fields.items():
+            raw = b"".join(bytes(part) for part in f.parts)
+            assert ours.raw_kv[key] == raw, key
+        assert ours.value("tokenizer.ggml.tokens") == fields["tokenizer.ggml.tokens"].contents()
+        assert [(t.name, t.ne, t.ggml_type, ours.data_start + t.offset) for t in ours.tensors] == \
+            [(t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), t.data_offset) for t in theirs.tensors]  # fmt: skip
+
+
+def test_header_reader_refuses_damaged_files(k_model: Path, tmp_path: Path) -> None:
+    from llamashare.quant.gguf_file import read_header
+
+    data = k_model.read_bytes()
+    cases = {
+        "empty": b"",
+        "magic": b"GGML" + data[4:],
+        "version": data[:4] + (9).to_bytes(4, "little") + data[8:],
+        "header cut": data[:5000],
+        "huge count": data[:8] + (2**62).to_bytes(8, "little") + data[16:],
+        "huge string": data[:24] + (2**60).to_bytes(8, "little") + data[32:],
+    }
+    for label, blob in cases.items():
+        bad = tmp_path / f"{label.replace(' ', '-')}.gguf"
+        bad.write_bytes(blob)
+        with pytest.raises(QuantizeError, match=bad.name):
+            read_header(bad)
+        with pytest.raises(QuantizeError):
+            quantize_file(bad, tmp_path / "out.gguf", "Q8_0")
+    assert not (tmp_path / "out.gguf").exists()
