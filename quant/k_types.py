@@ -15,7 +15,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, nearest_int, seq_sum
+from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, fp16_field, nearest_int, seq_sum
 
 T = gguf.GGMLQuantizationType
 QK_K = 256
@@ -182,8 +182,8 @@ class Q4_K(QuantType, ggml=T.Q4_K):
     @classmethod
     def _scaled(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per sub-block d·scale and dmin·min, (n, 8, 1) each."""
-        d = blocks[:, 0:2].copy().view(np.float16).astype(F32)
-        dmin = blocks[:, 2:4].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
+        dmin = fp16_field(blocks, 2)
         sc, mn = _unpack_scales_k4(blocks[:, 4:16])
         return (d * sc)[:, :, None], (dmin * mn)[:, :, None]
 
@@ -255,7 +255,7 @@ class Q6_K(QuantType, ggml=T.Q6_K):
         ql = blocks[:, 0:128].reshape(n, 2, 2, 32)
         qh = blocks[:, 128:192].reshape(n, 2, 1, 32)
         sc = blocks[:, 192:208].view(np.int8).astype(F32).reshape(n, 16, 1)
-        d = blocks[:, 208:210].copy().view(np.float16).astype(F32)[:, :, None]
+        d = fp16_field(blocks, 208)[:, :, None]
         low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # (n, 2, 4, 32): quarters 0..3
         high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
         q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(n, 16, 16)

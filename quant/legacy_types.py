@@ -16,7 +16,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from llamashare.quant.qtype import F32, QuantType, fp16_bytes, roundf
+from llamashare.quant.qtype import F32, QuantType, fp16_bytes, fp16_field, roundf
 
 T = gguf.GGMLQuantizationType
 
@@ -86,6 +86,24 @@ def _assemble(n: int, size: int, *fields: np.ndarray) -> np.ndarray:
     return out
 
 
+def _symmetric(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The _0 types: d = (first absmax)/-levels, and x/d + levels + 0.5 ready to truncate."""
+    d = _signed_absmax(np.ascontiguousarray(b.T)) / F32(-levels)
+    x = b * _inverse(d)[:, None]
+    x += F32(levels + 0.5)
+    return d, x
+
+
+def _affine(b: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The _1 types: d = (max-min)/top, m = min, and (x-m)/d + 0.5 ready to truncate."""
+    lo, hi = _min_max(np.ascontiguousarray(b.T))
+    d = (hi - lo) / F32(top)
+    x = b - lo[:, None]
+    x *= _inverse(d)[:, None]
+    x += F32(0.5)
+    return d, lo, x
+
+
 def _truncate_below(x: np.ndarray, top: int) -> np.ndarray:
     """C's ``MIN(top, (int8_t)x)`` for 0 <= x < 128, as uint8."""
     q = x.astype(np.int8)
@@ -109,7 +127,7 @@ class Q8_0(QuantType, ggml=T.Q8_0):
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
-        d = blocks[:, :2].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
         return blocks[:, 2:].view(np.int8).astype(F32) * d
 
 
@@ -120,15 +138,12 @@ class Q4_0(QuantType, ggml=T.Q4_0):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(b.T)
-        d = _signed_absmax(X) / F32(-8)
-        x = b * _inverse(d)[:, None]
-        x += F32(8.5)
+        d, x = _symmetric(b, 8)
         return _assemble(b.shape[0], cls.type_size, fp16_bytes(d), _nibbles(_truncate_below(x, 15)))
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
-        d = blocks[:, :2].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
         q = _unpack_nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)
         return q.astype(F32) * d
 
@@ -140,18 +155,13 @@ class Q4_1(QuantType, ggml=T.Q4_1):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(b.T)
-        lo, hi = _min_max(X)
-        d = (hi - lo) / F32(15)
-        x = b - lo[:, None]
-        x *= _inverse(d)[:, None]
-        x += F32(0.5)
+        d, lo, x = _affine(b, 15)
         return _assemble(b.shape[0], cls.type_size, fp16_bytes(d), fp16_bytes(lo), _nibbles(_truncate_below(x, 15)))
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
-        d = blocks[:, 0:2].copy().view(np.float16).astype(F32)
-        m = blocks[:, 2:4].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
+        m = fp16_field(blocks, 2)
         return _unpack_nibbles(blocks[:, 4:]).astype(F32) * d + m
 
 
@@ -162,16 +172,13 @@ class Q5_0(QuantType, ggml=T.Q5_0):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(b.T)
-        d = _signed_absmax(X) / F32(-16)
-        x = b * _inverse(d)[:, None]
-        x += F32(16.5)
+        d, x = _symmetric(b, 16)
         q = _truncate_below(x, 31)
         return _assemble(b.shape[0], cls.type_size, fp16_bytes(d), _fifth_bits(q), _nibbles(q & 0x0F))
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
-        d = blocks[:, :2].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
         q = _unpack_nibbles(blocks[:, 6:]) | _unpack_fifth_bits(blocks[:, 2:6])
         return (q.astype(np.int8) - np.int8(16)).astype(F32) * d
 
@@ -183,18 +190,13 @@ class Q5_1(QuantType, ggml=T.Q5_1):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(b.T)
-        lo, hi = _min_max(X)
-        d = (hi - lo) / F32(31)
-        x = b - lo[:, None]
-        x *= _inverse(d)[:, None]
-        x += F32(0.5)
+        d, lo, x = _affine(b, 31)
         q = x.astype(np.uint8)  # the C code has no clamp here: (x-min)/d + 0.5 stays below 32
         return _assemble(b.shape[0], cls.type_size, fp16_bytes(d), fp16_bytes(lo), _fifth_bits(q), _nibbles(q & 0x0F))
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
-        d = blocks[:, 0:2].copy().view(np.float16).astype(F32)
-        m = blocks[:, 2:4].copy().view(np.float16).astype(F32)
+        d = fp16_field(blocks, 0)
+        m = fp16_field(blocks, 2)
         q = _unpack_nibbles(blocks[:, 8:]) | _unpack_fifth_bits(blocks[:, 4:8])
         return q.astype(F32) * d + m

@@ -115,8 +115,7 @@ class QuantType:
     @classmethod
     def _check_scales(cls, blocks: np.ndarray) -> None:
         for offset in cls.fp16_fields:
-            d = blocks[:, offset:offset + 2].copy().view(np.float16)
-            if not np.isfinite(d).all():
+            if not np.isfinite(fp16_field(blocks, offset)).all():
                 raise QuantizeError(f"values too large for {cls.name}: a block scale overflows float16")
 
     # -- per type ----------------------------------------------------------------------------
@@ -203,6 +202,11 @@ def fp16_bytes(x: np.ndarray) -> np.ndarray:
     """(n,) float32 → (n, 2) uint8, little-endian float16."""
     with np.errstate(over="ignore"):
         return np.asarray(x, dtype=F32).astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def fp16_field(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The float16 at byte ``offset`` of every block, as an (n, 1) float32 column."""
+    return blocks[:, offset:offset + 2].copy().view(np.float16).astype(F32)
 
 
 def nearest_int(x: np.ndarray) -> np.ndarray:
