@@ -228,12 +228,7 @@ def test_requantizing_needs_consent(smollm2: Path, tmp_path: Path) -> None:
 def test_requantized_real_model_matches_llama_quantize(smollm2: Path, tmp_path: Path) -> None:
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
     quantize_file(smollm2, ours, "Q8_0", allow_requantize=True)
-    ftype = str(int(PRESETS["Q8_0"].ftype))
-    script = ("import llama_cpp,sys; p=llama_cpp.llama_model_quantize_default_params(); p.ftype=int(sys.argv[3]); "
-              "p.allow_requantize=True; p.nthread=2; llama_cpp.llama_backend_init(); "
-              "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", script, str(smollm2), str(theirs), ftype], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    llama_cpp_quantize(smollm2, theirs, "Q8_0", "--allow-requantize", "--threads", "2")
     assert ours.read_bytes() == theirs.read_bytes()
 
 
