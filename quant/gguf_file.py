@@ -158,8 +158,13 @@ def _parse(path: Path, data: mmap.mmap) -> GGUFHeader:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"general.alignment {alignment!r} is not a power of two")
     header.alignment = alignment
-    header.data_start = -(-c.pos // alignment) * alignment
+    header.data_start = aligned(c.pos, alignment)
     return header
+
+
+def aligned(n: int, alignment: int) -> int:
+    """``n`` rounded up to a multiple of ``alignment`` (where GGUF starts the next tensor)."""
+    return -(-n // alignment) * alignment
 
 
 def encode_kv(key: str, vtype: gguf.GGUFValueType, value: int | float | bool) -> bytes:
@@ -177,5 +182,5 @@ def encode_header(raw_kv: list[bytes], tensors: list[TensorInfo], alignment: int
         name = t.name.encode()
         out += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(t.ne))
         out += struct.pack(f"<{len(t.ne)}Q", *t.ne) + struct.pack("<IQ", t.ggml_type, t.offset)
-    out += b"\0" * (-len(out) % alignment)
+    out += b"\0" * (aligned(len(out), alignment) - len(out))
     return bytes(out)

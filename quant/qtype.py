@@ -40,7 +40,6 @@ class QuantType:
     type_size: ClassVar[int]
     #: Byte offsets of float16 fields in a block (scales); checked for inf after quantizing.
     fp16_fields: ClassVar[tuple[int, ...]] = ()
-    chunk_elements: ClassVar[int] = CHUNK_ELEMENTS
 
     def __init_subclass__(cls, *, ggml: gguf.GGMLQuantizationType) -> None:
         cls.ggml = ggml
@@ -88,13 +87,13 @@ class QuantType:
                 _refuse_non_finite(chunk, start)
             out[start:stop] = cls._quantize(chunk)
 
-        _in_chunks(work, flat.shape[0], max(1, cls.chunk_elements // cls.block_size), threads)
+        _in_chunks(work, flat.shape[0], cls.block_size, threads)
         cls._check_scales(out)
         return out.reshape(*values.shape[:-1], row)
 
     @classmethod
-    def dequantize(cls, data: np.ndarray, n_per_row: int | None = None, threads: int | None = None) -> np.ndarray:
-        """uint8 blocks (..., row_bytes) → float32 values (..., n_per_row), as ggml's
+    def dequantize(cls, data: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """uint8 blocks (..., row_bytes) → float32 values (..., values per row), as ggml's
         ``dequantize_row_*`` computes them."""
         data = np.asarray(data)
         if data.dtype != np.uint8:
@@ -107,10 +106,8 @@ class QuantType:
         def work(start: int, stop: int) -> None:
             out[start:stop] = cls._dequantize(blocks[start:stop])
 
-        _in_chunks(work, blocks.shape[0], max(1, cls.chunk_elements // cls.block_size), threads)
-        n = data.shape[-1] // cls.type_size * cls.block_size
-        assert n_per_row is None or n_per_row == n
-        return out.reshape(*data.shape[:-1], n)
+        _in_chunks(work, blocks.shape[0], cls.block_size, threads)
+        return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
 
     @classmethod
     def _check_scales(cls, blocks: np.ndarray) -> None:
@@ -142,9 +139,11 @@ def _refuse_non_finite(chunk: np.ndarray, first_block: int) -> None:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _in_chunks(work: Callable[[int, int], None], n: int, step: int, threads: int | None) -> None:
-    """Run ``work(start, stop)`` over [0, n) in steps, on up to ``threads`` threads."""
+def _in_chunks(work: Callable[[int, int], None], n: int, block_size: int, threads: int | None) -> None:
+    """Run ``work(start, stop)`` over [0, n) blocks, CHUNK_ELEMENTS values at a time, on up to
+    ``threads`` threads."""
     global _POOL
+    step = max(1, CHUNK_ELEMENTS // block_size)
     spans = [(a, min(a + step, n)) for a in range(0, n, step)]
     threads = min(threads or os.cpu_count() or 1, len(spans))
     if threads <= 1:
@@ -181,12 +180,6 @@ def by_ggml(ggml: int) -> type[QuantType]:
     except ValueError:
         label = f"#{ggml}"
     raise QuantizeError(f"tensor type {label} is not supported; supported: {', '.join(sorted(_REGISTRY))}")
-
-
-def registered() -> list[type[QuantType]]:
-    from llamashare.quant import types  # noqa: F401
-
-    return list(_REGISTRY.values())
 
 
 # -- C arithmetic, reproduced ----------------------------------------------------------------

@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
-from llamashare.quant.gguf_file import GGUFHeader, TensorInfo, encode_header, encode_kv, read_header
+from llamashare.quant.gguf_file import GGUFHeader, TensorInfo, aligned, encode_header, encode_kv, read_header
 from llamashare.quant.presets import Model, Preset, gguf_order, plan, preset
 from llamashare.quant.qtype import QuantType, by_ggml, lookup
 
@@ -47,6 +47,10 @@ class TensorPlan:
     @property
     def rows(self) -> int:
         return math.prod(self.ne[1:])
+
+    @property
+    def values(self) -> int:
+        return self.rows * self.ne[0]
 
     @property
     def nbytes_out(self) -> int:
@@ -112,12 +116,8 @@ def _header(h: GGUFHeader, tensors: list[TensorPlan], p: Preset) -> bytes:
     infos, offset = [], 0
     for t in tensors:
         infos.append(TensorInfo(t.name, t.ne, int(t.dst.ggml), offset))
-        offset += _aligned(t.nbytes_out, h.alignment)
+        offset += aligned(t.nbytes_out, h.alignment)
     return encode_header(kvs, infos, h.alignment)
-
-
-def _aligned(n: int, alignment: int) -> int:
-    return -(-n // alignment) * alignment
 
 
 Progress = Callable[[int], None]
@@ -136,13 +136,13 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
     h = read_header(src)
     tensors = _plan(h, p, pure, allow_requantize)
     header = _header(h, tensors, p)
-    need = len(header) + sum(_aligned(t.nbytes_out, h.alignment) for t in tensors)
+    need = len(header) + sum(aligned(t.nbytes_out, h.alignment) for t in tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise InsufficientSpaceError(out.parent, need, free)
     if on_total:
-        on_total(sum(t.rows * t.ne[0] * 4 if t.dst is not t.src else t.nbytes_in for t in tensors))
+        on_total(sum(t.values * 4 if t.dst is not t.src else t.nbytes_in for t in tensors))
     partial = out.with_name(out.name + ".partial")
     try:
         with open(partial, "wb") as fout:
@@ -153,7 +153,7 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
                 size = _write_tensor(h, t, fout, threads, progress)
                 if size != t.nbytes_out:
                     raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
-                fout.write(b"\0" * (_aligned(size, h.alignment) - size))
+                fout.write(b"\0" * (aligned(size, h.alignment) - size))
             fout.flush()
             os.fsync(fout.fileno())
     except BaseException:
@@ -162,7 +162,7 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
     os.replace(partial, out)
     return QuantizeReport(out, p, len(tensors), dict(Counter(t.dst.name for t in tensors)),
                           sum(t.nbytes_in for t in tensors), sum(t.nbytes_out for t in tensors),
-                          sum(t.rows * t.ne[0] for t in tensors))  # fmt: skip
+                          sum(t.values for t in tensors))  # fmt: skip
 
 
 def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | None, progress: Progress | None) -> int:
@@ -173,8 +173,8 @@ def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | N
     if t.dst is t.src:
         step = max(1, SLAB_BYTES // row_in)
         for a in range(0, t.rows, step):
-            chunk = np.asarray(raw[a:a + step])
-            fout.write(chunk.tobytes())
+            chunk = raw[a:a + step]  # whole rows of the map: contiguous, written without a copy
+            fout.write(chunk.data)
             size += chunk.nbytes
             if progress:
                 progress(chunk.nbytes)
@@ -186,7 +186,7 @@ def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | N
             q = t.dst.quantize(values, threads=threads)
         except QuantizeError as e:
             raise QuantizeError(f"tensor {t.name}, rows {a}–{a + len(values) - 1}: {e}") from None
-        fout.write(q.tobytes())
+        fout.write(q.data)
         size += q.nbytes
         if progress:
             progress(values.nbytes)
