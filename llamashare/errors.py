@@ -122,3 +122,10 @@ class InsufficientSpaceError(LlamashareError, OSError):
         self.folder, self.need, self.free = folder, need, free
         super().__init__(f"{folder}: not enough free space: the output needs {need / 2**20:.1f} MiB, "
                          f"{free / 2**20:.1f} MiB are free")  # fmt: skip
+
+
+class InferenceError(LlamashareError, ValueError):
+    """A model cannot be run as asked: an architecture or tensor type llamashare does not run, a
+    truncated file, a prompt longer than the context."""
+
+    exit_code = EXIT_BAD_INPUT

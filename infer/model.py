@@ -1,0 +1,202 @@
+"""The LLaMA forward pass in NumPy: one page to read, top to bottom.
+
+    x = embedding[tokens]
+    for each layer:
+        h = rms_norm(x) * attn_norm
+        q, k, v = h Wq, h Wk, h Wv          (k, v appended to the cache)
+        q, k = rope(q), rope(k)             (pairs (2i, 2i+1), as llama.cpp stores q/k)
+        x += attention(q, cache) Wo         (causal, grouped-query: n_head / n_head_kv per kv head)
+        h = rms_norm(x) * ffn_norm
+        x += (silu(h Wgate) * (h Wup)) Wdown
+    logits = rms_norm(x) * output_norm  Wout
+
+Prompt processing passes all its tokens through each matrix at once (matrix × matrix), generation
+one token (matrix × vector). Where llama.cpp rounds an intermediate, this does too, so the two
+agree to float32 summation order: activations entering a matrix product (see weights.py), the
+key/value cache (float16 by default in llama.cpp), queries and attention weights entering the
+float16 cache products. RoPE angles are built the way ggml builds them, by repeated float32
+multiplication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llamashare.errors import InferenceError
+from llamashare.infer.model_file import Config, ModelFile
+from llamashare.infer.weights import Dense, Matrix, Streamed, project
+from llamashare.quant.qtype import fp16
+
+F32 = np.float32
+#: Context size when none is asked for (capped by the model's training context).
+DEFAULT_CTX = 4096
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray
+    wq: Matrix
+    wk: Matrix
+    wv: Matrix
+    wo: Matrix
+    ffn_norm: np.ndarray
+    w_gate: Matrix
+    w_up: Matrix
+    w_down: Matrix
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x²) + eps) · weight; the mean in double, as ggml sums it."""
+    mean = (np.add.reduce(np.square(x), axis=-1, keepdims=True, dtype=np.float64) / x.shape[-1]).astype(F32)
+    return x * (F32(1) / np.sqrt(mean + F32(eps))) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x / (F32(1) + np.exp(-x))
+
+
+def rope_tables(cfg: Config, n_ctx: int, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape (n_ctx, head_dim/2): angle p · theta_scale^i / factor_i · freq_scale,
+    the power taken by repeated float32 multiplication as ggml_rope_cache_init does."""
+    half = cfg.head_dim // 2
+    theta_scale = F32(cfg.rope_theta) ** F32(-2.0 / cfg.head_dim)
+    steps = np.full((n_ctx, half), theta_scale, dtype=F32)
+    steps[:, 0] = np.arange(n_ctx, dtype=F32)
+    theta = np.cumprod(steps, axis=1, dtype=F32)
+    if freq_factors is not None:
+        theta = theta / freq_factors.astype(F32)
+    theta = F32(cfg.rope_freq_scale) * theta
+    return np.cos(theta), np.sin(theta)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (x[2i], x[2i+1]) of every head; x: (T, heads, d), cos/sin: (T, d/2)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * c - x1 * s
+    out[..., 1::2] = x0 * s + x1 * c
+    return out
+
+
+class KVCache:
+    """Keys and values of every position so far, per layer: (n_kv_heads, n_ctx, head_dim) float32
+    holding float16-rounded values (llama.cpp's default cache type; no conversion per step)."""
+
+    def __init__(self, cfg: Config, n_ctx: int) -> None:
+        shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
+        self.k = np.zeros(shape, dtype=F32)
+        self.v = np.zeros(shape, dtype=F32)
+        self.n_ctx = n_ctx
+        self.tokens: list[int] = []  # what the cache holds, position by position
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def truncate(self, n: int) -> None:
+        """Forget positions n and later (their slots are overwritten by the next tokens)."""
+        del self.tokens[n:]
+
+
+class Llama:
+    """A loaded model: weights in memory (see weights.py) and a KV cache of ``n_ctx`` positions."""
+
+    def __init__(self, path, n_ctx: int | None = None, weights: str = "auto") -> None:
+        self.file = mf = ModelFile(path)
+        self.cfg = cfg = mf.config
+        self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
+        if self.n_ctx < 1:
+            raise InferenceError(f"context size must be at least 1 (got {self.n_ctx})")
+        kind = {"auto": _auto_kind(mf), "f32": Dense, "streamed": Streamed}.get(weights)
+        if kind is None:
+            raise InferenceError(f"unknown weight representation {weights!r} (auto, f32, streamed)")
+        self.weights_kind = "f32" if kind is Dense else "streamed"
+
+        def matrix(name: str) -> Matrix:
+            return kind(mf.raw(name), mf.qtype(name))
+
+        def vector(name: str) -> np.ndarray:
+            return mf.floats(name).reshape(-1)
+
+        self.embd_raw, self.embd_type = mf.raw("token_embd.weight"), mf.qtype("token_embd.weight")
+        self.layers = [
+            Layer(vector(f"blk.{i}.attn_norm.weight"), matrix(f"blk.{i}.attn_q.weight"),
+                  matrix(f"blk.{i}.attn_k.weight"), matrix(f"blk.{i}.attn_v.weight"),
+                  matrix(f"blk.{i}.attn_output.weight"), vector(f"blk.{i}.ffn_norm.weight"),
+                  matrix(f"blk.{i}.ffn_gate.weight"), matrix(f"blk.{i}.ffn_up.weight"),
+                  matrix(f"blk.{i}.ffn_down.weight"))
+            for i in range(cfg.n_layer)
+        ]  # fmt: skip
+        self.output_norm = vector("output_norm.weight")
+        self.output = matrix("output.weight" if "output.weight" in mf.tensors else "token_embd.weight")
+        factors = vector("rope_freqs.weight") if "rope_freqs.weight" in mf.tensors else None
+        self.cos, self.sin = rope_tables(cfg, self.n_ctx, factors)
+        self.cache = KVCache(cfg, self.n_ctx)
+
+    @property
+    def weight_bytes(self) -> int:
+        mats = [m for layer in self.layers for m in (layer.wq, layer.wk, layer.wv, layer.wo,
+                                                     layer.w_gate, layer.w_up, layer.w_down)]  # fmt: skip
+        return sum(m.nbytes for m in mats) + self.output.nbytes
+
+    def forward(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
+        """Append ``tokens`` to the cache and return logits: (T, vocab) if ``all_logits``, else
+        (vocab,) for the last token."""
+        cfg, cache = self.cfg, self.cache
+        start, t = len(cache), len(tokens)
+        if start + t > self.n_ctx:
+            raise InferenceError(f"the context holds {self.n_ctx} tokens; {start} used + {t} new do not fit "
+                                 "(raise --ctx)")  # fmt: skip
+        ids = np.asarray(tokens, dtype=np.int64)
+        if t == 0 or ids.min() < 0 or ids.max() >= cfg.n_vocab:
+            raise InferenceError(f"token ids must be in 0..{cfg.n_vocab - 1}")
+        x = self.embd_type.dequantize(self.embd_raw[ids])  # (T, C)
+        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        hd, nkv, group = cfg.head_dim, cfg.n_head_kv, cfg.n_head // cfg.n_head_kv
+        end = start + t
+        # causal mask over the cache: query i (position start+i) sees keys 0..start+i
+        mask = np.triu(np.full((t, end), -np.inf, dtype=F32), k=start + 1)
+        scale = F32(1.0 / np.sqrt(hd))
+        for li, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
+            q, k, v = project(h, layer.wq, layer.wk, layer.wv)
+            q = rope(q.reshape(t, cfg.n_head, hd), cos, sin)
+            k = rope(k.reshape(t, nkv, hd), cos, sin)
+            v = v.reshape(t, nkv, hd)
+            cache.k[li, :, start:end] = fp16(k).transpose(1, 0, 2)
+            cache.v[li, :, start:end] = fp16(v).transpose(1, 0, 2)
+            # queries grouped by the kv head they share: (nkv, group·T, hd)
+            qg = fp16(q).reshape(t, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * t, hd)
+            att = (qg @ cache.k[li, :, :end].transpose(0, 2, 1)).reshape(nkv, group, t, end)
+            att = att * scale + mask
+            att = np.exp(att - att.max(axis=-1, keepdims=True))
+            att *= (1.0 / att.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(F32)
+            y = fp16(att).reshape(nkv, group * t, end) @ cache.v[li, :, :end]  # (nkv, group·T, hd)
+            y = y.reshape(nkv, group, t, hd).transpose(2, 0, 1, 3).reshape(t, cfg.n_embd)
+            x = x + layer.wo(y)
+            h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
+            gate, up = project(h, layer.w_gate, layer.w_up)
+            x = x + layer.w_down(silu(gate) * up)
+        cache.tokens.extend(int(i) for i in ids)
+        if not all_logits:
+            x = x[-1:]
+        logits = self.output(rms_norm(x, self.output_norm, cfg.rms_eps))
+        return logits if all_logits else logits[0]
+
+    def reset(self) -> None:
+        self.cache.truncate(0)
+
+
+def _auto_kind(mf: ModelFile) -> type[Dense] | type[Streamed]:
+    """float32 copies while they take under half the memory still available, else streamed."""
+    params = sum(int(np.prod(t.ne)) for t in mf.tensors.values())
+    try:
+        import os
+
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return Dense
+    return Dense if params * 4 < available // 2 else Streamed
