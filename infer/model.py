@@ -142,9 +142,9 @@ class Llama:
                                                      layer.w_gate, layer.w_up, layer.w_down)]  # fmt: skip
         return sum(m.nbytes for m in mats) + self.output.nbytes
 
-    def forward(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
-        """Append ``tokens`` to the cache and return logits: (T, vocab) if ``all_logits``, else
-        (vocab,) for the last token."""
+    def forward(self, tokens: list[int], logits_from: int | None = None) -> np.ndarray:
+        """Append ``tokens`` to the cache and return logits: (vocab,) for the last token, or
+        (T - logits_from, vocab) for tokens ``logits_from`` onwards of this batch."""
         cfg, cache = self.cfg, self.cache
         start, t = len(cache), len(tokens)
         if start + t > self.n_ctx:
@@ -181,10 +181,28 @@ class Llama:
             gate, up = project(h, layer.w_gate, layer.w_up)
             x = x + layer.w_down(silu(gate) * up)
         cache.tokens.extend(int(i) for i in ids)
-        if not all_logits:
-            x = x[-1:]
-        logits = self.output(rms_norm(x, self.output_norm, cfg.rms_eps))
-        return logits if all_logits else logits[0]
+        logits = self.output(rms_norm(x[-1:] if logits_from is None else x[logits_from:], self.output_norm, cfg.rms_eps))
+        return logits[0] if logits_from is None else logits
+
+    def prefill(self, tokens: list[int], batch: int = 512) -> np.ndarray:
+        """Bring the cache to exactly ``tokens`` and return the last token's logits. Reuses the
+        longest prefix the cache already holds (a chat turn re-sends the whole conversation) and
+        evaluates the rest ``batch`` tokens at a time, bounding the attention scratch memory."""
+        if not tokens:
+            raise InferenceError("nothing to evaluate: the prompt is empty")
+        if len(tokens) > self.n_ctx:
+            raise InferenceError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx} (raise --ctx "
+                                 "or shorten the prompt)")  # fmt: skip
+        held = self.cache.tokens
+        same = 0
+        for a, b in zip(held, tokens[:-1]):  # at least the last token is evaluated, for its logits
+            if a != b:
+                break
+            same += 1
+        self.cache.truncate(same)
+        for start in range(same, len(tokens), batch):
+            logits = self.forward(tokens[start:start + batch])
+        return logits
 
     def reset(self) -> None:
         self.cache.truncate(0)

@@ -486,6 +486,143 @@ def quantize(source: Path, output: Path, quant: str, allow_requantize: bool, pur
                f"{report.bits_per_weight:.2f} bits/weight; tensors: {types})")  # fmt: skip
 
 
+def _sampling_options(f):  # type: ignore[no-untyped-def]
+    """Sampler flags, with llama.cpp's defaults."""
+    opts = [
+        click.option("--temp", type=click.FloatRange(0), default=0.8, show_default=True, help="Temperature; 0 = greedy (always the likeliest token)."),
+        click.option("--top-k", type=int, default=40, show_default=True, help="Keep the K likeliest tokens (0 = all)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True, help="Keep the likeliest tokens up to this total probability."),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Drop tokens less likely than this × the likeliest."),
+        click.option("--repeat-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="Penalize the last 64 tokens (1.0 = off; 1.1 is common)."),
+        click.option("--seed", type=int, help="Random seed, for a reproducible run [default: random]."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  # type: ignore[no-untyped-def]
+    from llamashare.infer.model import Llama
+    from llamashare.infer.tokenizer import GGUFTokenizer
+
+    import time
+
+    t0 = time.perf_counter()
+    llm = Llama(model, n_ctx=ctx_size, weights=weights)
+    tok = GGUFTokenizer(llm.file)
+    if not quiet:
+        c = llm.cfg
+        err.print(f"loaded {model.name}: {c.n_layer} layers, width {c.n_embd}, vocabulary {c.n_vocab}, context "
+                  f"{llm.n_ctx}; weights {llm.weights_kind} ({human_size(llm.weight_bytes)}) in "
+                  f"{time.perf_counter() - t0:.1f} s", markup=False, highlight=False)  # fmt: skip
+    return llm, tok
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-p", "--prompt", help="Text to continue (or, with --chat, the first message).")
+@click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Read the prompt from this file.")
+@click.option("-n", "--n-predict", type=int, default=128, show_default=True, help="Tokens to generate at most (-1 = until the context is full).")
+@click.option("-c", "--ctx", "ctx_size", type=click.IntRange(1), help="Context size in tokens [default: the model's, at most 4096].")
+@click.option("--chat", is_flag=True, help="Interactive chat with the model's chat template; an empty line or Ctrl-D ends it.")
+@click.option("--system", help="System message for --chat.")
+@_sampling_options
+@click.option("--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True, help="f32: dequantize once (fast); streamed: keep blocks in the file, dequantize per use (fits big models); auto picks by free memory.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the generated text: no load line, no speeds.")
+def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None, chat: bool,
+        system: str | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+        seed: int | None, weights: str, quiet: bool) -> None:  # fmt: skip
+    """Generate text with a GGUF model (LLaMA family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0,
+    Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens print as they come; speeds follow on stderr.
+
+    The NumPy engine gives llama.cpp's tokens and, with --temp 0, its greedy output. A prompt
+    longer than the context is refused; generation stops when the context is full. Ctrl-C
+    stops generating and still prints the speeds.
+
+    \b
+    Examples:
+      llamashare run smollm2.Q8_0.gguf -p "The capital of France is" -n 32 --temp 0
+      llamashare run smollm2.Q8_0.gguf --chat --system "Answer briefly."
+    """
+    from llamashare.infer.chat import Chat
+    from llamashare.infer.generate import Stats, generate
+    from llamashare.infer.sampling import Sampler, SamplingParams
+
+    if prompt_file is not None:
+        prompt = prompt_file.read_text(encoding="utf-8")
+    if prompt is None and not chat:
+        raise click.UsageError("give a prompt (-p TEXT or -f FILE), or --chat")
+    try:
+        sampler = Sampler(SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, seed=seed))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    llm, tok = _load_model(model, ctx_size, weights, quiet)
+    out = click.get_text_stream("stdout")
+
+    def emit(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    def report(stats: Stats) -> None:
+        if not quiet:
+            end = {"context": " (context full)", "limit": "", "eog": ""}.get(stats.stop, " (interrupted)")
+            err.print(f"\n{stats.summary()}{end}", markup=False, highlight=False)
+
+    if not chat:
+        stats = Stats()
+        try:
+            for _, piece in generate(llm, tok, tok.encode(prompt), n_predict, sampler, stats):
+                emit(piece)
+        except KeyboardInterrupt:
+            stats.stop = "interrupted"
+        emit("\n")
+        report(stats)
+        return
+    session = Chat(llm, tok, sampler, system)
+    first = prompt
+    while True:
+        try:
+            text = first if first is not None else click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            break
+        first = None
+        if not text.strip():
+            break
+        try:
+            stats = session.say(text, n_predict, emit)
+        except KeyboardInterrupt:
+            emit("\n")
+            continue
+        emit("\n")
+        report(stats)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="The text to score (e.g. wiki.test.raw).")
+@click.option("-c", "--ctx", "ctx_size", type=click.IntRange(4), default=512, show_default=True, help="Tokens per chunk (llama-perplexity's -c).")
+@click.option("--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True, help="Weight representation (see `run --help`).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the result line.")
+def perplexity(model: Path, text_file: Path, ctx_size: int, weights: str, quiet: bool) -> None:
+    """Perplexity of MODEL on a text file, chunked exactly as llama.cpp's llama-perplexity does
+    (chunks of --ctx tokens, the second half of each scored), so the numbers compare.
+
+    \b
+    Example:
+      llamashare perplexity smollm2.Q4_K_M.gguf -f wiki.test.raw -c 512
+    """
+    from llamashare.infer.perplexity import perplexity as measure
+
+    llm, tok = _load_model(model, ctx_size, weights, quiet)
+
+    def progress(chunk: int, total: int, ppl: float) -> None:
+        if not quiet:
+            err.print(f"[{chunk}/{total}] {ppl:.4f}", markup=False, highlight=False)
+
+    r = measure(llm, tok, text_file.read_text(encoding="utf-8"), ctx_size, progress)
+    click.echo(f"perplexity {r.ppl:.4f} ± {r.stderr:.4f} ({r.chunks} chunks of {r.n_ctx} tokens, {r.scored} scored)")
+
+
 @cli.group(context_settings=CONTEXT)
 def delta() -> None:
     """Delta weights (target − base), for models whose base may not be redistributed."""

@@ -1,0 +1,69 @@
+"""Chat: the model's own template (``tokenizer.chat_template``, Jinja as Hugging Face writes it)
+renders the conversation; each turn re-sends it and the KV cache keeps what is unchanged.
+
+The template comes from a downloaded file, so it runs in Jinja's immutable sandbox: no attribute
+access to Python internals, no mutation of passed objects — a hostile template can fail, not act.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llamashare.errors import InferenceError
+from llamashare.infer.generate import Stats, generate
+from llamashare.infer.model import Llama
+from llamashare.infer.sampling import Sampler
+from llamashare.infer.tokenizer import GGUFTokenizer
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+def render(template: str, messages: list[dict[str, str]], tok: GGUFTokenizer, add_generation_prompt: bool = True) -> str:
+    """The prompt text for ``messages`` (dicts with role and content)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    special = {name: tok.tokens[i] if i is not None else "" for name, i in (("bos_token", tok.bos), ("eos_token", tok.eos))}
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+    except TemplateError as e:
+        raise InferenceError(f"the model's chat template failed: {e}") from None
+
+
+def prompt_tokens(tok: GGUFTokenizer, text: str) -> list[int]:
+    """Tokens of a rendered conversation: special tokens parsed; BOS added only if the template
+    did not already write it."""
+    ids = tok.encode(text, add_special=True, parse_special=True)
+    if tok.bos is not None and len(ids) > 1 and ids[0] == ids[1] == tok.bos:
+        ids = ids[1:]
+    return ids
+
+
+class Chat:
+    """A conversation with ``model``; ``say`` runs one turn and streams the reply to ``emit``."""
+
+    def __init__(self, model: Llama, tok: GGUFTokenizer, sampler: Sampler, system: str | None = None,
+                 template: str | None = None) -> None:  # fmt: skip
+        self.model, self.tok, self.sampler = model, tok, sampler
+        self.template = template or model.file.meta("tokenizer.chat_template")
+        if not isinstance(self.template, str) or not self.template:
+            raise InferenceError(f"{model.file.path}: has no chat template (tokenizer.chat_template); use -p instead")
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+
+    def say(self, text: str, n_predict: int, emit: Callable[[str], None]) -> Stats:
+        self.messages.append({"role": "user", "content": text})
+        ids = prompt_tokens(self.tok, render(self.template, self.messages, self.tok))
+        stats = Stats()
+        reply = []
+        try:
+            for _, piece in generate(self.model, self.tok, ids, n_predict, self.sampler, stats):
+                reply.append(piece)
+                emit(piece)
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(reply)})
+        return stats
