@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
+
 from llamashare.infer.model import Llama
 from llamashare.infer.sampling import Sampler
 from llamashare.infer.tokenizer import GGUFTokenizer
@@ -30,10 +32,11 @@ class Stats:
 
 
 def generate(model: Llama, tok: GGUFTokenizer, prompt: list[int], n_predict: int, sampler: Sampler,
-             stats: Stats | None = None) -> Iterator[tuple[int, str]]:  # fmt: skip
+             stats: Stats | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:  # fmt: skip
     """Yield (token id, its text) for each generated token, stopping at an end-of-generation token,
     after ``n_predict`` tokens (< 0: until the context is full) or when the context is full.
-    The end-of-generation token itself is not yielded. ``stats`` is filled in as it goes."""
+    The end-of-generation token itself is not yielded (``ignore_eos``: never stop at one — it is
+    banned instead). ``stats`` is filled in as it goes."""
     stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
     logits = model.prefill(prompt)
@@ -46,6 +49,8 @@ def generate(model: Llama, tok: GGUFTokenizer, prompt: list[int], n_predict: int
             if 0 <= n_predict <= len(stats.generated):
                 stats.stop = "limit"
                 break
+            if ignore_eos:
+                logits[list(tok.eog)] = -np.inf
             nxt = sampler(logits, history)
             if nxt in tok.eog:
                 stats.stop = "eog"

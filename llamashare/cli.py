@@ -524,12 +524,14 @@ def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  
 @click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Read the prompt from this file.")
 @click.option("-n", "--n-predict", type=int, default=128, show_default=True, help="Tokens to generate at most (-1 = until the context is full).")
 @click.option("-c", "--ctx", "ctx_size", type=click.IntRange(1), help="Context size in tokens [default: the model's, at most 4096].")
+@click.option("--ignore-eos", is_flag=True, help="Never stop at an end-of-generation token (for benchmarks).")
 @click.option("--chat", is_flag=True, help="Interactive chat with the model's chat template; an empty line or Ctrl-D ends it.")
 @click.option("--system", help="System message for --chat.")
 @_sampling_options
 @click.option("--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True, help="f32: dequantize once (fast); streamed: keep blocks in the file, dequantize per use (fits big models); auto picks by free memory.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the generated text: no load line, no speeds.")
-def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None, chat: bool,
+def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None,
+        ignore_eos: bool, chat: bool,
         system: str | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
         seed: int | None, weights: str, quiet: bool) -> None:  # fmt: skip
     """Generate text with a GGUF model (LLaMA family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0,
@@ -571,12 +573,14 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
     if not chat:
         stats = Stats()
         try:
-            for _, piece in generate(llm, tok, tok.encode(prompt), n_predict, sampler, stats):
+            for _, piece in generate(llm, tok, tok.encode(prompt), n_predict, sampler, stats, ignore_eos):
                 emit(piece)
         except KeyboardInterrupt:
             stats.stop = "interrupted"
         emit("\n")
         report(stats)
+        if stats.stop == "interrupted":
+            sys.exit(130)
         return
     session = Chat(llm, tok, sampler, system)
     first = prompt

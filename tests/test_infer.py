@@ -1,0 +1,348 @@
+"""`llamashare run` / `perplexity` against llama.cpp (llama-cpp-python) on the same files.
+
+What can be asked of a float32 NumPy engine: tokens identical; first-step logits close; greedy
+output identical until a true tie. llama.cpp quantizes activations before each quantized matrix
+product, and the engine does too (infer/weights.py), so a rounding flip from a 1e-7 difference
+in summation order moves logits by up to ~1 (out of ~27) on SmolLM2 — llama.cpp's own logits
+differ that much between batched and token-by-token evaluation. Greedy runs are therefore
+compared step by step, and a divergence is accepted only where llama.cpp rates our choice within
+the two engines' logit difference of its own (a tie within the numerical noise).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pydoc_data.topics
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from llama_cpp import Llama as LlamaCpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from llamashare.cli import cli
+from llamashare.errors import InferenceError
+from llamashare.infer.chat import Chat, render
+from llamashare.infer.model import Llama
+from llamashare.infer.model_file import ModelFile
+from llamashare.infer.perplexity import perplexity
+from llamashare.infer.sampling import Sampler, SamplingParams, candidates
+from llamashare.infer.tokenizer import GGUFTokenizer
+from llamashare.infer.weights import to_bf16
+from llamashare.quant.convert import convert
+from llamashare.quant.quantize import quantize_file
+from llamashare.sample import SampleConfig, write_sample_model
+from tests.checkpoints import write_meta
+
+TEXTS = ["Hello world", " leading space and  double  spaces", "The year 2024 had 366 days!!\n\nnew\tline",
+         "<|im_start|>user\nHi there<|im_end|>\n", "unicode: café naïve 日本語 🚀", "'s 're I'm can't won't",
+         "   ", "", "x" * 40, "def f(x):\n    return x**2  # square\n", "<s> literal </s> tags"]  # fmt: skip
+PROMPT = "The capital of France is"
+TINY = SampleConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4)
+
+
+def llama_cpp(path: Path, n_ctx: int = 256, **kw: object) -> LlamaCpp:
+    return LlamaCpp(model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, **kw)
+
+
+def prose(chars: int) -> str:
+    """English prose that ships with Python itself (pydoc's topic texts), for perplexity."""
+    return "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))[:chars]
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_as(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """SmolLM2 requantized to a preset (made once per session), or the shipped Q4_1 file."""
+    root = tmp_path_factory.mktemp("smollm2")
+    made: dict[str, Path] = {"Q4_1": smollm2}
+
+    def get(preset: str) -> Path:
+        if preset not in made:
+            made[preset] = root / f"smollm2.{preset}.gguf"
+            quantize_file(smollm2, made[preset], preset, allow_requantize=True)
+        return made[preset]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The generated sample model (256 wide, so K-quants apply) as f32 and --pure quantizations."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_sample_model(root / "hf", TINY)
+    convert(root / "hf", root / "tiny.F32.gguf", "f32")
+    made: dict[str, Path] = {"F32": root / "tiny.F32.gguf"}
+
+    def get(preset: str) -> Path:
+        if preset not in made:
+            made[preset] = root / f"tiny.{preset}.gguf"
+            quantize_file(made["F32"], made[preset], preset, pure=True)
+        return made[preset]
+
+    return get
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+
+
+def assert_same_tokens(path: Path, texts: list[str]) -> None:
+    ours = GGUFTokenizer(ModelFile(path))
+    ref = LlamaCpp(model_path=str(path), vocab_only=True, verbose=False)
+    for text in texts:
+        for add_special, parse_special in ((True, False), (True, True), (False, True)):
+            expect = ref.tokenize(text.encode(), add_bos=add_special, special=parse_special)
+            assert ours.encode(text, add_special, parse_special) == expect, (text, add_special, parse_special)
+        ids = ref.tokenize(text.encode(), add_bos=False, special=False)
+        assert ours.decode(ids) == ref.detokenize(ids).decode("utf-8", errors="replace"), text
+
+
+def test_tokens_equal_llama_cpp_smollm2_bpe(smollm2: Path) -> None:
+    assert_same_tokens(smollm2, TEXTS + [prose(3000)])
+
+
+def test_tokens_equal_llama_cpp_gpt2_sample(tiny) -> None:  # type: ignore[no-untyped-def]
+    assert_same_tokens(tiny("F32"), TEXTS)
+
+
+def test_tokens_equal_llama_cpp_sentencepiece(tmp_path: Path) -> None:
+    """A LLaMA-1/2 style vocabulary: SentencePiece BPE with byte fallback, from tokenizer.model."""
+    write_sample_model(tmp_path / "hf", SampleConfig())
+    write_meta(tmp_path / "meta" / "7B", tmp_path / "hf", ranks=1, dtype=np.float32)
+    convert(tmp_path / "meta" / "7B", tmp_path / "spm.gguf", "f32")
+    assert_same_tokens(tmp_path / "spm.gguf", TEXTS + [prose(2000)])
+
+
+# -- forward pass and generation ---------------------------------------------------------------
+
+
+def compare_greedy(path: Path, prompt: str, steps: int = 32) -> tuple[float, int, str]:
+    """First-step max |logit difference| relative to the logit range, the number of identical
+    greedy tokens, and how the run ended ("same" or "tie at step i")."""
+    ours = Llama(path, n_ctx=256)
+    tok = GGUFTokenizer(ours.file)
+    ids = tok.encode(prompt)
+    ref = llama_cpp(path)
+    ref.eval(ids)
+    x = ours.prefill(ids)
+    r = np.array(ref.scores[len(ids) - 1])
+    first = float(np.abs(x - r).max() / np.abs(r).max())
+    for step in range(steps):
+        r = np.array(ref.scores[ref.n_tokens - 1])
+        a, b = int(np.argmax(x)), int(np.argmax(r))
+        if a != b:
+            noise = float(np.abs(x - r).max())
+            assert r[b] - r[a] <= noise, f"step {step}: chose {a}, llama.cpp {b} by {r[b] - r[a]:.3f}: not a tie"
+            return first, step, f"tie at step {step}"
+        x = ours.forward([a])
+        ref.eval([b])
+    return first, steps, "same"
+
+
+SMOLLM2_TYPES = ["Q4_1", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", SMOLLM2_TYPES)
+def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as) -> None:  # type: ignore[no-untyped-def]
+    first, same, how = compare_greedy(smollm2_as(preset), PROMPT)
+    print(f"SmolLM2 {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})")
+    assert first < (0.02 if preset in ("F16", "BF16") else 0.1)
+    assert same >= 5  # the first tokens of a clear answer are never ties
+
+
+T = gguf.GGMLQuantizationType
+EVERY_TYPE = {"F32": T.F32, "F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_1": T.Q4_1,
+              "Q5_0": T.Q5_0, "Q5_1": T.Q5_1, "Q4_K_S": T.Q4_K, "Q5_K_S": T.Q5_K, "Q6_K": T.Q6_K}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", EVERY_TYPE)
+def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny) -> None:  # type: ignore[no-untyped-def]
+    """Every tensor type the engine reads (--pure files), on the generated model. Its random
+    weights give near-uniform logits, so ties come early for quantized types."""
+    path = tiny(preset)
+    assert EVERY_TYPE[preset] in {t.ggml_type for t in ModelFile(path).tensors.values()}
+    first, same, how = compare_greedy(path, "the rain in spain")
+    print(f"tiny {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})")
+    assert first < (0.01 if preset.startswith(("F", "B")) else 0.1)
+    if preset in ("F32", "F16"):
+        assert same == 32
+
+
+def test_streamed_weights_give_the_same_logits(tiny) -> None:  # type: ignore[no-untyped-def]
+    ids = [1, 300, 301, 302, 303]
+    dense = Llama(tiny("Q4_K_S"), n_ctx=16, weights="f32")
+    streamed = Llama(tiny("Q4_K_S"), n_ctx=16, weights="streamed")
+    assert streamed.weights_kind == "streamed" and streamed.weight_bytes == 0
+    np.testing.assert_allclose(streamed.forward(ids, 0), dense.forward(ids, 0), rtol=0, atol=1e-4)
+
+
+def test_cache_reuse_gives_the_same_logits(tiny) -> None:  # type: ignore[no-untyped-def]
+    m = Llama(tiny("F32"), n_ctx=64)
+    a = m.prefill([1, 5, 6, 7, 8, 9])
+    m.prefill([1, 5, 6, 40, 41])  # shares 3 tokens with the cache
+    assert m.cache.tokens == [1, 5, 6, 40, 41]
+    b = m.prefill([1, 5, 6, 7, 8, 9])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bf16_rounding_is_nearest_even() -> None:
+    x = np.array([1.0, 1.00390625, 1.01171875, -2.5e-3, np.inf, np.nan], dtype=np.float32)
+    y = to_bf16(x)
+    assert list(y[:2]) == [1.0, 1.0] and y[2] == np.float32(1.015625)  # ties go to the even mantissa
+    assert np.isinf(y[4]) and np.isnan(y[5])
+
+
+# -- perplexity --------------------------------------------------------------------------------
+
+
+def llama_cpp_perplexity(path: Path, text: str, n_ctx: int) -> float:
+    """llama-perplexity's chunking, computed from llama-cpp-python's logits."""
+    ref = llama_cpp(path, n_ctx=n_ctx)
+    tokens = ref.tokenize(text.encode(), add_bos=True, special=False)
+    add_bos = ref._model.add_bos_token()
+    nll, count, first = 0.0, 0, n_ctx // 2
+    for c in range(len(tokens) // n_ctx):
+        chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+        if add_bos:
+            chunk = [ref.token_bos(), *chunk[1:]]
+        ref.reset()
+        ref.eval(chunk)
+        logits = np.array(ref.scores[first:n_ctx - 1], dtype=np.float64)
+        targets = chunk[first + 1:]
+        lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        nll += float((lse - logits[np.arange(len(targets)), targets]).sum())
+        count += len(targets)
+    return math.exp(nll / count)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["Q8_0", "Q4_K_M"])
+def test_perplexity_within_one_percent_of_llama_cpp(preset: str, smollm2_as) -> None:  # type: ignore[no-untyped-def]
+    path, text = smollm2_as(preset), prose(6000)
+    m = Llama(path, n_ctx=256)
+    ours = perplexity(m, GGUFTokenizer(m.file), text, 256)
+    theirs = llama_cpp_perplexity(path, text, 256)
+    print(f"SmolLM2 {preset}: perplexity {ours.ppl:.4f} ± {ours.stderr:.3f} (llama.cpp {theirs:.4f}), {ours.chunks} chunks")
+    assert ours.chunks >= 3
+    assert abs(ours.ppl / theirs - 1) < 0.01
+
+
+def test_perplexity_needs_two_contexts_of_text(tiny) -> None:  # type: ignore[no-untyped-def]
+    m = Llama(tiny("F32"), n_ctx=64)
+    with pytest.raises(InferenceError, match="needs at least 128"):
+        perplexity(m, GGUFTokenizer(m.file), "too short", 64)
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+def test_sampling_is_seeded_and_filters_as_documented() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.04, 0.01]))
+    ids, _ = candidates(logits, SamplingParams(top_k=0, top_p=0.75, min_p=0.0))
+    assert list(ids) == [0, 1]  # 0.5 + 0.3 reaches 0.75
+    ids, _ = candidates(logits, SamplingParams(top_k=0, top_p=1.0, min_p=0.1))
+    assert list(ids) == [0, 1, 2]  # 0.04 < 0.1 × 0.5
+    ids, _ = candidates(logits, SamplingParams(top_k=2, top_p=1.0, min_p=0.0))
+    assert list(ids) == [0, 1]
+    wide = SamplingParams(temperature=1.5, top_k=0, top_p=1, min_p=0, seed=7)
+    runs = [[s(logits, []) for _ in range(200)] for s in (Sampler(wide), Sampler(wide))]
+    assert runs[0] == runs[1] and len(set(runs[0])) >= 4  # same seed, same draws; all tokens reachable
+    assert Sampler(SamplingParams(temperature=0))(logits, []) == 0
+    # the repetition penalty turns a greedy choice away from a token just seen
+    flat = np.log(np.array([0.4, 0.38, 0.22]))
+    assert Sampler(SamplingParams(temperature=0, repeat_penalty=1.3))(flat, [0]) == 1
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+def test_chat_template_renders_as_llama_cpp_python_does(smollm2: Path) -> None:
+    m = Llama(smollm2, n_ctx=512)
+    tok = GGUFTokenizer(m.file)
+    template = m.file.meta("tokenizer.chat_template")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    theirs = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(messages=messages).prompt
+    assert render(template, messages, tok) == theirs
+    chat = Chat(m, tok, Sampler(SamplingParams(temperature=0)), system="Be brief.")
+    pieces: list[str] = []
+    stats = chat.say("What is the capital of France?", 12, pieces.append)
+    assert stats.generated and "".join(pieces) == chat.messages[-1]["content"]
+    held = len(m.cache)
+    stats = chat.say("And of Italy?", 8, pieces.append)
+    assert len(m.cache) > held and stats.prompt_tokens > held  # the whole conversation, most of it reused
+
+
+def test_hostile_template_cannot_reach_python(tiny) -> None:  # type: ignore[no-untyped-def]
+    m = Llama(tiny("F32"), n_ctx=64)
+    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(InferenceError, match="chat template failed"):
+        render(evil, [{"role": "user", "content": "x"}], GGUFTokenizer(m.file))
+
+
+# -- the command line and bad input ------------------------------------------------------------
+
+
+def test_run_prints_text_and_speeds(tiny) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "the rain", "-n", "8", "--temp", "0"])
+    assert result.exit_code == 0, result.output
+    assert "generation: " in result.output and "tok/s" in result.output
+    seeded = [CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "a", "-n", "12", "--seed", "3", "-q"]).output
+              for _ in range(2)]  # fmt: skip
+    assert seeded[0] == seeded[1] and seeded[0].strip()
+
+
+def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tiny("F32")
+    # an architecture llamashare does not run
+    w = gguf.GGUFWriter(tmp_path / "gpt2.gguf", "gpt2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # a tensor type no quantizer here writes (Q2_K): same model, one tensor's type id changed
+    data = bytearray(src.read_bytes())
+    t = next(t for t in gguf.GGUFReader(src).tensors if t.name == "blk.0.attn_q.weight")
+    type_at = t.field.offset + sum(p.nbytes for p in t.field.parts[:-2])  # parts: name len, name, n_dims, dims, type, offset
+    data[type_at:type_at + 4] = int(gguf.GGMLQuantizationType.Q2_K).to_bytes(4, "little")
+    (tmp_path / "q2k.gguf").write_bytes(bytes(data))
+    (tmp_path / "cut.gguf").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    cases = {
+        "gpt2.gguf": "architecture 'gpt2' is not supported",
+        "q2k.gguf": "blk.0.attn_q.weight: tensor type Q2_K is not supported",
+        "cut.gguf": "truncated",
+    }
+    for name, message in cases.items():
+        result = CliRunner().invoke(cli, ["run", str(tmp_path / name), "-p", "hi"])
+        assert result.exit_code == 2 and message in result.output, (name, result.output)
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["run", str(src), "-p", "word " * 80, "-c", "32"])
+    assert result.exit_code == 2 and "the context holds 32" in result.output
+
+
+def test_ctrl_c_stops_generation_cleanly(tiny) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen([sys.executable, "-m", "llamashare", "run", str(tiny("F32")), "-p", "the", "-n", "-1",
+                             "--ignore-eos", "-c", "4096"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.read(1)  # generating
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, errs
+    assert "Traceback" not in errs and "(interrupted)" in errs and "generation:" in errs
+    assert os.path.exists(tiny("F32"))
