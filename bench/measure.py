@@ -23,12 +23,13 @@ t = time.perf_counter()
 exec(sys.stdin.read())
 seconds = time.perf_counter() - t
 hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
-print(json.dumps({"seconds": seconds, "max_rss_kib": hwm}))
+print(json.dumps({"seconds": seconds, "max_rss_kib": hwm, "result": globals().get("result")}))
 """
 
 
 def measure(name: str, code: str, variables: dict[str, Path | int | str], timeout: float = 900) -> dict:
-    """Run ``code`` with ``variables`` defined; return {"seconds", "max_rss_kib"} (set-up excluded)."""
+    """Run ``code`` with ``variables`` defined; return {"seconds", "max_rss_kib", "result"} (set-up
+    excluded; "result" is whatever the code left in a variable of that name, JSON-encodable)."""
     preamble = "\n".join(f"{k} = Path({str(v)!r})" if isinstance(v, Path) else f"{k} = {v!r}" for k, v in variables.items())
     out = subprocess.run([sys.executable, "-c", _RUNNER, str(REPO), preamble], input=code,
                          capture_output=True, text=True, timeout=timeout)  # fmt: skip

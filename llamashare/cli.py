@@ -559,7 +559,7 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     llm, tok = _load_model(model, ctx_size, weights, quiet)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
 
     def emit(piece: str) -> None:
         out.write(piece)

