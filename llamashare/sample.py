@@ -65,14 +65,9 @@ def _tensors(cfg: SampleConfig) -> dict[str, np.ndarray]:
 def _byte_level_bpe(size: int) -> tuple[dict[str, int], list[str]]:
     """A small but real byte-level BPE: the 256 byte tokens (GPT-2's byte-to-unicode map), then
     merges of a space or a frequent letter with a letter, up to ``size`` - 3 (room for specials)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
+    from llamashare.infer.tokenizer import gpt2_byte_map
+
+    mapping = gpt2_byte_map()
     vocab = {mapping[b]: b for b in range(256)}
     letters = "etaoinshrdlcumwfgypbvkjxqz"
     pairs = [(mapping[32], c) for c in letters] + [(a, b) for a in letters for b in letters]
