@@ -20,6 +20,7 @@ multiplication.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +105,7 @@ class KVCache:
 class Llama:
     """A loaded model: weights in memory (see weights.py) and a KV cache of ``n_ctx`` positions."""
 
-    def __init__(self, path, n_ctx: int | None = None, weights: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, weights: str = "auto") -> None:
         self.file = mf = ModelFile(path)
         self.cfg = cfg = mf.config
         self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
@@ -212,8 +213,6 @@ def _auto_kind(mf: ModelFile) -> type[Dense] | type[Streamed]:
     """float32 copies while they take under half the memory still available, else streamed."""
     params = sum(int(np.prod(t.ne)) for t in mf.tensors.values())
     try:
-        import os
-
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return Dense
