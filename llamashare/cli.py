@@ -7,6 +7,7 @@ the single table in :func:`main`; a traceback means a bug.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -505,8 +506,6 @@ def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  
     from llamashare.infer.model import Llama
     from llamashare.infer.tokenizer import GGUFTokenizer
 
-    import time
-
     t0 = time.perf_counter()
     llm = Llama(model, n_ctx=ctx_size, weights=weights)
     tok = GGUFTokenizer(llm.file)
@@ -537,7 +536,8 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
     """Generate text with a GGUF model (LLaMA family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0,
     Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens print as they come; speeds follow on stderr.
 
-    The NumPy engine gives llama.cpp's tokens and, with --temp 0, its greedy output. A prompt
+    The NumPy engine gives llama.cpp's tokens and, with --temp 0, its greedy output. Special
+    tokens written in the prompt (<|im_start|>) are parsed, as llama-cli does. A prompt
     longer than the context is refused; generation stops when the context is full. Ctrl-C
     stops generating and still prints the speeds.
 
@@ -573,7 +573,7 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
     if not chat:
         stats = Stats()
         try:
-            for _, piece in generate(llm, tok, tok.encode(prompt), n_predict, sampler, stats, ignore_eos):
+            for _, piece in generate(llm, tok, tok.encode(prompt, parse_special=True), n_predict, sampler, stats, ignore_eos):
                 emit(piece)
         except KeyboardInterrupt:
             stats.stop = "interrupted"
