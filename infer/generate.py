@@ -42,7 +42,6 @@ def generate(model: Llama, tok: GGUFTokenizer, prompt: list[int], n_predict: int
     logits = model.prefill(prompt)
     stats.prompt_tokens, stats.prompt_seconds = len(prompt), time.perf_counter() - t0
     stream = tok.streamer()
-    history = list(prompt)
     t0 = time.perf_counter()
     try:
         while True:
@@ -51,12 +50,11 @@ def generate(model: Llama, tok: GGUFTokenizer, prompt: list[int], n_predict: int
                 break
             if ignore_eos:
                 logits[list(tok.eog)] = -np.inf
-            nxt = sampler(logits, history)
+            nxt = sampler(logits, model.cache.tokens)  # the cache holds prompt + generated so far
             if nxt in tok.eog:
                 stats.stop = "eog"
                 break
             stats.generated.append(nxt)
-            history.append(nxt)
             yield nxt, stream.push(nxt)
             if len(model.cache) >= model.n_ctx:
                 stats.stop = "context"

@@ -91,7 +91,6 @@ class KVCache:
         shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
         self.k = np.zeros(shape, dtype=F32)
         self.v = np.zeros(shape, dtype=F32)
-        self.n_ctx = n_ctx
         self.tokens: list[int] = []  # what the cache holds, position by position
 
     def __len__(self) -> int:
@@ -111,7 +110,7 @@ class Llama:
         self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
         if self.n_ctx < 1:
             raise InferenceError(f"context size must be at least 1 (got {self.n_ctx})")
-        kind = {"auto": _auto_kind(mf), "f32": Dense, "streamed": Streamed}.get(weights)
+        kind = _auto_kind(mf) if weights == "auto" else {"f32": Dense, "streamed": Streamed}.get(weights)
         if kind is None:
             raise InferenceError(f"unknown weight representation {weights!r} (auto, f32, streamed)")
         self.weights_kind = "f32" if kind is Dense else "streamed"

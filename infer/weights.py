@@ -45,7 +45,7 @@ def _q8_blocks(x: np.ndarray) -> np.ndarray:
     zero = amax == 0
     inv = F32(127) / np.where(zero, F32(1), amax)
     inv[zero] = 0
-    d = (amax / F32(127)).astype(np.float16).astype(F32)
+    d = (amax / F32(127)).astype(np.float16).astype(F32)  # fp16() minus its errstate: this runs per product
     return (np.rint(b * inv) * d).reshape(x.shape)
 
 
@@ -74,15 +74,24 @@ def round_activations(qtype: type[QuantType]) -> Callable[[np.ndarray], np.ndarr
     return _ROUNDING[qtype.name]
 
 
-class Dense:
+class _Matrix:
+    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies."""
+
+    feed: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.product(self.feed(x))
+
+    def product(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Dense(_Matrix):
     """A float32 copy of the matrix: fastest, 4 bytes per weight."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         self.w = qtype.dequantize(raw)  # (out, in)
         self.feed = round_activations(qtype)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.product(self.feed(x))
 
     def product(self, x: np.ndarray) -> np.ndarray:
         """x (already through ``feed``) times the matrix."""
@@ -93,16 +102,13 @@ class Dense:
         return self.w.nbytes
 
 
-class Streamed:
+class Streamed(_Matrix):
     """The matrix left as GGUF blocks in the memory map, dequantized in slabs of rows per use."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         self.raw, self.qtype = raw, qtype
         self.feed = round_activations(qtype)
         self.step = max(1, STREAM_BYTES // (4 * raw.shape[1] * qtype.block_size // qtype.type_size))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.product(self.feed(x))
 
     def product(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((*x.shape[:-1], self.raw.shape[0]), dtype=F32)

@@ -502,6 +502,12 @@ def _sampling_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+WEIGHTS_OPTION = click.option(
+    "--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True,
+    help="f32: dequantize once (fast); streamed: keep blocks in the file, dequantize per use (fits big "
+         "models); auto picks by free memory.")  # fmt: skip
+
+
 def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  # type: ignore[no-untyped-def]
     from llamashare.infer.model import Llama
     from llamashare.infer.tokenizer import GGUFTokenizer
@@ -527,7 +533,7 @@ def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  
 @click.option("--chat", is_flag=True, help="Interactive chat with the model's chat template; an empty line or Ctrl-D ends it.")
 @click.option("--system", help="System message for --chat.")
 @_sampling_options
-@click.option("--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True, help="f32: dequantize once (fast); streamed: keep blocks in the file, dequantize per use (fits big models); auto picks by free memory.")
+@WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the generated text: no load line, no speeds.")
 def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None,
         ignore_eos: bool, chat: bool,
@@ -605,7 +611,7 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-f", "--file", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="The text to score (e.g. wiki.test.raw).")
 @click.option("-c", "--ctx", "ctx_size", type=click.IntRange(4), default=512, show_default=True, help="Tokens per chunk (llama-perplexity's -c).")
-@click.option("--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True, help="Weight representation (see `run --help`).")
+@WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the result line.")
 def perplexity(model: Path, text_file: Path, ctx_size: int, weights: str, quiet: bool) -> None:
     """Perplexity of MODEL on a text file, chunked exactly as llama.cpp's llama-perplexity does
