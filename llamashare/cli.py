@@ -244,41 +244,59 @@ def _load_and_show(manifest_path: Path) -> "Manifest":
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Release folder to download into [default: ./NAME].")
+@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Put the release's files here [default: in the model store, MODELS_DIR/NAME/source].")
+@click.option("--quant", metavar="TYPE", help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].")
+@click.option("--no-convert", is_flag=True, help="Stop once the files are verified (no GGUF).")
+@click.option("--base", "base_manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="For a delta release: the base release's manifest, fetched too if the store lacks it.")
 @click.option("--ratio", type=click.FloatRange(0), help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].")
 @click.option("--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d), whichever comes first.")
 @click.option("--no-seed", is_flag=True, help="Stop once verified (please seed if you can: swarms live on it).")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more.")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
-@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS", help="Stop waiting after this long (the daemon keeps going).")
+@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS", help="Stop waiting for the download after this long (the daemon keeps going).")
+@click.option("-t", "--threads", type=click.IntRange(1, 256), help="Threads for quantizing [default: every core].")
 @_network_options
-@click.option("-q", "--quiet", is_flag=True, help="No live progress view.")
+@click.option("-q", "--quiet", is_flag=True, help="No live progress bars (steps are still listed).")
 @click.pass_obj
-def fetch(home, manifest: Path, directory: Path | None, ratio: float | None, seed_time: str | None, no_seed: bool,
-          include: tuple[str, ...], peers: tuple[str, ...], timeout: float | None, listen_port: int | None,
-          api_port: int | None, local_only: bool, quiet: bool) -> None:  # fmt: skip
-    """Download a release over BitTorrent, verify every file against MANIFEST (BLAKE3 and size,
-    as each file completes), and keep seeding in the background daemon until the ratio or seed
-    time is reached. Exits 0 once every selected file is verified.
+def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_convert: bool, base_manifest: Path | None,
+          ratio: float | None, seed_time: str | None, no_seed: bool, include: tuple[str, ...], peers: tuple[str, ...],
+          timeout: float | None, threads: int | None, listen_port: int | None, api_port: int | None, local_only: bool,
+          quiet: bool) -> None:  # fmt: skip
+    """Download a release over BitTorrent into the model store, verify every file against
+    MANIFEST (BLAKE3 and size, as each file completes), then convert and quantize it to a GGUF
+    that `llamashare run NAME` runs. The daemon keeps seeding the original files in the
+    background until the ratio or seed time is reached.
+
+    Re-running skips every finished step (each is keyed on the verified input hashes, its
+    parameters and the llamashare version) and redoes an interrupted one.
 
     \b
-    Example:
-      llamashare fetch llama-7b.toml --dir ~/models/llama-7b --ratio 2 --seed-time 1d
+    Examples:
+      llamashare fetch llama-7b.toml --quant Q4_K_M --ratio 2 --seed-time 1d
+      llamashare fetch vicuna-7b-delta.toml --base llama-7b.toml
+      llamashare fetch my-model.toml --dir ./my-model --no-convert
     """
-    from llamashare.p2p.fetch import FetchOptions, fetch as do_fetch
+    from llamashare.p2p.fetch import FetchOptions
     from llamashare.p2p.home import parse_duration
-    from llamashare.ui import fetch_view
+    from llamashare.pipeline import BuildOptions, fetch_release
+    from llamashare.quant.presets import preset
+    from llamashare.ui import StepLog
 
     m = _load_and_show(manifest)
+    if quant is not None:
+        preset(quant)  # an unknown type fails before any download
     cfg = home.config()
     opts = FetchOptions(
-        directory=directory or Path(m.name), ratio=cfg.ratio if ratio is None else ratio,
+        directory=Path(), ratio=cfg.ratio if ratio is None else ratio,  # directory: the store's choice, or --dir
         seed_time=parse_duration(seed_time) if seed_time else cfg.seed_time, no_seed=no_seed, include=include,
         peers=peers, timeout=timeout, listen_port=listen_port, api_port=api_port, local_only=local_only,
     )  # fmt: skip
-    with fetch_view(m.name, quiet) as view:
-        status = do_fetch(home, m, opts, view.update)
-    click.echo(f"{m.name}: {status['verified']} of {status['selected']} files verified in {opts.directory}")
+    build = BuildOptions(quant=quant, convert=not no_convert, base_manifest=base_manifest, threads=threads)
+    out = fetch_release(home, m, opts, build, StepLog(quiet=quiet), source=directory)
+    st = out.status
+    click.echo(f"{m.name}: {st['verified']} of {st['selected']} files verified in {out.entry.source_dir}")
+    if out.gguf is not None:
+        click.echo(f"ready: llamashare run {m.name} -p '...'   ({out.gguf})")
     if not no_seed:
         target = f"ratio {opts.ratio:g}" + (f" or {seed_time}" if seed_time else "")
         click.echo(f"seeding in the background until {target} (llamashare status; llamashare stop {m.name})")
@@ -353,6 +371,107 @@ def stop(home, name: str) -> None:
 
     DaemonClient(home).call("DELETE", f"/releases/{name}")
     click.echo(f"stopped {name}; its files are kept")
+
+
+def _seeding_states(home) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """The daemon's view of each release by name ({} when no daemon runs)."""
+    from llamashare.p2p.client import running_client
+
+    client = running_client(home)
+    return {r["name"]: r for r in client.status()["releases"]} if client else {}
+
+
+def _seeding_text(r: dict | None) -> tuple[str, str]:
+    if r is None:
+        return "not in the daemon", "-"
+    return r["state"] + (f": {r['error']}" if r["error"] else ""), f"{r['ratio']:.2f}"
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.pass_obj
+def list_(home) -> None:
+    """List the releases in the model store: version, license, size on disk, seeding state,
+    share ratio and the GGUF files built from them.
+
+    \b
+    Example:
+      llamashare list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from llamashare.store import Store
+
+    store = Store(home.models_dir)
+    entries = store.entries()
+    if not entries:
+        click.echo(f"the store {store.root} is empty (llamashare fetch NAME.toml adds to it)")
+        return
+    seeding = _seeding_states(home)
+    table = Table("name", "version", "license", "on disk", "seeding", "ratio", "GGUF", box=None)
+    for e in entries:
+        m = e.manifest()
+        state, ratio = _seeding_text(seeding.get(m.name))
+        types = ", ".join(p.name.removeprefix(f"{e.name}.").removesuffix(".gguf") for p in e.ggufs().values()) or "-"
+        table.add_row(m.name, m.version, m.license.splitlines()[0][:30], human_size(e.size_on_disk()), state, ratio, types)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.pass_obj
+def info(home, name: str) -> None:
+    """Everything the store knows about release NAME: manifest, files, steps, GGUF files, seeding.
+
+    \b
+    Example:
+      llamashare info smollm2-135m-instruct
+    """
+    from llamashare.store import Store
+
+    e = Store(home.models_dir).get(name)
+    m, rec = e.manifest(), e.record()
+    click.echo(f"{m.name} {m.version} ({m.kind}{f', delta on {m.base.name}' if m.base else ''})")
+    click.echo(f"license:   {m.license.splitlines()[0]}")
+    if m.description:
+        click.echo(f"about:     {m.description}")
+    click.echo(f"manifest:  {e.manifest_path}" + (f" (signed by ed25519:{m.signature.public_key})" if m.signature else " (unsigned)"))
+    click.echo(f"source:    {e.source_dir} ({len(m.files)} files, {human_size(m.total_size)})")
+    state, ratio = _seeding_text(_seeding_states(home).get(m.name))
+    click.echo(f"seeding:   {state}, ratio {ratio}")
+    for step_id, path in e.ggufs().items():
+        r = e.step(step_id)
+        mark = "  (run NAME uses this)" if path.name == rec.get("default") else ""
+        click.echo(f"built:     {path} ({human_size(path.stat().st_size)}, {step_id}, {r.seconds:.1f} s){mark}")
+    if m.recommended_quant:
+        click.echo(f"publisher recommends: {m.recommended_quant}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--keep-source", is_flag=True, help="Keep the fetched source files; remove the rest.")
+@click.pass_obj
+def rm(home, name: str, keep_source: bool) -> None:
+    """Remove release NAME from the store: stop seeding it first, then delete its GGUF files,
+    records and (unless --keep-source) its source files.
+
+    \b
+    Example:
+      llamashare rm llama-7b --keep-source
+    """
+    from llamashare.p2p.client import running_client
+    from llamashare.store import Store
+
+    store = Store(home.models_dir)
+    e = store.get(name)
+    client = running_client(home)
+    if client is not None and name in {r["name"] for r in client.status()["releases"]}:
+        client.call("DELETE", f"/releases/{name}")
+        click.echo(f"stopped seeding {name}")
+    with store.lock(e):
+        size = e.size_on_disk()
+        kept = store.remove(e, keep_source)
+    click.echo(f"removed {name} ({human_size(size)} before removal)" + "".join(f"; kept {k}" for k in kept))
 
 
 @cli.group(context_settings=CONTEXT)
@@ -508,10 +627,26 @@ WEIGHTS_OPTION = click.option(
          "models); auto picks by free memory.")  # fmt: skip
 
 
-def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  # type: ignore[no-untyped-def]
+def _model_path(home, model: str) -> Path:  # type: ignore[no-untyped-def]
+    """A GGUF path as given, or the best GGUF the store built for release ``model``."""
+    path = Path(model)
+    if path.exists() or path.suffix == ".gguf" or "/" in model:
+        return path
+    from llamashare.errors import InferenceError
+    from llamashare.store import Store
+
+    entry = Store(home.models_dir).get(model)
+    best = entry.best_gguf()
+    if best is None:
+        raise InferenceError(f"{model} has no GGUF file yet (fetched with --no-convert?): run llamashare fetch {entry.manifest_path}")
+    return best
+
+
+def _load_model(home, model_arg: str, ctx_size: int | None, weights: str, quiet: bool):  # type: ignore[no-untyped-def]
     from llamashare.infer.model import Llama
     from llamashare.infer.tokenizer import GGUFTokenizer
 
+    model = _model_path(home, model_arg)
     t0 = time.perf_counter()
     llm = Llama(model, n_ctx=ctx_size, weights=weights)
     tok = GGUFTokenizer(llm.file)
@@ -524,7 +659,7 @@ def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @click.option("-p", "--prompt", help="Text to continue (or, with --chat, the first message).")
 @click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Read the prompt from this file.")
 @click.option("-n", "--n-predict", type=int, default=128, show_default=True, help="Tokens to generate at most (-1 = until the context is full).")
@@ -535,12 +670,14 @@ def _load_model(model: Path, ctx_size: int | None, weights: str, quiet: bool):  
 @_sampling_options
 @WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the generated text: no load line, no speeds.")
-def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None,
+@click.pass_obj
+def run(home, model: str, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None,
         ignore_eos: bool, chat: bool,
         system: str | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
         seed: int | None, weights: str, quiet: bool) -> None:  # fmt: skip
-    """Generate text with a GGUF model (LLaMA family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0,
-    Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens print as they come; speeds follow on stderr.
+    """Generate text with MODEL, a GGUF file or the name of a release in the store (LLaMA
+    family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens
+    print as they come; speeds follow on stderr.
 
     The NumPy engine gives llama.cpp's tokens and, with --temp 0, its greedy output. Special
     tokens written in the prompt (<|im_start|>) are parsed, as llama-cli does. A prompt
@@ -550,7 +687,7 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
     \b
     Examples:
       llamashare run smollm2.Q8_0.gguf -p "The capital of France is" -n 32 --temp 0
-      llamashare run smollm2.Q8_0.gguf --chat --system "Answer briefly."
+      llamashare run smollm2-135m-instruct --chat --system "Answer briefly."
     """
     from llamashare.infer.chat import Chat
     from llamashare.infer.generate import Stats, generate
@@ -564,7 +701,7 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
         sampler = Sampler(SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, seed=seed))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    llm, tok = _load_model(model, ctx_size, weights, quiet)
+    llm, tok = _load_model(home, model, ctx_size, weights, quiet)
     out = sys.stdout
 
     def emit(piece: str) -> None:
@@ -608,12 +745,13 @@ def run(model: Path, prompt: str | None, prompt_file: Path | None, n_predict: in
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @click.option("-f", "--file", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="The text to score (e.g. wiki.test.raw).")
 @click.option("-c", "--ctx", "ctx_size", type=click.IntRange(4), default=512, show_default=True, help="Tokens per chunk (llama-perplexity's -c).")
 @WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the result line.")
-def perplexity(model: Path, text_file: Path, ctx_size: int, weights: str, quiet: bool) -> None:
+@click.pass_obj
+def perplexity(home, model: str, text_file: Path, ctx_size: int, weights: str, quiet: bool) -> None:
     """Perplexity of MODEL on a text file, chunked exactly as llama.cpp's llama-perplexity does
     (chunks of --ctx tokens, the second half of each scored), so the numbers compare.
 
@@ -623,7 +761,7 @@ def perplexity(model: Path, text_file: Path, ctx_size: int, weights: str, quiet:
     """
     from llamashare.infer.perplexity import perplexity as measure
 
-    llm, tok = _load_model(model, ctx_size, weights, quiet)
+    llm, tok = _load_model(home, model, ctx_size, weights, quiet)
 
     def progress(chunk: int, total: int, ppl: float) -> None:
         if not quiet:

@@ -6,8 +6,9 @@ sees a plain ``progress(nbytes)`` callback.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -91,3 +92,31 @@ class FetchView:
     def update(self, s: dict) -> None:
         self._bar.update(self._task, total=s["size"], completed=s["done"], peers=s["peers"],
                          files=f"{s['verified']}/{s['selected']}", state=s["state"])  # fmt: skip
+
+
+class StepLog:
+    """A multi-step flow (the pipeline, the demo) told one step at a time: ``==> what and where``,
+    its progress bar, then ``done in N s`` or why it was skipped. Lines go to ``echo``."""
+
+    def __init__(self, echo: Callable[[str], None] | None = None, quiet: bool = False) -> None:
+        self.echo = echo or (lambda text: err.print(text, markup=False, highlight=False))
+        self.quiet = quiet
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.echo(f"==> {title}")
+        start = time.perf_counter()
+        yield
+        self.echo(f"    done in {time.perf_counter() - start:.1f} s")
+
+    def skip(self, title: str, why: str) -> None:
+        self.echo(f"==> {title}: skipped, {why}")
+
+    def note(self, text: str) -> None:
+        self.echo(f"    {text}")
+
+    def bar(self, description: str) -> ContextManager[ByteBar]:
+        return byte_progress(description, 0, self.quiet)
+
+    def follow(self, name: str) -> ContextManager[FetchView]:
+        return fetch_view(name, self.quiet)

@@ -38,6 +38,8 @@ class Config:
     upload_limit: int = 0  # bytes per second, 0 = unlimited
     download_limit: int = 0
     local_only: bool = False  # no DHT / local peer discovery / UPnP / NAT-PMP
+    models_dir: str | None = None  # the model store [default: HOME/models]
+    default_quant: str | None = None  # what fetch quantizes to [default: the manifest's recommendation, else Q4_K_M]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class Home:
     def log_file(self) -> Path:
         return self.root / "daemon.log"
 
+    @property
+    def models_dir(self) -> Path:
+        """The local model store: one folder per release (see llamashare.store)."""
+        configured = self.config().models_dir
+        return self.root / Path(configured).expanduser() if configured else self.root / "models"  # relative: to the home
+
     @classmethod
     def local_node(cls, root: Path, extra_config: str = "") -> "Home":
         """A fresh home for a loopback-only node on any free port (demo, tests, benchmarks)."""
@@ -91,8 +99,12 @@ class Home:
                 raise ConfigError(f"{self.config_file}: unknown key {key!r} (known: {', '.join(known)})")
             if key == "seed_time" and isinstance(value, str):
                 value = parse_duration(value)
-            kind = {"ratio": (int, float), "seed_time": (int, float), "local_only": bool}.get(key, int)
-            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is not bool and value < 0):
+            kind = {"ratio": (int, float), "seed_time": (int, float), "local_only": bool, "models_dir": str,
+                    "default_quant": str}.get(key, int)  # fmt: skip
+            if kind is str:
+                if not isinstance(value, str) or not value.strip():
+                    raise ConfigError(f"{self.config_file}: {key} must be a non-empty string")
+            elif isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is not bool and value < 0):
                 raise ConfigError(f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}")
             values[key] = value
         return Config(**values)

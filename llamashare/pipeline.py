@@ -1,0 +1,174 @@
+"""fetch → verify → (apply delta) → convert → quantize, as one visible flow into the model store.
+
+Each stage is the same library call its own command makes; this module only chains them, says
+what each does and where its files go, and keys each derived file on what produced it (the
+verified input hashes, the step's parameters, the llamashare version — see llamashare.store), so
+a re-run skips finished steps and redoes an interrupted one from its start (convert and quantize
+write ``OUT.partial`` and rename, so an interrupted step never leaves a file that looks done).
+The daemon keeps seeding the source files whatever happens after the download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from llamashare import __version__
+from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
+from llamashare.p2p.fetch import FetchOptions, fetch
+from llamashare.p2p.home import Home
+from llamashare.quant.presets import Preset, preset
+from llamashare.store import Entry, Store, StoreError
+from llamashare.ui import StepLog, human_size
+
+#: What fetch quantizes to when neither the user nor the publisher says: llama.cpp's and
+#: Ollama's usual choice, a quarter of f16's size for a few percent of perplexity.
+FALLBACK_QUANT = "Q4_K_M"
+FLOAT_PRESETS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    quant: str | None = None  # a preset; None: config default_quant, else the manifest's, else FALLBACK_QUANT
+    convert: bool = True  # False: stop once the files are verified
+    base_manifest: Path | None = None  # for a delta whose base is not in the store yet
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    entry: Entry
+    status: dict  # the daemon's final status of the release
+    gguf: Path | None  # the runnable file, if the flow went that far
+    ran: tuple[str, ...]  # step ids that did work this time
+    skipped: tuple[str, ...]  # step ids that were already done
+
+
+def choose_quant(flag: str | None, config_default: str | None, manifest: Manifest) -> Preset:
+    """The user's flag, then their config, then the publisher's recommendation, then Q4_K_M."""
+    return preset(flag or config_default or manifest.recommended_quant or FALLBACK_QUANT)
+
+
+def step_key(step: str, **parts: Any) -> str:
+    """SHA-256 over a step's inputs and parameters and the tool version: equal keys, equal output."""
+    doc = {"step": step, "version": __version__, **parts}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def convert_key(manifest: Manifest, base: Manifest | None, outtype: str) -> str:
+    files = sorted((f.path, f.sha256) for f in manifest.files)
+    base_files = sorted((f.path, f.sha256) for f in base.files) if base else None
+    return step_key("convert", files=files, base=base_files, outtype=outtype)
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``convert`` can know the folder's layout (Hugging Face or Meta)."""
+    return (folder / "config.json").is_file() or (folder / "params.json").is_file()
+
+
+def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog,
+                  source: Path | None = None) -> Outcome:  # fmt: skip
+    """Fetch ``manifest`` into the store (files in ``source`` if given), then build its GGUF."""
+    store = Store(home.models_dir)
+    entry = store.add(manifest, source)
+    with store.lock(entry):
+        base = _base(home, store, manifest, opts, build, log)
+        status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
+        if not build.convert:
+            return Outcome(entry, status, None, (), ())
+        chosen = choose_quant(build.quant, home.config().default_quant, manifest)
+        return build_gguf(entry, base, chosen, log, build.threads, status)
+
+
+def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> dict:
+    title = f"fetch {what}{manifest.name} {manifest.version} ({human_size(manifest.total_size)}, license " \
+            f"{manifest.license.splitlines()[0]}) over BitTorrent into {opts.directory}"  # fmt: skip
+    with log.step(title), log.follow(manifest.name) as view:
+        status = fetch(home, manifest, opts, view.update)
+    log.note(f"{status['verified']} of {status['selected']} files verified against the manifest (BLAKE3, size); "
+             f"the daemon is {status['state']}")  # fmt: skip
+    return status
+
+
+def _base(home: Home, store: Store, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog) -> Entry | None:
+    """For a delta: the base release, found in the store or fetched from ``--base``'s manifest."""
+    if manifest.kind != "delta" or manifest.base is None:
+        return None
+    ref = manifest.base
+    entry = store.find_base(ref.name, ref.manifest_sha256)
+    if entry is None:
+        if build.base_manifest is None:
+            raise StoreError(f"{manifest.name} is a delta on {ref.name}, which is not in the store; "
+                             f"give the base's manifest with --base {ref.name}.toml")  # fmt: skip
+        base_manifest = load_manifest(build.base_manifest)
+        if manifest_id(base_manifest) != ref.manifest_sha256:
+            raise StoreError(f"{build.base_manifest} is not the base {manifest.name} was made from "
+                             f"(its manifest SHA-256 is {manifest_id(base_manifest)[:16]}…, the delta names "
+                             f"{ref.manifest_sha256[:16]}…)")  # fmt: skip
+        entry = store.add(base_manifest)
+    _download(home, entry.manifest(), replace(opts, directory=entry.source_dir, include=()), log, "the base ")
+    return entry
+
+
+def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None,
+               status: dict | None = None) -> Outcome:  # fmt: skip
+    """Convert (adding the base for a delta) and quantize the verified files, skipping what is done."""
+    from llamashare.quant.convert import convert
+    from llamashare.quant.quantize import quantize_file
+
+    manifest, source = entry.manifest(), entry.source_dir
+    ran: list[str] = []
+    skipped: list[str] = []
+    if not is_checkpoint(source):
+        log.note(f"{source} has no config.json or params.json: not a checkpoint, nothing to convert")
+        return Outcome(entry, status or {}, None, (), ())
+    outtype = FLOAT_PRESETS.get(chosen.name, "f16")
+    base_manifest = base.manifest() if base else None
+    ckey = convert_key(manifest, base_manifest, outtype)
+    what = f"apply the delta to {base.name} and convert" if base else "convert"
+
+    def do_convert(out: Path, bar: Any) -> dict:
+        r = convert(source, out, outtype, base.source_dir if base else None, force=True, progress=bar.advance,
+                    on_tensor=lambda n: bar.describe(f"converting {n}"), on_total=bar.set_total)  # fmt: skip
+        p = r.params
+        log.note(f"{r.tensors} tensors from the {r.layout} layout: {p.n_layer} layers, width {p.n_embd}, "
+                 f"{p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab}")  # fmt: skip
+        return {"outtype": outtype, "base": base.name if base else None}
+
+    f16 = _run_step(entry, f"convert:{outtype}", ckey, f"{entry.name}.{outtype.upper()}.gguf",
+                    f"{what} {source} to GGUF ({outtype})", do_convert, log, ran, skipped)  # fmt: skip
+    final = f16
+    if chosen.name not in FLOAT_PRESETS:
+        qkey = step_key("quantize", input=ckey, preset=chosen.name)
+
+        def do_quantize(out: Path, bar: Any) -> dict:
+            r = quantize_file(f16, out, chosen.name, force=True, threads=threads, progress=bar.advance,
+                              on_total=bar.set_total, on_tensor=lambda t: bar.describe(f"quantizing {t.name}"))  # fmt: skip
+            log.note(f"{human_size(r.bytes_in)} → {human_size(r.bytes_out)}, {r.bits_per_weight:.2f} bits/weight")
+            return {"preset": chosen.name}
+
+        final = _run_step(entry, f"quantize:{chosen.name}", qkey, f"{entry.name}.{chosen.name}.gguf",
+                          f"quantize to {chosen.name} ({chosen.note})", do_quantize, log, ran, skipped)  # fmt: skip
+    entry.set_default(final)
+    return Outcome(entry, status or {}, final, tuple(ran), tuple(skipped))
+
+
+def _run_step(entry: Entry, step_id: str, key: str, filename: str, title: str,
+              work: Callable[[Path, Any], dict], log: StepLog, ran: list[str], skipped: list[str]) -> Path:  # fmt: skip
+    done = entry.is_current(step_id, key)
+    if done is not None:
+        log.skip(title, f"{done} is up to date")
+        skipped.append(step_id)
+        return done
+    out = entry.gguf_dir / filename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.step(f"{title} → {out}"), log.bar(step_id) as bar:
+        params = work(out, bar)
+    entry.finish_step(step_id, key, out, time.perf_counter() - start, params)
+    ran.append(step_id)
+    return out

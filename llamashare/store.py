@@ -1,0 +1,242 @@
+"""The local model store: one folder per release, holding what a user needs to see and run it.
+
+::
+
+    MODELS_DIR/NAME/
+        manifest.toml     the release as fetched (what was verified against)
+        release.json      where the source files are, the license, and one record per finished step
+        source/           the verified files, seeded by the daemon (unless fetched with --dir)
+        gguf/             derived files: NAME.f16.gguf, NAME.Q4_K_M.gguf ...
+
+A step record says which inputs and parameters produced which output (a key: SHA-256 over the
+verified input hashes, the step's parameters and the llamashare version) and the output's size
+and modification time, so a re-run skips a step whose output is still the one it wrote and redoes
+one whose inputs, parameters or output changed. ``release.json`` is replaced atomically, and a
+step's output only gets a record after it is complete on disk, so a crash loses at most the step
+that was running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from llamashare.errors import LlamashareError, ManifestError
+from llamashare.fsio import atomic_write, safe_join
+from llamashare.manifests.manifest import Manifest, check_name, dumps, load_manifest, manifest_id
+
+
+class StoreError(LlamashareError):
+    """The store cannot do what was asked: unknown release, a different release under the same
+    name, another command working on it."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A finished step: its key, the output file (in ``gguf/``) and what that file looked like."""
+
+    key: str
+    output: str
+    size: int
+    mtime_ns: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Entry:
+    """One release in the store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = root.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.toml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / "release.json"
+
+    @property
+    def gguf_dir(self) -> Path:
+        return self.root / "gguf"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> Manifest:
+        return load_manifest(self.manifest_path)
+
+    def record(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return {"steps": {}}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.record_path} is unreadable ({exc}); remove it to start the steps afresh") from None
+        return doc if isinstance(doc, dict) and isinstance(doc.get("steps"), dict) else {"steps": {}}
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        atomic_write(self.record_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+    @property
+    def source_dir(self) -> Path:
+        return Path(self.record().get("source") or self.root / "source")
+
+    @property
+    def owns_source(self) -> bool:
+        """True when the source files live inside the store folder (not a user's --dir)."""
+        return self.source_dir.resolve() == (self.root / "source").resolve()
+
+    def step(self, step_id: str) -> StepRecord | None:
+        raw = self.record()["steps"].get(step_id)
+        try:
+            return StepRecord(**raw) if isinstance(raw, dict) else None
+        except TypeError:  # written by another version with other fields: redo the step
+            return None
+
+    def is_current(self, step_id: str, key: str) -> Path | None:
+        """The step's output if it was made with ``key`` and is unchanged since; else None."""
+        rec = self.step(step_id)
+        if rec is None or rec.key != key:
+            return None
+        out = self.gguf_dir / rec.output
+        try:
+            st = out.stat()
+        except OSError:
+            return None
+        return out if (st.st_size, st.st_mtime_ns) == (rec.size, rec.mtime_ns) else None
+
+    def finish_step(self, step_id: str, key: str, output: Path, seconds: float, params: dict[str, Any]) -> None:
+        st = output.stat()
+        doc = self.record()
+        doc["steps"][step_id] = asdict(StepRecord(key, output.name, st.st_size, st.st_mtime_ns, round(seconds, 3), params))
+        self._save(doc)
+
+    def set_default(self, output: Path) -> None:
+        """``run NAME`` takes what the last pipeline run made."""
+        doc = self.record()
+        doc["default"] = output.name
+        self._save(doc)
+
+    def ggufs(self) -> dict[str, Path]:
+        """Step id → output path, for every step whose output is still what it wrote."""
+        out = {}
+        for step_id in sorted(self.record()["steps"]):
+            rec = self.step(step_id)
+            if rec is not None and self.is_current(step_id, rec.key):
+                out[step_id] = self.gguf_dir / rec.output
+        return out
+
+    def best_gguf(self) -> Path | None:
+        """The file ``run NAME`` uses: the last one the pipeline made, else any current one."""
+        files = self.ggufs()
+        default = self.record().get("default")
+        for path in files.values():
+            if path.name == default:
+                return path
+        return next(iter(files.values()), None)
+
+    def size_on_disk(self) -> int:
+        total = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
+        if not self.owns_source:
+            total += sum(p.stat().st_size for p in self.source_dir.rglob("*") if p.is_file() and not p.is_symlink())
+        return total
+
+
+class Store:
+    """The folder of releases (``models_dir`` in the config; default ``HOME/models``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def entry(self, name: str) -> Entry:
+        try:
+            check_name(name, "name")
+        except ManifestError:
+            raise StoreError(f"{name!r} is not a release name (letters, digits, . _ + -)") from None
+        return Entry(self.root / name)
+
+    def get(self, name: str) -> Entry:
+        """An existing release, or a one-line error listing what the store has."""
+        entry = self.entry(name)
+        if not entry.exists():
+            have = ", ".join(e.name for e in self.entries()) or "nothing yet"
+            raise StoreError(f"no release {name!r} in the store {self.root} (it has: {have})")
+        return entry
+
+    def entries(self) -> list[Entry]:
+        if not self.root.is_dir():
+            return []
+        return [Entry(p) for p in sorted(self.root.iterdir()) if (p / "manifest.toml").is_file()]
+
+    def add(self, manifest: Manifest, source: Path | None = None) -> Entry:
+        """Record ``manifest`` (files to be fetched into ``source``, default the entry's own
+        ``source/``). The same release again is a no-op; another release under the same name
+        is refused rather than mixed with it."""
+        entry = self.entry(manifest.name)
+        if entry.exists():
+            have = entry.manifest()
+            if manifest_id(have) != manifest_id(manifest):
+                raise StoreError(f"the store already has a different release named {manifest.name!r} "
+                                 f"(version {have.version}); remove it first: llamashare rm {manifest.name}")  # fmt: skip
+            if source is not None and source.resolve() != entry.source_dir.resolve():
+                raise StoreError(f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}")
+            return entry
+        entry.root.mkdir(parents=True, exist_ok=True)
+        doc = {"steps": {}, "license": manifest.license, "version": manifest.version,
+               "source": str((source or entry.root / "source").resolve())}  # fmt: skip
+        entry._save(doc)
+        atomic_write(entry.manifest_path, dumps(manifest).encode())  # last: an entry exists once its manifest does
+        return entry
+
+    def find_base(self, name: str, manifest_sha256: str) -> Entry | None:
+        """The stored release a delta names, if it is the exact one (same canonical manifest)."""
+        entry = self.entry(name)
+        if entry.exists() and manifest_id(entry.manifest()) == manifest_sha256:
+            return entry
+        return None
+
+    @contextmanager
+    def lock(self, entry: Entry) -> Iterator[None]:
+        """Hold the release for one command: two fetches of one release would race on its steps."""
+        entry.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(entry.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"another llamashare command is working on {entry.name}; wait for it to finish") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def remove(self, entry: Entry, keep_source: bool) -> list[Path]:
+        """Delete a release from the store; return what was kept. With an outside source folder
+        only the release's own files are deleted there, never anything else."""
+        manifest, source, owned = entry.manifest(), entry.source_dir, entry.owns_source
+        kept: list[Path] = []
+        entry.manifest_path.unlink()  # first: from here on the store no longer lists it
+        if keep_source or not owned:
+            for child in entry.root.iterdir():
+                if child.name != "source":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if keep_source:
+                kept.append(source)
+            elif not owned:
+                for f in manifest.files:
+                    safe_join(source, f.path).unlink(missing_ok=True)
+            if not any(entry.root.iterdir()):
+                entry.root.rmdir()
+        else:
+            shutil.rmtree(entry.root)
+        return kept
