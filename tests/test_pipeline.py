@@ -25,7 +25,7 @@ from llamashare.quant.convert import convert
 from llamashare.quant.delta import make_delta
 from llamashare.sample import SampleConfig, write_sample_model
 from llamashare.store import Store, StoreError
-from tests.test_daemon import cli, homes  # noqa: F401  (fixture)
+from tests.helpers import cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def publish(folder: Path, manifest_path: Path, **info: object) -> None:
     write_release(m, torrent, manifest_path)
 
 
-def seeder(homes, *releases: tuple[Path, Path]) -> str:  # noqa: F811
+def seeder(homes, *releases: tuple[Path, Path]) -> str:
     """Node A seeds each (manifest, folder); returns its HOST:PORT for --peer."""
     a = homes("a")
     for manifest_path, folder in releases:
@@ -44,7 +44,7 @@ def seeder(homes, *releases: tuple[Path, Path]) -> str:  # noqa: F811
     return f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
 
 
-def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes, sample_model: Path) -> None:  # noqa: F811
+def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes, sample_model: Path) -> None:
     publish(sample_model, tmp_path / "sample.toml", recommended_quant="Q8_0")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
@@ -52,7 +52,7 @@ def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes
     assert p.returncode == 0, p.stderr
     entry = Store(b.models_dir).get("sample-llama")
     built = entry.gguf_dir / "sample-llama.Q8_0.gguf"  # the manifest's recommendation
-    assert f"ready: llamashare run sample-llama" in p.stdout and str(built) in p.stdout
+    assert "ready: llamashare run sample-llama" in p.stdout and str(built) in p.stdout
     for step in ("fetch sample-llama 1.0", "license Apache-2.0", "convert", "quantize to Q8_0", str(entry.source_dir)):
         assert step in p.stderr, step
     m = load_manifest(tmp_path / "sample.toml")
@@ -89,7 +89,7 @@ def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes
     assert p.returncode == 0 and p.stderr.count("skipped") == 1 and "quantize to Q8_0 (" in p.stderr, p.stderr
 
 
-def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory) -> None:  # noqa: F811
+def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory) -> None:
     # Big enough (~100 MB of float32) that converting and quantizing take a moment to interrupt.
     model = tmp_path / "mid-llama"
     write_sample_model(model, SampleConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, shards=2))
@@ -123,7 +123,7 @@ def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory
     assert p.returncode == 0, p.stderr
 
 
-def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:  # noqa: F811
+def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:
     base, target, delta = tmp_path / "base-llama", tmp_path / "target", tmp_path / "delta-llama"
     write_sample_model(base, SampleConfig(vocab_size=512, seed=1))
     write_sample_model(target, SampleConfig(vocab_size=513, seed=2))  # one added token, as Vicuna's 32001
@@ -159,7 +159,7 @@ def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:  # noqa: F811
     assert p.returncode == 0 and "skipped" in p.stderr, p.stderr
 
 
-def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_model: Path) -> None:  # noqa: F811
+def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_model: Path) -> None:
     publish(sample_model, tmp_path / "sample.toml")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
