@@ -20,6 +20,7 @@ and the time from the last byte received to "verified" (target ≤ 10% of the do
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -64,7 +65,11 @@ def home(root: Path, name: str, extra_config: str = "") -> Home:
     return Home.local_node(root / "homes" / name, "ratio = 100.0\n" + extra_config)
 
 
-def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Home) -> tuple[float, list[float]]:
+#: Progress over time of every llamashare run, for bench/all.py's plot: run label → node → [(s, fraction)].
+TRACES: dict[str, dict[str, list[tuple[float, float]]]] = {}
+
+
+def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Home, label: str = "") -> tuple[float, list[float]]:
     """Submit to `leechers` fresh nodes at once; return (time until all verified, verify lags)."""
     m = load_manifest(manifest_path)
     text = manifest_path.read_text()
@@ -78,12 +83,14 @@ def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Hom
         c.call("POST", "/releases", {"manifest": text, "dir": str(out)})
     last_byte = [None] * leechers
     verified = [None] * leechers
+    trace = TRACES.setdefault(label or f"{leechers} leechers", {})
     while None in verified and time.monotonic() - start < TIMEOUT:
         for i, c in enumerate(clients):
             if verified[i] is not None:
                 continue
             st = release_status(c, m.name)
             now = time.monotonic()
+            trace.setdefault(f"leecher {i + 1}", []).append((round(now - start, 3), st["done"] / max(1, st["size"])))
             if last_byte[i] is None and st["done"] >= st["size"]:
                 last_byte[i] = now
             if st["verified"] == st["selected"] and st["state"] in ("seeding", "done seeding"):
@@ -172,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "llamashare-bench-swarm")
+    ap.add_argument("--trace", type=Path, help="Write each node's progress over time here (JSON), for plotting.")
     args = ap.parse_args()
     work = args.dir
     work.mkdir(parents=True, exist_ok=True)
@@ -189,9 +197,9 @@ def main() -> None:
         seed(seeder, m, FetchOptions(directory=src, local_only=True))
 
         print("llamashare → llamashare ...", flush=True)
-        one, lag1 = llamashare_fetch(work, manifest_path, 1, seeder)
+        one, lag1 = llamashare_fetch(work, manifest_path, 1, seeder, "1 leecher")
         print("llamashare → 4 leechers ...", flush=True)
-        four, lag4 = llamashare_fetch(work, manifest_path, 4, seeder)
+        four, lag4 = llamashare_fetch(work, manifest_path, 4, seeder, "4 leechers")
         stop_daemon(seeder)
         # The situation the swarm exists for: the origin's uplink, not the CPU, is the limit.
         slow = home(work, "slow-seeder", f"upload_limit = {SLOW_UPLINK}\n")
@@ -200,9 +208,9 @@ def main() -> None:
         write_release(sm, storrent, slow_manifest, force=True)
         seed(slow, sm, FetchOptions(directory=src, local_only=True))
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 1 leecher ...", flush=True)
-        slow_one, _ = llamashare_fetch(work, slow_manifest, 1, slow)
+        slow_one, _ = llamashare_fetch(work, slow_manifest, 1, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 1 leecher")
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 4 leechers ...", flush=True)
-        slow_four, _ = llamashare_fetch(work, slow_manifest, 4, slow)
+        slow_four, _ = llamashare_fetch(work, slow_manifest, 4, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 4 leechers")
         stop_daemon(slow)
         print("libtorrent defaults ...", flush=True)
         lt_default = libtorrent_defaults(work, torrent, src, tracker)
@@ -211,6 +219,8 @@ def main() -> None:
         trans = transmission(work, src, tracker)
     finally:
         tracker.close()
+    if args.trace:
+        args.trace.write_text(json.dumps(TRACES))
 
     mib = size / 2**20
     print()
