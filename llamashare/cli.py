@@ -252,6 +252,7 @@ def _load_and_show(manifest_path: Path) -> "Manifest":
 @click.option("--quant", metavar="TYPE", help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].")
 @click.option("--no-convert", is_flag=True, help="Stop once the files are verified (no GGUF).")
 @click.option("--base", "base_manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="For a delta release: the base release's manifest, fetched too if the store lacks it.")
+@click.option("--key", metavar="KEY", help="Require this publisher's signature: ed25519:<hex> or a .pub file (config: [publishers]).")
 @click.option("--ratio", type=click.FloatRange(0), help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].")
 @click.option("--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d), whichever comes first.")
 @click.option("--no-seed", is_flag=True, help="Stop once verified (please seed if you can: swarms live on it).")
@@ -263,7 +264,7 @@ def _load_and_show(manifest_path: Path) -> "Manifest":
 @click.option("-q", "--quiet", is_flag=True, help="No live progress bars (steps are still listed).")
 @click.pass_obj
 def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_convert: bool, base_manifest: Path | None,
-          ratio: float | None, seed_time: str | None, no_seed: bool, include: tuple[str, ...], peers: tuple[str, ...],
+          key: str | None, ratio: float | None, seed_time: str | None, no_seed: bool, include: tuple[str, ...], peers: tuple[str, ...],
           timeout: float | None, threads: int | None, listen_port: int | None, api_port: int | None, local_only: bool,
           quiet: bool) -> None:  # fmt: skip
     """Download a release over BitTorrent into the model store, verify every file against
@@ -282,6 +283,7 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
     """
     from llamashare.p2p.fetch import FetchOptions
     from llamashare.p2p.home import parse_duration
+    from llamashare.manifests.signing import parse_public_key
     from llamashare.pipeline import BuildOptions, fetch_release
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog
@@ -295,7 +297,8 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
         seed_time=parse_duration(seed_time) if seed_time else cfg.seed_time, no_seed=no_seed, include=include,
         peers=peers, timeout=timeout, listen_port=listen_port, api_port=api_port, local_only=local_only,
     )  # fmt: skip
-    build = BuildOptions(quant=quant, convert=not no_convert, base_manifest=base_manifest, threads=threads)
+    build = BuildOptions(quant=quant, convert=not no_convert, base_manifest=base_manifest, threads=threads,
+                         key=parse_public_key(key) if key else None)  # fmt: skip
     out = fetch_release(home, m, opts, build, StepLog(quiet=quiet), source=directory)
     st = out.status
     click.echo(f"{m.name}: {st['verified']} of {st['selected']} files verified in {out.entry.source_dir}")
@@ -468,11 +471,11 @@ def rm(home, name: str, keep_source: bool) -> None:
 
     store = Store(home.models_dir)
     e = store.get(name)
-    client = running_client(home)
-    if client is not None and name in {r["name"] for r in client.status()["releases"]}:
-        client.call("DELETE", f"/releases/{name}")
-        click.echo(f"stopped seeding {name}")
-    with store.lock(e):
+    with store.lock(e):  # not while a fetch of it is running
+        client = running_client(home)
+        if client is not None and name in {r["name"] for r in client.status()["releases"]}:
+            client.call("DELETE", f"/releases/{name}")
+            click.echo(f"stopped seeding {name}")
         size = e.size_on_disk()
         kept = store.remove(e, keep_source)
     click.echo(f"removed {name} ({human_size(size)} before removal)" + "".join(f"; kept {k}" for k in kept))

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from llamashare import __version__
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
+from llamashare.manifests.signing import check_publisher
 from llamashare.p2p.fetch import FetchOptions, fetch
 from llamashare.p2p.home import Home
 from llamashare.quant.presets import Preset, preset
@@ -37,6 +38,7 @@ class BuildOptions:
     convert: bool = True  # False: stop once the files are verified
     base_manifest: Path | None = None  # for a delta whose base is not in the store yet
     threads: int | None = None
+    key: str | None = None  # --key: this publisher (hex) must have signed the release
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def is_checkpoint(folder: Path) -> bool:
 def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog,
                   source: Path | None = None) -> Outcome:  # fmt: skip
     """Fetch ``manifest`` into the store (files in ``source`` if given), then build its GGUF."""
+    _check_trust(home, manifest, build, log)
     store = Store(home.models_dir)
     entry = store.add(manifest, source)
     with store.lock(entry):
@@ -86,6 +89,14 @@ def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: Bui
         except Exception:
             log.note("the files are verified and the daemon keeps seeding them; building the GGUF failed (below)")
             raise
+
+
+def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepLog) -> None:
+    """Before anything is written: a release the config or --key pins must carry that signature."""
+    pins = {"*": build.key} if build.key else home.config().publishers  # --key: exactly this publisher
+    signer = check_publisher(manifest, pins)
+    if signer:
+        log.note(f"{manifest.name}: signature ok, signed by ed25519:{signer}")
 
 
 def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> dict:
@@ -113,6 +124,7 @@ def _base(home: Home, store: Store, manifest: Manifest, opts: FetchOptions, buil
             raise StoreError(f"{build.base_manifest} is not the base {manifest.name} was made from "
                              f"(its manifest SHA-256 is {manifest_id(base_manifest)[:16]}…, the delta names "
                              f"{ref.manifest_sha256[:16]}…)")  # fmt: skip
+        _check_trust(home, base_manifest, build, log)
         entry = store.add(base_manifest)
     _download(home, entry.manifest(), replace(opts, directory=entry.source_dir, include=()), log, "the base ")
     return entry

@@ -194,6 +194,7 @@ class Store:
             return entry
         entry.root.mkdir(parents=True, exist_ok=True)
         doc = {"steps": {}, "license": manifest.license, "version": manifest.version,
+               "signed_by": manifest.signature.public_key if manifest.signature else None,
                "source": str((source or entry.root / "source").resolve())}  # fmt: skip
         entry._save(doc)
         atomic_write(entry.manifest_path, dumps(manifest).encode())  # last: an entry exists once its manifest does

@@ -8,6 +8,7 @@ one line ``ed25519:<64 hex digits>`` that can be pasted into a config file or a 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import replace
@@ -102,3 +103,19 @@ def verify_signature(manifest: Manifest, pinned_key: str | None = None) -> str |
     except (InvalidSignature, ValueError):
         raise SignatureError(f"manifest '{manifest.name}': the signature does not match its contents (altered after signing?)") from None
     return sig.public_key
+
+
+def check_publisher(manifest: Manifest, pins: dict[str, str]) -> str | None:
+    """Trust policy for fetch: ``pins`` maps release-name globs (from the config's [publishers],
+    or ``*`` for --key) to key hex. A manifest whose name matches a pin must be validly signed by
+    one of the matching keys; any other manifest passes if unsigned, and a signature it carries
+    must hold. Returns the signer's key hex (or None if unsigned)."""
+    keys = {key: pattern for pattern, key in pins.items() if fnmatch.fnmatchcase(manifest.name, pattern)}
+    if not keys:
+        return verify_signature(manifest)
+    sig = manifest.signature
+    if sig is not None and sig.public_key in keys:
+        return verify_signature(manifest, sig.public_key)
+    trusted = ", ".join(f"{PUBLIC_PREFIX}{k} (for {p!r})" for k, p in keys.items())
+    found = "is not signed" if sig is None else f"is signed by {PUBLIC_PREFIX}{sig.public_key}"
+    raise SignatureError(f"refusing '{manifest.name}': it {found}, but only {trusted} may publish it")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import platformdirs
@@ -40,6 +40,8 @@ class Config:
     local_only: bool = False  # no DHT / local peer discovery / UPnP / NAT-PMP
     models_dir: str | None = None  # the model store [default: HOME/models]
     default_quant: str | None = None  # what fetch quantizes to [default: the manifest's recommendation, else Q4_K_M]
+    #: [publishers] table: release-name glob → trusted key (hex); matching releases must be signed by it
+    publishers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class Home:
                 raise ConfigError(f"{self.config_file}: unknown key {key!r} (known: {', '.join(known)})")
             if key == "seed_time" and isinstance(value, str):
                 value = parse_duration(value)
+            if key == "publishers":
+                values[key] = self._publishers(value)
+                continue
             kind = {"ratio": (int, float), "seed_time": (int, float), "local_only": bool, "models_dir": str,
                     "default_quant": str}.get(key, int)  # fmt: skip
             if kind is str:
@@ -108,6 +113,22 @@ class Home:
                 raise ConfigError(f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}")
             values[key] = value
         return Config(**values)
+
+    def _publishers(self, table: object) -> dict[str, str]:
+        from llamashare.errors import KeyFileError
+        from llamashare.manifests.signing import parse_public_key
+
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.config_file}: [publishers] must be a table of \"name-glob\" = \"ed25519:<hex>\"")
+        out = {}
+        for pattern, key in table.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{self.config_file}: publishers.{pattern} must be a string \"ed25519:<hex>\"")
+            try:
+                out[pattern] = parse_public_key(key)
+            except KeyFileError as exc:
+                raise ConfigError(f"{self.config_file}: publishers.{pattern}: {exc}") from None
+        return out
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -12,13 +12,15 @@ import pytest
 from llamashare.errors import KeyFileError, OutputExistsError, SignatureError
 from llamashare.manifests.manifest import dumps, parse_manifest
 from llamashare.manifests.signing import (
+    check_publisher,
     generate_keypair,
     load_private_key,
     parse_public_key,
     sign_manifest,
     verify_signature,
 )
-from tests.helpers import make_release
+from llamashare.p2p.home import Home
+from tests.helpers import cli, make_release
 
 
 @pytest.fixture
@@ -90,3 +92,38 @@ def test_bad_private_key_files(tmp_path: Path) -> None:
     (tmp_path / "ec.key").write_bytes(pem)
     with pytest.raises(KeyFileError, match="not an ed25519"):
         load_private_key(tmp_path / "ec.key")
+
+
+def test_trusted_publishers_pin_releases_by_name(signed, sample_model: Path) -> None:
+    m, key, tmp = signed
+    _, other = generate_keypair(tmp / "other.key")
+    other = parse_public_key(other)
+    unsigned = m.unsigned()
+    assert check_publisher(m, {"sample-*": key}) == key  # pinned and signed by that key
+    assert check_publisher(m, {"sample-*": other, "*": key}) == key  # any matching pin will do
+    assert check_publisher(unsigned, {"llama-*": key}) is None  # the pin is for other names
+    with pytest.raises(SignatureError, match=r"refusing 'sample-llama': it is not signed, but only ed25519:"):
+        check_publisher(unsigned, {"sample-*": key})
+    with pytest.raises(SignatureError, match=rf"is signed by ed25519:{key}, but only ed25519:{other} \(for 'sample-\*'\)"):
+        check_publisher(m, {"sample-*": other})
+    altered = replace(m, license="MIT")
+    with pytest.raises(SignatureError, match="does not match its contents"):
+        check_publisher(altered, {"sample-*": key})
+    with pytest.raises(SignatureError, match="does not match its contents"):
+        check_publisher(altered, {})  # a signature that is there must hold, pinned or not
+
+
+def test_fetch_refuses_an_unpinned_signer_before_downloading(signed, tmp_path: Path, homes) -> None:
+    m, key, tmp = signed
+    home = homes("node").root  # (stops any daemon a failing check would have started)
+    (home / "config.toml").write_text(f'[publishers]\n"sample-*" = "ed25519:{key}"\n')
+    (tmp_path / "unsigned.toml").write_text(dumps(m.unsigned()))
+    p = cli(Home(home), "fetch", str(tmp_path / "unsigned.toml"), "--timeout", "5")
+    assert p.returncode == 2 and "refusing 'sample-llama': it is not signed" in p.stderr, p.stderr
+    assert not (home / "models").exists() and not (home / "daemon.json").exists()  # nothing started or written
+    (tmp_path / "signed.toml").write_text(dumps(m))
+    p = cli(Home(home), "fetch", str(tmp_path / "signed.toml"), "--key", "ed25519:" + "ab" * 32, "--timeout", "5")
+    assert p.returncode == 2 and "but only ed25519:abab" in p.stderr, p.stderr
+    (home / "config.toml").write_text('[publishers]\n"sample-*" = "not a key"\n')
+    p = cli(Home(home), "fetch", str(tmp_path / "signed.toml"))
+    assert p.returncode == 2 and "publishers.sample-*" in p.stderr, p.stderr
