@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def run(name: str, args: list[str]) -> tuple[str, float, int]:
     except subprocess.TimeoutExpired:
         return f"(stopped after {TIMEOUT} s)", TIMEOUT, -1
     text = p.stdout if p.returncode == 0 else p.stdout + p.stderr[-2000:]
-    lines = [line for line in text.splitlines() if not line.rstrip().endswith("...")]  # drop "running X ..." progress
+    progress = re.compile(r"(.*\.\.\.|\s*round \d+/\d+ done)\s*$")  # "running X ...", "round 1/3 done"
+    lines = [line for line in text.splitlines() if not progress.fullmatch(line)]
     return "\n".join(lines).strip(), time.monotonic() - start, p.returncode
 
 
