@@ -18,6 +18,7 @@ from __future__ import annotations
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,11 @@ class _Bound:
     archive: "TorchArchive"
 
 
+#: What zipfile and the pickle stream raise on damaged or odd archives (encrypted or patched
+#: entries, bad compression, impossible offsets): all mean "not a checkpoint we can read".
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, zlib.error, ValueError,
+              struct.error, EOFError, OverflowError, UnicodeDecodeError, KeyError)  # fmt: skip
+
 class _RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -132,7 +138,7 @@ class TorchArchive:
         self.path = path
         try:
             self._zip = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
+        except ZIP_ERRORS:
             raise CheckpointError("not a zip-format PyTorch checkpoint (legacy pre-1.6 .pth files are not supported; "
                                   "re-save it with a recent PyTorch or use safetensors)", path) from None  # fmt: skip
         except OSError as exc:
@@ -147,9 +153,8 @@ class TorchArchive:
                 obj = _RestrictedUnpickler(f, self).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                zipfile.BadZipFile) as exc:  # fmt: skip
-            raise CheckpointError(f"its pickle is malformed: {exc}", path) from None
+        except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, *ZIP_ERRORS) as exc:
+            raise CheckpointError(f"its pickle is malformed or its zip damaged: {exc}", path) from None
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             obj = obj["model"]  # some trainers wrap the state dict
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, LazyTensor) for k, v in obj.items()):

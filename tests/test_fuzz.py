@@ -1,0 +1,135 @@
+"""Hostile model files: mutated GGUF and safetensors headers and .pth pickles give one clean error
+(a LlamashareError, shown as one line), never a crash, a hang or a huge allocation.
+
+Each target starts from a real, valid file and lets hypothesis flip bytes, overwrite
+little-endian counts and lengths with extreme values, and cut the file short. Bounded in count
+(max_examples) and per example by the readers' own size checks.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llamashare.errors import LlamashareError
+from llamashare.infer.model_file import ModelFile
+from llamashare.quant import safetensors_io
+from llamashare.quant.gguf_file import read_header
+from llamashare.quant.torch_pickle import TorchArchive
+from tests.torch_format import save_pth
+
+pytestmark = pytest.mark.slow
+TRIED: dict[str, list[int]] = {}  # target → [files tried, refused with a clean error]
+EXTREMES = [0, 1, 0x7F, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1]
+
+
+@st.composite
+def mutations(draw: st.DrawFn, size: int) -> list[tuple[str, int, int]]:
+    """A few edits of a ``size``-byte file: flip a byte, write an extreme u32/u64, or truncate."""
+    edits = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "u32", "u64", "cut"]))
+        at = draw(st.integers(0, max(0, size - 1)))
+        edits.append((kind, at, draw(st.sampled_from(EXTREMES)) if kind in ("u32", "u64") else draw(st.integers(1, 255))))
+    return edits
+
+
+def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    buf = bytearray(data)
+    for kind, at, value in edits:
+        if kind == "flip" and at < len(buf):
+            buf[at] ^= value
+        elif kind == "u32":
+            buf[at:at + 4] = struct.pack("<I", value & 0xFFFFFFFF)
+        elif kind == "u64":
+            buf[at:at + 8] = struct.pack("<Q", value)
+        elif kind == "cut":
+            del buf[at:]
+    return bytes(buf)
+
+
+def _attempt(target: str, path: Path, read) -> None:  # type: ignore[no-untyped-def]
+    counts = TRIED.setdefault(target, [0, 0])
+    counts[0] += 1
+    try:
+        read(path)
+    except LlamashareError as exc:
+        counts[1] += 1
+        assert "\n" not in str(exc).strip(), str(exc)
+    except MemoryError:  # pragma: no cover - the point of the test
+        pytest.fail(f"{target}: a mutated header made the reader allocate without bound")
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from llamashare.quant.convert import convert
+    from llamashare.sample import SampleConfig, write_sample_model
+
+    root = tmp_path_factory.mktemp("fuzz")
+    write_sample_model(root / "m", SampleConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1))
+    convert(root / "m", root / "m.gguf", "f16")
+    return (root / "m.gguf").read_bytes()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_gguf_headers_fail_cleanly(small_gguf: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    header_end = 24 + 4096  # mutate where the counts, lengths and tensor table live
+    edits = data.draw(mutations(min(header_end, len(small_gguf))))
+    path = tmp_path / "f.gguf"
+    path.write_bytes(mutate(small_gguf, edits))
+    _attempt("GGUF header (quantize reader)", path, read_header)
+    _attempt("GGUF model (run's checks)", path, ModelFile)
+
+
+@pytest.fixture(scope="module")
+def small_safetensors(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzz") / "t.safetensors"
+    rng = np.random.default_rng(0)
+    safetensors_io.write(path, [(f"w{i}", "F32", (4, 8), rng.standard_normal((4, 8), dtype=np.float32)) for i in range(3)])
+    return path.read_bytes()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_safetensors_headers_fail_cleanly(small_safetensors: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    edits = data.draw(mutations(min(400, len(small_safetensors))))
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(mutate(small_safetensors, edits))
+    _attempt("safetensors header", path, safetensors_io.read_header)
+
+
+@pytest.fixture(scope="module")
+def small_pth(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzz") / "consolidated.00.pth"
+    save_pth(path, {"tok_embeddings.weight": np.ones((4, 8), np.float16), "norm.weight": np.ones(8, np.float32)})
+    return path.read_bytes()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_pth_checkpoints_fail_cleanly(small_pth: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    edits = data.draw(mutations(len(small_pth)))
+    path = tmp_path / "consolidated.00.pth"
+    path.write_bytes(mutate(small_pth, edits))
+    def read(p: Path) -> None:
+        archive = TorchArchive(p)
+        try:
+            for t in archive.tensors.values():
+                t.load()
+        finally:
+            archive.close()
+
+    _attempt(".pth pickle", path, read)
+
+
+def test_report_cases_tried() -> None:
+    """Runs last in this file: how many hostile inputs each target saw (for the README)."""
+    for target, (n, refused) in sorted(TRIED.items()):
+        print(f"fuzz: {target}: {n} mutated files, {refused} refused with one clean line, the rest read as valid")
+    assert len(TRIED) == 4 and all(n >= 100 and refused >= n // 4 for n, refused in TRIED.values())
