@@ -63,6 +63,10 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         except OSError as exc:  # e.g. the release folder cannot be created
             where = f"{exc.filename}: " if exc.filename else ""
             return _error(400, f"{where}{exc.strerror or exc}")
+        except web.HTTPException as exc:  # unknown route, wrong method, body too large: JSON like the rest
+            if exc.content_type == "application/json":
+                raise
+            return _error(exc.status, exc.reason)
 
     async def body(request: web.Request) -> dict:
         try:

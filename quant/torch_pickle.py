@@ -153,7 +153,7 @@ class TorchArchive:
                 obj = _RestrictedUnpickler(f, self).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, *ZIP_ERRORS) as exc:
+        except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, OSError, *ZIP_ERRORS) as exc:
             raise CheckpointError(f"its pickle is malformed or its zip damaged: {exc}", path) from None
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             obj = obj["model"]  # some trainers wrap the state dict

@@ -1,4 +1,4 @@
-"""Hostile model files: mutated GGUF and safetensors headers and .pth pickles give one clean error
+"""Hostile input: mutated GGUF and safetensors headers, .pth pickles and daemon API requests give one clean error
 (a LlamashareError, shown as one line), never a crash, a hang or a huge allocation.
 
 Each target starts from a real, valid file and lets hypothesis flip bytes, overwrite
@@ -8,7 +8,10 @@ little-endian counts and lengths with extreme values, and cut the file short. Bo
 
 from __future__ import annotations
 
+import json
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +131,64 @@ def test_mutated_pth_checkpoints_fail_cleanly(small_pth: bytes, tmp_path: Path, 
     _attempt(".pth pickle", path, read)
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)  # fmt: skip
+API_KEYS = ["manifest", "dir", "ratio", "seed_time", "no_seed", "seed_forever", "include", "peers"]
+PATH_TRICKS = ["../../etc", "/etc/passwd", "relative/dir", "", "/tmp/\x00x", "/" + "a" * 5000, "~/x"]
+
+
+@st.composite
+def api_requests(draw: st.DrawFn, manifest_text: str) -> tuple[str, str, bytes, dict[str, str]]:
+    """A request a hostile local web page or process might send to the daemon's API."""
+    method, path = draw(st.sampled_from([("POST", "/releases"), ("PATCH", "/releases/sample-llama"),
+                                         ("PATCH", "/releases/..%2F..%2Fetc"), ("DELETE", "/releases/%00"),
+                                         ("GET", "/status"), ("POST", "/releases/x/y")]))  # fmt: skip
+    body: dict = {k: draw(JSON) for k in draw(st.lists(st.sampled_from(API_KEYS), max_size=5, unique=True))}
+    if draw(st.booleans()):
+        body["manifest"] = draw(st.sampled_from([manifest_text, manifest_text[: len(manifest_text) // 2], "name = 1"]))
+        body["dir"] = draw(st.sampled_from(PATH_TRICKS))
+    raw = draw(st.sampled_from([json.dumps(body).encode(), b"{not json", b"\xff\xfe", json.dumps([body]).encode(), b""]))
+    headers = draw(st.sampled_from([{}, {"Host": "evil.example"}, {"Origin": "http://evil.example"}, {"Authorization": "Bearer x"}]))
+    return method, path, raw, headers
+
+
+def test_daemon_api_answers_hostile_requests_with_clean_errors(tmp_path: Path, homes, sample_model: Path) -> None:
+    from llamashare.manifests.manifest import dumps
+    from llamashare.p2p.client import start_daemon
+    from tests.helpers import make_release
+
+    client = start_daemon(homes("n"))
+    text = dumps(make_release(sample_model)[0])
+    codes: dict[int, int] = {}
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(api_requests(text))
+    def one(request: tuple[str, str, bytes, dict[str, str]]) -> None:
+        method, path, raw, extra = request
+        headers = {"Authorization": f"Bearer {client.token}", "Content-Type": "application/json"} | extra
+        req = urllib.request.Request(client.base + path, data=raw if method != "GET" else None, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, answer = r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, exc.read()
+        codes[status] = codes.get(status, 0) + 1
+        assert status < 500, answer
+        json.loads(answer)  # always JSON, errors as {"error": ...}
+        if status in (200, 201) and method == "POST":  # accepted: only ever an absolute dir, never a trick
+            added = client.call("GET", "/status")["releases"]
+            assert all(Path(r["dir"]).is_absolute() and ".." not in Path(r["dir"]).parts for r in added)
+            client.call("DELETE", "/releases/sample-llama")
+
+    one()
+    TRIED["daemon API requests"] = [sum(codes.values()), sum(n for c, n in codes.items() if c >= 400)]
+    print(f"daemon API: {sum(codes.values())} hostile requests, answers by status: {dict(sorted(codes.items()))}")
+    assert client.status()["node"]["pid"]  # still up and answering
+
+
 def test_report_cases_tried() -> None:
     """Runs last in this file: how many hostile inputs each target saw (for the README)."""
     for target, (n, refused) in sorted(TRIED.items()):
-        print(f"fuzz: {target}: {n} mutated files, {refused} refused with one clean line, the rest read as valid")
-    assert len(TRIED) == 4 and all(n >= 100 and refused >= n // 4 for n, refused in TRIED.values())
+        print(f"fuzz: {target}: {n} hostile inputs, {refused} refused with one clean error, the rest valid")
+    assert len(TRIED) == 5 and all(n >= 100 and refused >= n // 4 for n, refused in TRIED.values())
