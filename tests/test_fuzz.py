@@ -1,9 +1,11 @@
-"""Hostile input: mutated GGUF and safetensors headers, .pth pickles and daemon API requests give one clean error
-(a LlamashareError, shown as one line), never a crash, a hang or a huge allocation.
+"""Hostile input: mutated GGUF and safetensors headers, .pth pickles and daemon API requests each
+get one clean error (a LlamashareError shown as one line, or a JSON 4xx), never a crash, a hang,
+a 5xx or a huge allocation.
 
-Each target starts from a real, valid file and lets hypothesis flip bytes, overwrite
-little-endian counts and lengths with extreme values, and cut the file short. Bounded in count
-(max_examples) and per example by the readers' own size checks.
+Each file target starts from a real, valid file and lets hypothesis flip bytes, overwrite
+little-endian counts and lengths with extreme values, and cut the file short; the API target sends
+malformed JSON, path tricks and foreign headers to a real daemon. Bounded in count (max_examples)
+and per example by the readers' own size checks.
 """
 
 from __future__ import annotations
