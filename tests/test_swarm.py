@@ -279,6 +279,29 @@ def test_web_seed_alone_completes_a_fetch(tmp_path: Path, http_mirror: tuple[str
         leech.close()
 
 
+def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: tuple[str, Path], homes) -> None:
+    """A mirror serving one bad byte: libtorrent rejects the piece, that file never becomes
+    verified, and llamashare's own check of the output calls it a wrong hash."""
+    from llamashare.manifests.verify import verify_release
+    from llamashare.p2p.client import DaemonClient
+    from llamashare.p2p.fetch import FetchError, FetchOptions, fetch, release_status
+
+    url, mirror = http_mirror
+    src = mirror / "model"
+    make_payload(src, {"a.safetensors": 700_000, "config.json": 1234})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT", web_seeds=(url,)), 64 * 1024)
+    data = bytearray((src / "a.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the mirror now serves one bad byte
+    (src / "a.safetensors").write_bytes(bytes(data))
+    node = homes("n")
+    with pytest.raises(FetchError, match="not complete after"):
+        fetch(node, m, FetchOptions(directory=tmp_path / "out", timeout=8))
+    st = release_status(DaemonClient(node), "model")
+    assert st["files"] == {"a.safetensors": st["files"]["a.safetensors"], "config.json": "verified"}
+    assert st["files"]["a.safetensors"] != "verified" and st["hash_failures"] > 0
+    assert {r.entry.path: r.state.value for r in verify_release(m, tmp_path / "out")}["a.safetensors"] == "wrong hash"
+
+
 def test_seed_time_target_stops_seeding_and_a_new_target_resumes_it(tmp_path: Path) -> None:
     src = tmp_path / "src" / "model"
     make_payload(src, {"w.bin": 200_000})
