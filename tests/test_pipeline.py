@@ -215,3 +215,25 @@ def test_config_sets_store_and_quantization_defaults(tmp_path: Path, sample_mode
     home.config_file.write_text("default_quant = 4\n")
     with pytest.raises(ConfigError, match="default_quant must be a non-empty string"):
         home.config()
+
+
+def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes, sample_model: Path) -> None:
+    """The second command says who holds the release instead of racing the first on its files."""
+    publish(sample_model, tmp_path / "sample.toml")
+    b = homes("b")  # no seeder anywhere: the first fetch waits for peers, holding the release
+    first = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(b.root), "fetch", str(tmp_path / "sample.toml"),
+                              "--timeout", "30", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        lock = b.models_dir / "sample-llama" / "release.json"
+        deadline = time.monotonic() + 20
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--timeout", "5", "-q")
+        assert p.returncode == 2 and "another llamashare command is working on sample-llama" in p.stderr, p.stderr
+        assert first.poll() is None  # the first one carries on
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(20)
+    p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--timeout", "2", "-q")  # the lock went with the process
+    assert "another llamashare command" not in p.stderr and "not complete after 2s" in p.stderr, p.stderr
