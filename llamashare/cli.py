@@ -281,9 +281,9 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
       llamashare fetch vicuna-7b-delta.toml --base llama-7b.toml
       llamashare fetch my-model.toml --dir ./my-model --no-convert
     """
+    from llamashare.manifests.signing import parse_public_key
     from llamashare.p2p.fetch import FetchOptions
     from llamashare.p2p.home import parse_duration
-    from llamashare.manifests.signing import parse_public_key
     from llamashare.pipeline import BuildOptions, fetch_release
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog

@@ -224,9 +224,9 @@ def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes, sample_model:
     first = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(b.root), "fetch", str(tmp_path / "sample.toml"),
                               "--timeout", "30", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        lock = b.models_dir / "sample-llama" / "release.json"
+        started = b.models_dir / "sample-llama" / "release.json"  # the store entry exists: the lock is held
         deadline = time.monotonic() + 20
-        while not lock.exists() and time.monotonic() < deadline:
+        while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
         p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--timeout", "5", "-q")
