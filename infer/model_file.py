@@ -84,12 +84,15 @@ class ModelFile:
         factor = float(self.meta(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
         if scaling not in ("none", "linear") and factor not in (0.0, 1.0):
             raise self._fail(f"rope scaling {scaling!r} is not supported (only linear)")
+        n_layer = int(need("block_count"))
+        if 9 * n_layer > len(self.tensors):  # before anything is sized by it: a damaged count is not a model
+            raise self._fail(f"metadata says {n_layer} layers, but the file has only {len(self.tensors)} tensors")
         tokens = self.meta("tokenizer.ggml.tokens")
         n_vocab = len(tokens) if isinstance(tokens, list) else int(self.meta(f"{arch}.vocab_size", 0))
         return Config(
             n_vocab=n_vocab,
             n_embd=n_embd,
-            n_layer=int(need("block_count")),
+            n_layer=n_layer,
             n_ff=int(need("feed_forward_length")),
             n_head=n_head,
             n_head_kv=n_head_kv,
