@@ -46,8 +46,6 @@ class Outcome:
     entry: Entry
     status: dict  # the daemon's final status of the release
     gguf: Path | None  # the runnable file, if the flow went that far
-    ran: tuple[str, ...]  # step ids that did work this time
-    skipped: tuple[str, ...]  # step ids that were already done
 
 
 def choose_quant(flag: str | None, config_default: str | None, manifest: Manifest) -> Preset:
@@ -82,10 +80,10 @@ def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: Bui
         base = _base(home, store, manifest, opts, build, log)
         status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
         if not build.convert:
-            return Outcome(entry, status, None, (), ())
+            return Outcome(entry, status, None)
         chosen = choose_quant(build.quant, home.config().default_quant, manifest)
         try:
-            return build_gguf(entry, base, chosen, log, build.threads, status)
+            return Outcome(entry, status, build_gguf(entry, base, chosen, log, build.threads))
         except Exception:
             log.note("the files are verified and the daemon keeps seeding them; building the GGUF failed (below)")
             raise
@@ -130,18 +128,16 @@ def _base(home: Home, store: Store, manifest: Manifest, opts: FetchOptions, buil
     return entry
 
 
-def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None,
-               status: dict | None = None) -> Outcome:  # fmt: skip
-    """Convert (adding the base for a delta) and quantize the verified files, skipping what is done."""
+def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None) -> Path | None:
+    """Convert (adding the base for a delta) and quantize the verified files, skipping what is
+    done; return the runnable GGUF (None for a release that is not a checkpoint)."""
     from llamashare.quant.convert import convert
     from llamashare.quant.quantize import quantize_file
 
     manifest, source = entry.manifest(), entry.source_dir
-    ran: list[str] = []
-    skipped: list[str] = []
     if not is_checkpoint(source):
         log.note(f"{source} has no config.json or params.json: not a checkpoint, nothing to convert")
-        return Outcome(entry, status or {}, None, (), ())
+        return None
     outtype = FLOAT_PRESETS.get(chosen.name, "f16")
     base_manifest = base.manifest() if base else None
     ckey = convert_key(manifest, base_manifest, outtype)
@@ -156,7 +152,7 @@ def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, t
         return {"outtype": outtype, "base": base.name if base else None}
 
     f16 = _run_step(entry, f"convert:{outtype}", ckey, f"{entry.name}.{outtype.upper()}.gguf",
-                    f"{what} {source} to GGUF ({outtype})", do_convert, log, ran, skipped)  # fmt: skip
+                    f"{what} {source} to GGUF ({outtype})", do_convert, log)  # fmt: skip
     final = f16
     if chosen.name not in FLOAT_PRESETS:
         qkey = step_key("quantize", input=ckey, preset=chosen.name)
@@ -168,17 +164,16 @@ def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, t
             return {"preset": chosen.name}
 
         final = _run_step(entry, f"quantize:{chosen.name}", qkey, f"{entry.name}.{chosen.name}.gguf",
-                          f"quantize to {chosen.name} ({chosen.note})", do_quantize, log, ran, skipped)  # fmt: skip
+                          f"quantize to {chosen.name} ({chosen.note})", do_quantize, log)  # fmt: skip
     entry.set_default(final)
-    return Outcome(entry, status or {}, final, tuple(ran), tuple(skipped))
+    return final
 
 
 def _run_step(entry: Entry, step_id: str, key: str, filename: str, title: str,
-              work: Callable[[Path, Any], dict], log: StepLog, ran: list[str], skipped: list[str]) -> Path:  # fmt: skip
+              work: Callable[[Path, Any], dict], log: StepLog) -> Path:  # fmt: skip
     done = entry.is_current(step_id, key)
     if done is not None:
         log.skip(title, f"{done} is up to date")
-        skipped.append(step_id)
         return done
     out = entry.gguf_dir / filename
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,5 +181,4 @@ def _run_step(entry: Entry, step_id: str, key: str, filename: str, title: str,
     with log.step(f"{title} → {out}"), log.bar(step_id) as bar:
         params = work(out, bar)
     entry.finish_step(step_id, key, out, time.perf_counter() - start, params)
-    ran.append(step_id)
     return out

@@ -97,18 +97,23 @@ class Entry:
         """True when the source files live inside the store folder (not a user's --dir)."""
         return self.source_dir.resolve() == (self.root / "source").resolve()
 
-    def step(self, step_id: str) -> StepRecord | None:
-        raw = self.record()["steps"].get(step_id)
+    @staticmethod
+    def _parse_step(raw: object) -> StepRecord | None:
         try:
             return StepRecord(**raw) if isinstance(raw, dict) else None
         except TypeError:  # written by another version with other fields: redo the step
             return None
 
+    def step(self, step_id: str) -> StepRecord | None:
+        return self._parse_step(self.record()["steps"].get(step_id))
+
     def is_current(self, step_id: str, key: str) -> Path | None:
         """The step's output if it was made with ``key`` and is unchanged since; else None."""
         rec = self.step(step_id)
-        if rec is None or rec.key != key:
-            return None
+        return self._unchanged_output(rec) if rec is not None and rec.key == key else None
+
+    def _unchanged_output(self, rec: StepRecord) -> Path | None:
+        """``rec``'s output file if its size and modification time are still the recorded ones."""
         out = self.gguf_dir / rec.output
         try:
             st = out.stat()
@@ -131,10 +136,11 @@ class Entry:
     def ggufs(self) -> dict[str, Path]:
         """Step id → output path, for every step whose output is still what it wrote."""
         out = {}
-        for step_id in sorted(self.record()["steps"]):
-            rec = self.step(step_id)
-            if rec is not None and self.is_current(step_id, rec.key):
-                out[step_id] = self.gguf_dir / rec.output
+        for step_id, raw in sorted(self.record()["steps"].items()):  # one read of release.json
+            rec = self._parse_step(raw)
+            path = self._unchanged_output(rec) if rec is not None else None
+            if path is not None:
+                out[step_id] = path
         return out
 
     def best_gguf(self) -> Path | None:
