@@ -32,6 +32,7 @@ TIMEOUT = 1800  # seconds per benchmark
 RUNS = {
     "hash": (["--size-gib", "0.5", "--repeats", "2"], "publishing (create) against libtorrent's own torrent creation"),
     "swarm": (["--size-mib", "256"], "fetching over BitTorrent on 127.0.0.1 against libtorrent defaults and aria2"),
+    "swarm_scale": ([], "16 daemons sharing 256 MiB: the origin's upload against a central host and plain seeding; SIGKILL churn"),
     "convert": (["--layers", "4", "--repeats", "2"], "convert (streaming) against the naive whole-tensor conversion and a disk copy"),
     "quantize": (["--rows", "2048", "--repeats", "2"], "quantizing against gguf-py and llama.cpp's quantizer"),
     "infer": (["--prompt-tokens", "64", "--gen-tokens", "32"], "SmolLM2-135M prompt and generation speed against llama.cpp"),

@@ -313,9 +313,13 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The release folder holding the files.")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
+@click.option("--initial-seeding/--plain-seeding", default=True, show_default=True,
+              help="BEP 16 super-seeding while no other complete copy is connected: each piece leaves your "
+                   "uplink about once and the swarm copies it on (slower for the first leecher, far less upload).")
 @_network_options
 @click.pass_obj
-def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], initial_seeding: bool, listen_port: int | None,
+         api_port: int | None, local_only: bool) -> None:  # fmt: skip
     """Seed a release you have (as its publisher): verify every file (BLAKE3 and SHA-256), then
     hand it to the background daemon, which seeds it until you `llamashare stop` it.
 
@@ -326,8 +330,8 @@ def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], listen_p
     from llamashare.p2p.fetch import FetchOptions, seed as do_seed
 
     m = _load_and_show(manifest)
-    status = do_seed(home, m, FetchOptions(directory=directory, peers=peers, listen_port=listen_port,
-                                           api_port=api_port, local_only=local_only))  # fmt: skip
+    status = do_seed(home, m, FetchOptions(directory=directory, peers=peers, listen_port=listen_port, api_port=api_port,
+                                           local_only=local_only, initial_seeding=initial_seeding))  # fmt: skip
     click.echo(f"{m.name}: {status['selected']} files verified; seeding from {directory} until stopped")
 
 

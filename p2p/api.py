@@ -7,7 +7,8 @@ read the API through DNS rebinding nor drive it cross-site. Endpoints (all JSON)
 
     GET    /api/v1/status                   node info and every release's state
     POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
-                                             "seed_forever", "no_seed", "include": [...], "peers": [...]};
+                                             "seed_forever", "no_seed", "initial_seeding", "include": [...],
+                                             "peers": [...]};
                                              again for a release in error: clear it and retry
     PATCH  /api/v1/releases/{name}          change targets: {"ratio", "seed_time"}
     DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
@@ -94,6 +95,7 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
             include=tuple(_strings(data, "include")),
             peers=tuple(_strings(data, "peers")),
             no_seed=bool(data.get("no_seed", False)),
+            initial_seeding=bool(data.get("initial_seeding", False)),
         )
         if not spec.save_dir.startswith("/"):
             return _error(400, "'dir' must be an absolute path")

@@ -38,6 +38,7 @@ class FetchOptions:
     listen_port: int | None = None
     api_port: int | None = None
     local_only: bool = False
+    initial_seeding: bool = False  # seed: BEP 16 super-seeding until another complete copy is connected
 
 
 def check_writable(directory: Path) -> None:
@@ -57,7 +58,7 @@ def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bo
     client.call("POST", "/releases", {
         "manifest": dumps(manifest), "dir": str(opts.directory.resolve()), "ratio": opts.ratio,
         "seed_time": opts.seed_time, "no_seed": opts.no_seed, "seed_forever": seed_forever,
-        "include": list(opts.include), "peers": list(opts.peers),
+        "include": list(opts.include), "peers": list(opts.peers), "initial_seeding": opts.initial_seeding,
     })  # fmt: skip
     return client
 

@@ -86,6 +86,10 @@ class ReleaseSpec:
     include: tuple[str, ...] = ()
     peers: tuple[str, ...] = ()
     no_seed: bool = False
+    #: BEP 16 "super-seeding" for a publisher's first copy: offer each peer one piece nobody else
+    #: has yet, and the next only once that one shows up elsewhere, so the swarm, not the origin's
+    #: uplink, carries the copies. Ends by itself when a complete copy is connected (a seed).
+    initial_seeding: bool = False
     added_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -191,6 +195,7 @@ class Release:
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
     seeded_seconds: float = 0.0  # libtorrent's finished_duration: kept in resume data across restarts
+    initial_seeding: bool = False  # in BEP 16 mode now (spec.initial_seeding until a seed shows up)
 
     @property
     def dir(self) -> Path:
@@ -357,6 +362,10 @@ class Node:
                 first = fs.file_offset(i) // piece_size
                 for p in range(first, first + -(-fs.file_size(i) // piece_size)):
                     release.piece_to_file[p] = rel
+        if spec.initial_seeding and spec.seed_forever:
+            release.initial_seeding = True
+            for h in release.handles:
+                h.set_flags(lt.torrent_flags.super_seeding)
         self._reset_cursors(release)
         self.releases[spec.name] = release
         self._by_hash[str(handle.info_hashes().v1)] = spec.name
@@ -552,6 +561,13 @@ class Node:
                     self._seed_both(release)
                 self._save_one(release)
             release.state = State.SEEDING
+            if release.initial_seeding and any(s.num_seeds for s in statuses):
+                # Another complete copy is connected: the origin's pieces are no longer the only
+                # ones, and holding them back would only slow the last leechers down.
+                release.initial_seeding = False
+                for h in release.handles:
+                    h.unset_flags(lt.torrent_flags.super_seeding)
+                log.info("%s: a complete copy is in the swarm; initial seeding ends", release.spec.name)
             if self._target_reached(release):
                 for h in release.handles:
                     h.pause()
@@ -644,7 +660,7 @@ class Node:
                 "upload_rate": sum(s.upload_payload_rate for s in statuses),
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
-                "seed_forever": r.spec.seed_forever, "peers": sum(s.num_peers for s in statuses),
+                "seed_forever": r.spec.seed_forever, "initial_seeding": r.initial_seeding, "peers": sum(s.num_peers for s in statuses),
                 "seeds": sum(s.num_seeds for s in statuses), "via": "v1 twin" if r.via_twin else "hybrid",
                 "hash_failures": r.hash_failures, "banned_peers": sorted(r.banned), "files": files,
                 "verified": sum(v == "verified" for v in files.values()),
