@@ -8,10 +8,10 @@ opentracker), and the nodes keep the product's default seeding target (ratio 1.0
 (the publisher's `llamashare seed`) is given a limited uplink, as a real publisher's home line or
 small server is; the leechers are not. Three runs by default:
 
-- initial: the origin seeds as `seed` does by default, with BEP 16 initial seeding;
+- initial: the origin seeds with BEP 16 initial seeding (`seed --initial-seeding`);
 - churn: the same, with K nodes SIGKILLed at random moments while they download and restarted a
   moment later (the release comes back from the daemon's state on disk, re-checked);
-- plain: the origin seeds plainly (`seed --plain-seeding`), for comparison.
+- plain: the origin seeds plainly (`seed`'s default), for comparison.
 
 What it is compared with: the central host the swarm replaces, whose origin uploads N × the
 release, and plain seeding in the same run. The table gives the origin's upload as a multiple of
@@ -77,6 +77,7 @@ class SwarmReport:
     origin_uplink: int
     seconds: list[float]
     origin_uploaded: int
+    origin_still_initial: bool  # initial seeding did not notice the swarm holds every piece
     kills: int
     lost_at_kills: int
     hash_failures: int
@@ -157,12 +158,13 @@ def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1
             time.sleep(POLL)
         restarts.shutdown()
         time.sleep(2.5)  # libtorrent adds to its byte counters once a second: let them settle
-        origin_uploaded = release_status(origin_client, m.name)["uploaded"]
+        origin_st = release_status(origin_client, m.name)
         finals = [release_status(log.client, m.name) for log in logs]
         hash_failures = sum(st["hash_failures"] for st in finals)
         bad = _independent_check(m, outs)
         return SwarmReport(nodes=nodes, size=size, piece=piece, files=files, origin_uplink=origin_uplink,
-                           seconds=[log.finished for log in logs], origin_uploaded=origin_uploaded,
+                           seconds=[log.finished for log in logs], origin_uploaded=origin_st["uploaded"],
+                           origin_still_initial=origin_st["initial_seeding"],
                            kills=sum(log.kills for log in logs),
                            lost_at_kills=sum(log.lost for log in logs), hash_failures=hash_failures,
                            checked_files=nodes * files, bad_files=bad)  # fmt: skip
@@ -290,7 +292,7 @@ def main() -> None:
     ap.add_argument("--origin-uplink-mib", type=float, default=32, help="0 = unlimited")
     ap.add_argument("--timeout", type=float, default=600, help="per run")
     ap.add_argument("--runs", default="initial,churn,plain",
-                    help="initial: initial seeding (the default of `seed`); churn: the same with SIGKILLs; plain: plain seeding")
+                    help="initial: seed --initial-seeding; churn: the same with SIGKILLs; plain: plain seeding (seed's default)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/llamashare-bench-swarm-scale"))
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()

@@ -313,9 +313,10 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The release folder holding the files.")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
-@click.option("--initial-seeding/--plain-seeding", default=True, show_default=True,
-              help="BEP 16 super-seeding while no other complete copy is connected: each piece leaves your "
-                   "uplink about once and the swarm copies it on (slower for the first leecher, far less upload).")
+@click.option("--initial-seeding", is_flag=True,
+              help="BEP 16 super-seeding until another complete copy is connected: each piece leaves your uplink "
+                   "about once and the swarm copies it on. For a slow uplink and many downloaders; a lone downloader "
+                   "gets it far slower (bench/swarm_scale.py).")
 @_network_options
 @click.pass_obj
 def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], initial_seeding: bool, listen_port: int | None,

@@ -124,6 +124,14 @@ class InsufficientSpaceError(LlamashareError, OSError):
                          f"{free / 2**20:.1f} MiB are free")  # fmt: skip
 
 
+class OutputWriteError(LlamashareError, OSError):
+    """Writing an output failed halfway (disk full, permission); nothing was left under its name."""
+
+    def __init__(self, out: Path, why: str) -> None:
+        self.out = out
+        super().__init__(f"cannot write {out}: {why}; nothing was left under that name")
+
+
 class InferenceError(LlamashareError, ValueError):
     """A model cannot be run as asked: an architecture or tensor type llamashare does not run, a
     truncated file, a prompt longer than the context."""

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from llamashare.errors import OutputExistsError, UnsafePathError
+from llamashare.errors import InsufficientSpaceError, LlamashareError, OutputExistsError, OutputWriteError, UnsafePathError
+
+#: errno values that mean "no room": the message then says so and what to do.
+SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, force: bool = True) -> None:
@@ -37,6 +44,42 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, force: bool = True)
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def check_free_space(folder: Path, need: int) -> None:
+    """Refuse, before writing, an output that cannot fit in ``folder``'s file system."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise InsufficientSpaceError(folder, need, free)
+
+
+@contextmanager
+def partial_output(out: Path) -> Iterator[Path]:
+    """Yield ``OUT.partial`` to write; when the block ends normally, fsync it and rename it to
+    ``OUT``. On any error (disk full, a bad tensor, Ctrl-C) the partial file is removed, so no
+    file that looks finished is ever left, and an existing ``OUT`` is untouched until the rename.
+
+    A write that fails for room (ENOSPC, EFBIG, EDQUOT) or permission becomes one clear
+    ``OutputWriteError`` naming ``OUT``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        yield partial
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, out)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, LlamashareError):
+            why = exc.strerror or str(exc)
+            if exc.errno in SPACE_ERRNOS:
+                why += " (disk full, quota or file size limit: free space and run it again)"
+            raise OutputWriteError(out, why) from None
+        raise
+    _fsync_dir(out.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -195,7 +195,9 @@ class Release:
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
     seeded_seconds: float = 0.0  # libtorrent's finished_duration: kept in resume data across restarts
-    initial_seeding: bool = False  # in BEP 16 mode now (spec.initial_seeding until a seed shows up)
+    initial_seeding: bool = False  # in BEP 16 mode now (spec.initial_seeding until the swarm has a copy)
+    seen_elsewhere: set[int] = field(default_factory=set)  # initial seeding: pieces seen at some peer
+    seen_checked_at: float = 0.0
 
     @property
     def dir(self) -> Path:
@@ -561,13 +563,8 @@ class Node:
                     self._seed_both(release)
                 self._save_one(release)
             release.state = State.SEEDING
-            if release.initial_seeding and any(s.num_seeds for s in statuses):
-                # Another complete copy is connected: the origin's pieces are no longer the only
-                # ones, and holding them back would only slow the last leechers down.
-                release.initial_seeding = False
-                for h in release.handles:
-                    h.unset_flags(lt.torrent_flags.super_seeding)
-                log.info("%s: a complete copy is in the swarm; initial seeding ends", release.spec.name)
+            if release.initial_seeding:
+                self._end_initial_seeding_when_copied(release)
             if self._target_reached(release):
                 for h in release.handles:
                     h.pause()
@@ -594,6 +591,26 @@ class Node:
         release.active.prioritize_files(release.priorities)
         log.info("%s: downloading through the %s torrent (no peers on the other)", release.spec.name,
                  "v1 twin" if release.via_twin else "hybrid")  # fmt: skip
+
+    def _end_initial_seeding_when_copied(self, release: Release) -> None:
+        """Once every piece has been seen at some peer, the swarm holds a whole copy without the
+        origin: holding pieces back would only slow the last leechers down, so seed plainly.
+
+        A union over time, sampled once a second, because peers that complete disconnect from
+        the origin (two seeds have nothing to trade) before a single look would see them whole."""
+        now = time.monotonic()
+        if now - release.seen_checked_at < 1.0:
+            return
+        release.seen_checked_at = now
+        for h in release.handles:
+            for peer in h.get_peer_info():
+                release.seen_elsewhere.update(i for i, have in enumerate(peer.pieces) if have)
+        if len(release.seen_elsewhere) < release.active.torrent_file().num_pieces():
+            return
+        release.initial_seeding = False
+        for h in release.handles:
+            h.unset_flags(lt.torrent_flags.super_seeding)
+        log.info("%s: every piece is in the swarm; initial seeding ends", release.spec.name)
 
     def _seed_both(self, release: Release) -> None:
         """Once every file is verified, let both torrents of the pair seed it all.

@@ -17,7 +17,6 @@ With ``base``, the source is a delta and every tensor is ``base + delta`` (see q
 from __future__ import annotations
 
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,11 @@ import gguf
 import numpy as np
 
 from llamashare.errors import CheckpointError, OutputExistsError
+from llamashare.fsio import check_free_space, partial_output
 from llamashare.quant import safetensors_io
 from llamashare.quant.checkpoint import Checkpoint, LlamaParams, Tensor, open_checkpoint
 from llamashare.quant.delta import apply_delta, check_shapes
-from llamashare.quant.vocab import add_vocab, read_vocab
+from llamashare.quant.vocab import Vocab, add_vocab, read_vocab
 
 OUTTYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
@@ -222,43 +222,48 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
         tensors = plan(ckpt, outtype, base_ckpt)
         if on_total:
             on_total(sum(t.nbytes for t in tensors))
-        partial = out.with_name(out.name + ".partial")
-        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        try:
-            write_metadata(writer, src.resolve().name, ckpt.params, outtype)
-            add_vocab(writer, src, vocab)
-            for t in tensors:
-                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            fout = writer.fout[0]
-            written = 0
-            for t in tensors:
-                if on_tensor:
-                    on_tensor(t.name)
-                # gguf-py's write_tensor_data takes whole tensors; the data section is simply each
-                # tensor aligned to data_alignment, so blocks are written the same way by hand.
-                writer.write_padding(fout, fout.tell())
-                size = 0
-                for block in t.blocks():
-                    data = _cast(block, t.qtype)
-                    if data.shape[1:] != tuple(t.shape[1:]):
-                        raise CheckpointError(f"tensor {t.name} came out as {list(data.shape)}, planned {list(t.shape)}", src)
-                    data.tofile(fout)
-                    size += data.nbytes
-                    if progress:
-                        progress(data.nbytes)
-                if size != t.nbytes:
-                    raise CheckpointError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes}", src)
-                writer.write_padding(fout, size)
-                written += size
-            fout.flush()
-            os.fsync(writer.fout[0].fileno())
-            writer.close()
-        except BaseException:
-            writer.close()
-            partial.unlink(missing_ok=True)
-            raise
-        os.replace(partial, out)
+        with partial_output(out) as partial:
+            writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+            try:
+                written = _write_gguf(writer, src, ckpt.params, vocab, tensors, outtype, progress, on_tensor)
+            finally:
+                writer.close()
     return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model)
+
+
+def _write_gguf(writer: gguf.GGUFWriter, src: Path, params: LlamaParams, vocab: Vocab, tensors: list[OutTensor],
+                outtype: str, progress: Progress | None, on_tensor: Callable[[str], None] | None) -> int:  # fmt: skip
+    """Metadata, vocabulary, tensor infos, then every tensor streamed block by block; returns the
+    tensor bytes written. Free space is checked once the header is out and its size known."""
+    write_metadata(writer, src.resolve().name, params, outtype)
+    add_vocab(writer, src, vocab)
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout = writer.fout[0]
+    align = writer.data_alignment
+    check_free_space(Path(writer.path).parent, sum(-(-t.nbytes // align) * align + align for t in tensors))
+    written = 0
+    for t in tensors:
+        if on_tensor:
+            on_tensor(t.name)
+        # gguf-py's write_tensor_data takes whole tensors; the data section is simply each
+        # tensor aligned to data_alignment, so blocks are written the same way by hand.
+        writer.write_padding(fout, fout.tell())
+        size = 0
+        for block in t.blocks():
+            data = _cast(block, t.qtype)
+            if data.shape[1:] != tuple(t.shape[1:]):
+                raise CheckpointError(f"tensor {t.name} came out as {list(data.shape)}, planned {list(t.shape)}", src)
+            data.tofile(fout)
+            size += data.nbytes
+            if progress:
+                progress(data.nbytes)
+        if size != t.nbytes:
+            raise CheckpointError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes}", src)
+        writer.write_padding(fout, size)
+        written += size
+    fout.flush()
+    return written

@@ -12,8 +12,6 @@ is only replaced with ``force``.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import BinaryIO, Callable
 import gguf
 import numpy as np
 
-from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
+from llamashare.errors import OutputExistsError, QuantizeError
+from llamashare.fsio import check_free_space, partial_output
 from llamashare.quant.gguf_file import GGUFHeader, TensorInfo, aligned, encode_header, encode_kv, read_header
 from llamashare.quant.presets import Model, Preset, gguf_order, plan, preset
 from llamashare.quant.qtype import QuantType, by_ggml, lookup
@@ -138,28 +137,18 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
     header = _header(h, tensors, p)
     need = len(header) + sum(aligned(t.nbytes_out, h.alignment) for t in tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out.parent).free
-    if free < need:
-        raise InsufficientSpaceError(out.parent, need, free)
+    check_free_space(out.parent, need)
     if on_total:
         on_total(sum(t.values * 4 if t.dst is not t.src else t.nbytes_in for t in tensors))
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with open(partial, "wb") as fout:
-            fout.write(header)
-            for t in tensors:
-                if on_tensor:
-                    on_tensor(t)
-                size = _write_tensor(h, t, fout, threads, progress)
-                if size != t.nbytes_out:
-                    raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
-                fout.write(b"\0" * (aligned(size, h.alignment) - size))
-            fout.flush()
-            os.fsync(fout.fileno())
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
+    with partial_output(out) as partial, open(partial, "wb") as fout:
+        fout.write(header)
+        for t in tensors:
+            if on_tensor:
+                on_tensor(t)
+            size = _write_tensor(h, t, fout, threads, progress)
+            if size != t.nbytes_out:
+                raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
+            fout.write(b"\0" * (aligned(size, h.alignment) - size))
     return QuantizeReport(out, p, len(tensors), dict(Counter(t.dst.name for t in tensors)),
                           sum(t.nbytes_in for t in tensors), sum(t.nbytes_out for t in tensors),
                           sum(t.values for t in tensors))  # fmt: skip

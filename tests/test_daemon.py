@@ -72,6 +72,21 @@ def test_fetch_through_tracker_then_seed_to_ratio(tmp_path: Path, homes, tracker
     assert (tmp_path / "a" / "a.safetensors").stat().st_size == 2_000_000
 
 
+def test_initial_seeding_is_asked_for_and_a_lone_downloader_still_completes(tmp_path: Path, homes) -> None:
+    m, src, manifest_path = publish(tmp_path, None, {"w.bin": 1024 * 1024})
+    publisher, leecher = homes("publisher"), homes("leecher")
+    assert cli(publisher, "seed", str(manifest_path), "--dir", str(src), "--initial-seeding").returncode == 0
+    origin = DaemonClient(publisher)
+    assert release_status(origin, "model")["initial_seeding"] is True
+    peer = f"127.0.0.1:{origin.info['listen_port']}"
+    fetch(leecher, m, FetchOptions(directory=tmp_path / "out", peers=(peer,), timeout=60))
+    assert (tmp_path / "out" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
+    time.sleep(1.2)  # byte counters tick once a second
+    assert release_status(origin, "model")["uploaded"] <= 1.1 * m.total_size  # each piece left the origin once
+    # (That it ends once the swarm holds every piece is asserted in test_swarm_scale, where a
+    # swarm exists; a lone downloader disconnects as soon as it is complete.)
+
+
 def test_api_refuses_without_token_and_foreign_hosts(tmp_path: Path, homes) -> None:
     home = homes("n")
     client = start_daemon(home)

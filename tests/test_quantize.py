@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
-from llamashare.quant import quantize as quantize_mod
+from llamashare import fsio
 from llamashare.quant.convert import convert
 from llamashare.quant.presets import PRESETS
 from llamashare.quant.qtype import lookup
@@ -236,7 +236,7 @@ def test_refusals_leave_nothing_behind(k_model: Path, tmp_path: Path, monkeypatc
     assert out.read_bytes() == b"keep me"
 
     # too little space: found before anything is written
-    monkeypatch.setattr(quantize_mod.shutil, "disk_usage", lambda _p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(fsio.shutil, "disk_usage", lambda _p: type("U", (), {"free": 1000})())
     with pytest.raises(InsufficientSpaceError, match="not enough free space"):
         quantize_file(k_model, out, "Q4_0", force=True)
     assert out.read_bytes() == b"keep me"

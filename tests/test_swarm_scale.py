@@ -24,6 +24,7 @@ def test_sixteen_nodes_share_the_load_and_survive_churn(tmp_path: Path) -> None:
         assert r.bad_files == [] and r.checked_files == NODES * r.files  # ...and its bytes are the manifest's
         assert r.origin_copies <= 2.0, r.origin_copies  # the swarm shared: a central host would upload 16×
         assert r.hash_failures == 0
+        assert not r.origin_still_initial  # it saw every piece in the swarm and went back to plain seeding
     churn = runs["initial seeding + churn"]
     assert churn.kills == 8
     # A restart re-checks and keeps what was on disk: far less than the data the killed nodes had.
