@@ -74,8 +74,11 @@ def partial_output(out: Path) -> Iterator[Path]:
     except BaseException as exc:
         partial.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, LlamashareError):
-            why = exc.strerror or str(exc)
-            if exc.errno in SPACE_ERRNOS:
+            # NumPy's tofile reports a short write with no errno ("8192 requested and 4968
+            # written"); on a regular file that is the disk or a limit running out, as ENOSPC is.
+            short = exc.errno is None and "written" in str(exc)
+            why = exc.strerror or (f"short write, {exc}" if short else str(exc))
+            if exc.errno in SPACE_ERRNOS or short:
                 why += " (disk full, quota or file size limit: free space and run it again)"
             raise OutputWriteError(out, why) from None
         raise

@@ -271,12 +271,14 @@ class Node:
         """Re-add every release saved in the state dir (after a restart or crash)."""
         restored = []
         for folder in sorted((self.state_dir / "releases").iterdir()):
+            for stray in folder.glob(".*.incomplete"):  # an atomic write cut short by a crash
+                stray.unlink(missing_ok=True)
             try:
                 spec = ReleaseSpec.from_json((folder / "spec.json").read_text())
                 manifest = load_manifest(folder / "manifest.toml")
-                resume, twin_resume = folder / "resume.dat", folder / "resume-v1.dat"
-                self._add(manifest, spec, resume.read_bytes() if resume.exists() else None,
-                          twin_resume.read_bytes() if twin_resume.exists() else None)  # fmt: skip
+                resume, twin_resume = _read_resume(folder / "resume.dat"), _read_resume(folder / "resume-v1.dat")
+                # Unreadable resume data: trust nothing on disk, not even a publisher's own files.
+                self._add(manifest, spec, resume, twin_resume, trust_files=False not in (resume, twin_resume))
                 restored.append(spec.name)
             except (OSError, ValueError, LlamashareError) as exc:
                 log.error("cannot restore %s: %s", folder.name, exc)
@@ -321,8 +323,11 @@ class Node:
             raise ReleaseConflict(f"{path} is in the way: it exists with other content than {manifest.name}'s "
                                f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
 
-    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: bytes | None, twin_resume: bytes | None = None) -> Release:
-        atp = lt.read_resume_data(resume) if resume is not None else lt.load_torrent_buffer(manifest.torrent.data)
+    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: lt.add_torrent_params | None | bool,
+             twin_resume: lt.add_torrent_params | None | bool = None, trust_files: bool = True) -> Release:  # fmt: skip
+        """Add the release's torrent(s) from resume data when there is usable resume data (else
+        ``None``/``False``: from the manifest, checking what is on disk)."""
+        atp = resume if resume else lt.load_torrent_buffer(manifest.torrent.data)
         ti = atp.ti
         fs = ti.layout()
         # Files land at DIR/<path>, not DIR/<torrent name>/<path>: the release folder is DIR.
@@ -346,12 +351,12 @@ class Node:
         # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest, which
         # pins the torrent): mark every piece as had, so libtorrent neither re-checks the files
         # on add nor re-hashes each piece on first upload (as seed mode would).
-        seeded = [True] * ti.num_pieces() if spec.seed_forever and resume is None else None
+        seeded = [True] * ti.num_pieces() if spec.seed_forever and resume is None and trust_files else None
         handle = self._add_torrent(atp, spec, renamed, priorities, FileStatus.SKIPPED in files.values(), seeded)
         release = Release(spec, manifest, handle, files, priorities=priorities, renamed=renamed,
                           selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
         if manifest.torrent.v1_twin is not None:
-            twin_atp = lt.read_resume_data(twin_resume) if twin_resume is not None else lt.load_torrent_buffer(v1_companion(manifest.torrent.data))
+            twin_atp = twin_resume if twin_resume else lt.load_torrent_buffer(v1_companion(manifest.torrent.data))
             # Until a fetch needs it, the twin only announces and seeds what it has (priority 0).
             watching = priorities if spec.seed_forever else [0] * len(priorities)
             release.twin = self._add_torrent(twin_atp, spec, renamed, watching, True, seeded)
@@ -685,6 +690,18 @@ class Node:
                 "info_hash_v1": r.manifest.torrent.info_hash_v1, "v1_twin": r.manifest.torrent.v1_twin,
             })  # fmt: skip
         return out
+
+
+def _read_resume(path: Path) -> lt.add_torrent_params | None | bool:
+    """Saved resume data; ``None`` if there is none, ``False`` if it cannot be read (then the
+    files are checked from scratch: slower, never wrong)."""
+    if not path.exists():
+        return None
+    try:
+        return lt.read_resume_data(path.read_bytes())
+    except (RuntimeError, OSError) as exc:
+        log.warning("%s: resume data unreadable (%s): re-checking the files instead", path, exc)
+        return False
 
 
 def _seconds(duration: object) -> float:

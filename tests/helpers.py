@@ -33,6 +33,7 @@ def make_release(folder: Path, piece_size: int | None = None, **info: object) ->
     return create_release(folder, ReleaseInfo(**fields), piece_size)  # type: ignore[arg-type]
 
 
-def cli(home: Home, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(home: Home, *args: str, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess:
+    """The real CLI in its own process (``popen``: e.g. a ``preexec_fn`` setting limits)."""
     return subprocess.run([sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout, **popen)  # fmt: skip
