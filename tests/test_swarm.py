@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -175,6 +178,103 @@ def test_hostile_peer_is_banned_and_no_bad_byte_is_verified(tmp_path: Path) -> N
         print(f"hostile peer: {r.hash_failures} failed pieces, banned {sorted(r.banned)}")
     finally:
         for n in nodes:
+            n.close()
+
+
+class LyingPeer:
+    """A BitTorrent peer (written here, at the wire level) that claims every piece, unchokes,
+    and then never sends a byte of any piece it is asked for."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.requests = 0
+        self.connections = 0
+        self.num_pieces = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self, num_pieces: int) -> "LyingPeer":
+        self.num_pieces = num_pieces
+        self.thread.start()
+        return self
+
+    def _serve(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        self.connections += 1
+        conn.settimeout(0.5)
+        try:
+            hello = self._read(conn, 68)
+            if hello is None or hello[1:20] != b"BitTorrent protocol":
+                return
+            # Same info-hash back, no extensions; a fresh peer id.
+            conn.sendall(bytes([19]) + b"BitTorrent protocol" + bytes(8) + hello[28:48] + b"-LIAR0-" + os.urandom(13))
+            bits = bytearray(b"\xff" * (self.num_pieces // 8) + (bytes([(0xFF << (8 - self.num_pieces % 8)) & 0xFF]) if self.num_pieces % 8 else b""))
+            conn.sendall(struct.pack(">IB", 1 + len(bits), 5) + bits)  # bitfield: "I have it all"
+            conn.sendall(struct.pack(">IB", 1, 1))  # unchoke
+            while not self.stop.is_set():
+                head = self._read(conn, 4)
+                if head is None:
+                    return
+                (length,) = struct.unpack(">I", head)
+                body = self._read(conn, length) if length else b""
+                if body is None:
+                    return
+                if body[:1] == b"\x06":  # request: swallowed
+                    self.requests += 1
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def _read(self, conn: socket.socket, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n and not self.stop.is_set():
+            try:
+                chunk = conn.recv(n - len(data))
+            except TimeoutError:
+                continue
+            if not chunk:
+                return None
+            data += chunk
+        return data if len(data) == n else None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.mark.slow
+def test_peer_lying_about_its_pieces_does_not_stall_the_fetch(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "model"
+    make_payload(src, {"w.bin": 4 * 1024 * 1024})
+    m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 64 * 1024)
+    honest = Node(tmp_path / "honest", LOCAL)
+    honest.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
+    honest.releases[m.name].handle.set_upload_limit(1024 * 1024)  # ~4 s: time for the liar to be asked
+    liar = LyingPeer().start(m.total_size // (64 * 1024))
+    leech = Node(tmp_path / "leech", LOCAL)
+    # The liar first, so it is connected and unchoking before the honest seed is.
+    leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=100.0,
+                             peers=(f"127.0.0.1:{liar.port}", f"127.0.0.1:{honest.listen_port}")))  # fmt: skip
+    try:
+        took = run_until([honest, leech], lambda: leech.releases[m.name].state is State.SEEDING, timeout=90)
+        assert liar.connections >= 1 and liar.requests > 0  # it was believed and asked...
+        assert (tmp_path / "out" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()  # ...and not waited for
+        assert leech.releases[m.name].files["w.bin"] is FileStatus.VERIFIED
+        print(f"lying peer: asked for {liar.requests} blocks it never sent; fetch done in {took:.1f} s")
+    finally:
+        liar.close()
+        for n in (honest, leech):
             n.close()
 
 
