@@ -397,8 +397,11 @@ def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: 
     with pytest.raises(FetchError, match="not complete after"):
         fetch(node, m, FetchOptions(directory=tmp_path / "out", timeout=8))
     st = release_status(DaemonClient(node), "model")
-    assert st["files"] == {"a.safetensors": st["files"]["a.safetensors"], "config.json": "verified"}
+    # (config.json is good but may never arrive: after the failed piece libtorrent may stop
+    # asking that mirror, and there is no other source. Verified it is only if it is right.)
     assert st["files"]["a.safetensors"] != "verified" and st["hash_failures"] > 0
+    if st["files"]["config.json"] == "verified":
+        assert (tmp_path / "out" / "config.json").read_bytes() == (src / "config.json").read_bytes()
     assert {r.entry.path: r.state.value for r in verify_release(m, tmp_path / "out")}["a.safetensors"] == "wrong hash"
 
 
