@@ -314,7 +314,7 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The release folder holding the files.")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
 @click.option("--initial-seeding", is_flag=True,
-              help="BEP 16 super-seeding until another complete copy is connected: each piece leaves your uplink "
+              help="BEP 16 super-seeding until every piece has been seen in the swarm: each piece leaves your uplink "
                    "about once and the swarm copies it on. For a slow uplink and many downloaders; a lone downloader "
                    "gets it far slower (bench/swarm_scale.py).")
 @_network_options

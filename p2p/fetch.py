@@ -38,7 +38,7 @@ class FetchOptions:
     listen_port: int | None = None
     api_port: int | None = None
     local_only: bool = False
-    initial_seeding: bool = False  # seed: BEP 16 super-seeding until another complete copy is connected
+    initial_seeding: bool = False  # seed: BEP 16 super-seeding until every piece has been seen in the swarm
 
 
 def check_writable(directory: Path) -> None:

@@ -88,7 +88,7 @@ class ReleaseSpec:
     no_seed: bool = False
     #: BEP 16 "super-seeding" for a publisher's first copy: offer each peer one piece nobody else
     #: has yet, and the next only once that one shows up elsewhere, so the swarm, not the origin's
-    #: uplink, carries the copies. Ends by itself when a complete copy is connected (a seed).
+    #: uplink, carries the copies. Ends by itself once every piece has been seen at some peer.
     initial_seeding: bool = False
     added_at: float = field(default_factory=time.time)
 
@@ -277,8 +277,7 @@ class Node:
                 spec = ReleaseSpec.from_json((folder / "spec.json").read_text())
                 manifest = load_manifest(folder / "manifest.toml")
                 resume, twin_resume = _read_resume(folder / "resume.dat"), _read_resume(folder / "resume-v1.dat")
-                # Unreadable resume data: trust nothing on disk, not even a publisher's own files.
-                self._add(manifest, spec, resume, twin_resume, trust_files=False not in (resume, twin_resume))
+                self._add(manifest, spec, resume, twin_resume)
                 restored.append(spec.name)
             except (OSError, ValueError, LlamashareError) as exc:
                 log.error("cannot restore %s: %s", folder.name, exc)
@@ -324,9 +323,9 @@ class Node:
                                f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
 
     def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: lt.add_torrent_params | None | bool,
-             twin_resume: lt.add_torrent_params | None | bool = None, trust_files: bool = True) -> Release:  # fmt: skip
-        """Add the release's torrent(s) from resume data when there is usable resume data (else
-        ``None``/``False``: from the manifest, checking what is on disk)."""
+             twin_resume: lt.add_torrent_params | None | bool = None) -> Release:  # fmt: skip
+        """Add the release's torrent(s) from their resume data, or from the manifest when there is
+        none (``None``) or it was unreadable (``False``: then what is on disk is checked)."""
         atp = resume if resume else lt.load_torrent_buffer(manifest.torrent.data)
         ti = atp.ti
         fs = ti.layout()
@@ -350,8 +349,10 @@ class Node:
             parse_peer(peer)
         # The publisher's files were just verified (BLAKE3 + SHA-256 against the manifest, which
         # pins the torrent): mark every piece as had, so libtorrent neither re-checks the files
-        # on add nor re-hashes each piece on first upload (as seed mode would).
-        seeded = [True] * ti.num_pieces() if spec.seed_forever and resume is None and trust_files else None
+        # on add nor re-hashes each piece on first upload (as seed mode would). Not after unreadable
+        # resume data: then nothing on disk is trusted, not even a publisher's own files.
+        trusted = spec.seed_forever and resume is None and twin_resume is not False
+        seeded = [True] * ti.num_pieces() if trusted else None
         handle = self._add_torrent(atp, spec, renamed, priorities, FileStatus.SKIPPED in files.values(), seeded)
         release = Release(spec, manifest, handle, files, priorities=priorities, renamed=renamed,
                           selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
@@ -682,7 +683,8 @@ class Node:
                 "upload_rate": sum(s.upload_payload_rate for s in statuses),
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
-                "seed_forever": r.spec.seed_forever, "initial_seeding": r.initial_seeding, "peers": sum(s.num_peers for s in statuses),
+                "seed_forever": r.spec.seed_forever, "initial_seeding": r.initial_seeding,
+                "peers": sum(s.num_peers for s in statuses),
                 "seeds": sum(s.num_seeds for s in statuses), "via": "v1 twin" if r.via_twin else "hybrid",
                 "hash_failures": r.hash_failures, "banned_peers": sorted(r.banned), "files": files,
                 "verified": sum(v == "verified" for v in files.values()),
