@@ -1,6 +1,6 @@
-"""Hostile input: mutated GGUF and safetensors headers, .pth pickles and daemon API requests each
-get one clean error (a LlamashareError shown as one line, or a JSON 4xx), never a crash, a hang,
-a 5xx or a huge allocation.
+"""Hostile input: mutated GGUF and safetensors headers, .pth pickles, torrent metadata and daemon
+API requests each get one clean error (a LlamashareError shown as one line, or a JSON 4xx), never
+a crash, a hang, a 5xx or a huge allocation.
 
 Each file target starts from a real, valid file and lets hypothesis flip bytes, overwrite
 little-endian counts and lengths with extreme values, and cut the file short; the API target sends
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from llamashare.errors import LlamashareError
 from llamashare.infer.model_file import ModelFile
+from llamashare.p2p.torrent import read_torrent
 from llamashare.quant import safetensors_io
 from llamashare.quant.gguf_file import read_header
 from llamashare.quant.torch_pickle import TorchArchive
@@ -133,6 +134,31 @@ def test_mutated_pth_checkpoints_fail_cleanly(small_pth: bytes, tmp_path: Path, 
     _attempt(".pth pickle", path, read)
 
 
+@pytest.fixture(scope="module")
+def small_torrent(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from tests.helpers import make_release
+
+    root = tmp_path_factory.mktemp("fuzz") / "rel"
+    (root / "sub").mkdir(parents=True)
+    for name, size in (("a.bin", 70_000), ("sub/b.json", 300), ("c.bin", 16_384)):
+        (root / name).write_bytes(bytes(range(256)) * (size // 256) + bytes(size % 256))
+    return make_release(root, 16 * 1024, trackers=(("http://127.0.0.1:1/announce",),))[1]
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_torrent_metadata_fails_cleanly(small_torrent: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    """Bencoded metadata: besides the generic edits, change a digit (a length or an integer) or
+    a structure byte (d, l, i, e, :), which is where bencode parsers go wrong."""
+    buf = bytearray(mutate(small_torrent, data.draw(mutations(len(small_torrent)))))
+    for _ in range(data.draw(st.integers(0, 3))):
+        if buf:
+            buf[data.draw(st.integers(0, len(buf) - 1))] = ord(data.draw(st.sampled_from("0123456789dlie:")))
+    path = tmp_path / "t.torrent"
+    path.write_bytes(bytes(buf))
+    _attempt("torrent metadata", path, lambda p: read_torrent(p.read_bytes()))
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)  # fmt: skip
@@ -193,4 +219,4 @@ def test_report_cases_tried() -> None:
     """Runs last in this file: how many hostile inputs each target saw (for the README)."""
     for target, (n, refused) in sorted(TRIED.items()):
         print(f"fuzz: {target}: {n} hostile inputs, {refused} refused with one clean error, the rest valid")
-    assert len(TRIED) == 5 and all(n >= 100 and refused >= n // 4 for n, refused in TRIED.values())
+    assert len(TRIED) == 6 and all(n >= 100 and refused >= n // 4 for n, refused in TRIED.values())

@@ -415,9 +415,10 @@ def test_seed_time_target_stops_seeding_and_a_new_target_resumes_it(tmp_path: Pa
                                  peers=(f"127.0.0.1:{seeder.listen_port}",)))  # fmt: skip
     try:
         run_until([seeder, leech], lambda: r.state is State.SEEDING)
-        started = time.monotonic()
         run_until([seeder, leech], lambda: r.state is State.DONE, timeout=30)
-        assert time.monotonic() - started >= 1.0 and r.handle.status().paused
+        # Seed time counts from libtorrent's "finished" (its clock, kept in resume data), which
+        # comes before llamashare's own verification turns the release to seeding.
+        assert r.seeded_seconds >= 1.5 and r.handle.status().paused
         leech.set_targets(m.name, ratio=None, seed_time=3600)  # what PATCH /releases/NAME does
         assert r.state is State.SEEDING and not r.handle.status().paused
         assert json.loads((tmp_path / "l" / "releases" / "model" / "spec.json").read_text())["seed_time"] == 3600
