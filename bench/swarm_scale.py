@@ -77,7 +77,7 @@ class SwarmReport:
     origin_uplink: int
     seconds: list[float]
     origin_uploaded: int
-    origin_still_initial: bool  # initial seeding did not notice the swarm holds every piece
+    origin_still_initial: bool  # initial seeding did not notice (or save) that the swarm holds every piece
     kills: int
     lost_at_kills: int
     hash_failures: int
@@ -164,7 +164,7 @@ def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1
         bad = _independent_check(m, outs)
         return SwarmReport(nodes=nodes, size=size, piece=piece, files=files, origin_uplink=origin_uplink,
                            seconds=[log.finished for log in logs], origin_uploaded=origin_st["uploaded"],
-                           origin_still_initial=origin_st["initial_seeding"],
+                           origin_still_initial=origin_st["initial_seeding"] or _spec(origin, m.name)["initial_seeding"],
                            kills=sum(log.kills for log in logs),
                            lost_at_kills=sum(log.lost for log in logs), hash_failures=hash_failures,
                            checked_files=nodes * files, bad_files=bad)  # fmt: skip
@@ -220,6 +220,11 @@ def _kill(log: NodeLog, m: Manifest, restart_at: float) -> None:
     log.done_at_kill = st["done"]
     log.client, log.restart_at = None, restart_at
     log.kills += 1
+
+
+def _spec(home: Home, name: str) -> dict:
+    """The release's saved spec (what a restarted daemon would do)."""
+    return json.loads((home.state_dir / "releases" / name / "spec.json").read_text())
 
 
 def kill_and_reap(pid: int) -> None:

@@ -434,11 +434,14 @@ class Node:
     def set_targets(self, name: str, ratio: float | None, seed_time: float | None) -> None:
         release = self._get(name)
         release.spec.ratio, release.spec.seed_time = ratio, seed_time
-        atomic_write(self.state_dir / "releases" / name / "spec.json", release.spec.to_json().encode())
+        self._save_spec(release)
         if release.state is State.DONE and not self._target_reached(release):
             for h in release.handles:
                 h.resume()
             release.state = State.SEEDING
+
+    def _save_spec(self, release: Release) -> None:
+        atomic_write(self.state_dir / "releases" / release.spec.name / "spec.json", release.spec.to_json().encode())
 
     def _get(self, name: str) -> Release:
         if name not in self.releases:
@@ -613,7 +616,8 @@ class Node:
                 release.seen_elsewhere.update(i for i, have in enumerate(peer.pieces) if have)
         if len(release.seen_elsewhere) < release.active.torrent_file().num_pieces():
             return
-        release.initial_seeding = False
+        release.initial_seeding = release.spec.initial_seeding = False
+        self._save_spec(release)  # a restarted daemon must not start holding pieces back again
         for h in release.handles:
             h.unset_flags(lt.torrent_flags.super_seeding)
         log.info("%s: every piece is in the swarm; initial seeding ends", release.spec.name)
