@@ -376,6 +376,7 @@ class Node:
                 h.set_flags(lt.torrent_flags.super_seeding)
         self._reset_cursors(release)
         self.releases[spec.name] = release
+        self._keep_seeds_connected()
         self._by_hash[str(handle.info_hashes().v1)] = spec.name
         for peer in spec.peers:
             for h in release.handles:
@@ -415,6 +416,7 @@ class Node:
         for h in release.handles:
             self.session.remove_torrent(h)
         del self.releases[name]
+        self._keep_seeds_connected()
         folder = self.state_dir / "releases" / name
         for f in ("resume.dat", "resume-v1.dat", "spec.json", "manifest.toml"):
             (folder / f).unlink(missing_ok=True)
@@ -605,22 +607,37 @@ class Node:
         """Once every piece has been seen at some peer, the swarm holds a whole copy without the
         origin: holding pieces back would only slow the last leechers down, so seed plainly.
 
-        A union over time, sampled once a second, because peers that complete disconnect from
-        the origin (two seeds have nothing to trade) before a single look would see them whole."""
+        A union over time, sampled once a second; peers that complete stay connected meanwhile
+        (see _keep_seeds_connected), so a swarm that finishes between two samples is still seen."""
         now = time.monotonic()
         if now - release.seen_checked_at < 1.0:
             return
         release.seen_checked_at = now
+        pieces = release.active.torrent_file().num_pieces()
         for h in release.handles:
             for peer in h.get_peer_info():
+                if peer.flags & lt.peer_info.seed:
+                    release.seen_elsewhere.update(range(pieces))
+                    break
                 release.seen_elsewhere.update(i for i, have in enumerate(peer.pieces) if have)
-        if len(release.seen_elsewhere) < release.active.torrent_file().num_pieces():
+        if len(release.seen_elsewhere) < pieces:
             return
         release.initial_seeding = release.spec.initial_seeding = False
         self._save_spec(release)  # a restarted daemon must not start holding pieces back again
         for h in release.handles:
             h.unset_flags(lt.torrent_flags.super_seeding)
+        self._keep_seeds_connected()
         log.info("%s: every piece is in the swarm; initial seeding ends", release.spec.name)
+
+    def _keep_seeds_connected(self) -> None:
+        """While a release is initial seeding, keep connections to peers that have completed.
+
+        libtorrent closes a connection between two seeds at once; when a whole swarm finished
+        within a second, the origin never saw its last pieces anywhere and held pieces back for
+        good (it happened in a CI run of tests/test_swarm_scale.py). Idle seed connections cost a slot each and
+        are closed after inactivity_timeout; plain seeding closes them as usual."""
+        keep = any(r.initial_seeding for r in self.releases.values())
+        self.session.apply_settings({"close_redundant_connections": not keep})
 
     def _seed_both(self, release: Release) -> None:
         """Once every file is verified, let both torrents of the pair seed it all.
