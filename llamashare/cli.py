@@ -370,6 +370,32 @@ def status(home, as_json: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--open", "open_browser", is_flag=True, help="Also open the link in the default web browser.")
+@click.pass_obj
+def dashboard(home, open_browser: bool) -> None:
+    """Print a one-time link to this node's web dashboard (starting the daemon if needed).
+
+    The page lists every release in the store and the daemon, live: state, progress, rates,
+    peers, ratio against its target, GGUF files; it can pause, resume, change targets, remove
+    and add releases. The link works once, within five minutes, on this machine only
+    (127.0.0.1); it leaves a session cookie in the browser that opened it.
+
+    \b
+    Example:
+      llamashare dashboard --open
+    """
+    from llamashare.p2p.client import start_daemon
+
+    url = start_daemon(home).call("POST", "/login-links")["url"]
+    click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            err.print("no web browser found here: open the link above yourself", markup=False)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("name")
 @click.pass_obj
 def stop(home, name: str) -> None:

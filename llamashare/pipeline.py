@@ -178,7 +178,41 @@ def _run_step(entry: Entry, step_id: str, key: str, filename: str, title: str,
     out = entry.gguf_dir / filename
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with log.step(f"{title} → {out}"), log.bar(step_id) as bar:
-        params = work(out, bar)
-    entry.finish_step(step_id, key, out, time.perf_counter() - start, params)
+    try:
+        with log.step(f"{title} → {out}"), log.bar(step_id) as bar:
+            params = work(out, ActivityBar(bar, entry, step_id.split(":")[0], title))
+        entry.finish_step(step_id, key, out, time.perf_counter() - start, params)
+    finally:
+        entry.clear_activity()
     return out
+
+
+class ActivityBar:
+    """A progress bar that also records the step's progress in the store (for the dashboard),
+    at most twice a second so a fast step does not spend its time rewriting a file."""
+
+    EVERY = 0.5
+
+    def __init__(self, bar: Any, entry: Entry, step: str, title: str) -> None:
+        self.bar, self.entry, self.step, self.title = bar, entry, step, title
+        self.done, self.total, self.written = 0, 0, 0.0
+        self._record(force=True)
+
+    def _record(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.written >= self.EVERY:
+            self.written = now
+            self.entry.set_activity(self.step, self.title, self.done, self.total)
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.advance(nbytes)
+        self.done += nbytes
+        self._record()
+
+    def set_total(self, total: int) -> None:
+        self.bar.set_total(total)
+        self.total = total
+        self._record(force=True)
+
+    def describe(self, text: str) -> None:
+        self.bar.describe(text)

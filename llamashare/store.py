@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +127,32 @@ class Entry:
         doc = self.record()
         doc["steps"][step_id] = asdict(StepRecord(key, output.name, st.st_size, st.st_mtime_ns, round(seconds, 3), params))
         self._save(doc)
+
+    @property
+    def activity_path(self) -> Path:
+        return self.root / "activity.json"
+
+    def set_activity(self, step: str, title: str, done: int, total: int) -> None:
+        """What a command is doing to this release now (the dashboard shows it); with the
+        command's pid, so a crashed command's leftover is recognised and ignored."""
+        doc = {"step": step, "title": title, "done": done, "total": total, "pid": os.getpid(), "updated": time.time()}
+        atomic_write(self.activity_path, json.dumps(doc).encode())
+
+    def clear_activity(self) -> None:
+        self.activity_path.unlink(missing_ok=True)
+
+    def activity(self) -> dict[str, Any] | None:
+        """The running step, or None (none, unreadable, or its command is gone)."""
+        try:
+            doc = json.loads(self.activity_path.read_text())
+            os.kill(int(doc["pid"]), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, under another user
+            return doc
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def set_default(self, output: Path) -> None:
         """``run NAME`` takes what the last pipeline run made."""

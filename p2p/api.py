@@ -1,18 +1,29 @@
-"""The daemon's JSON control API (aiohttp), served on 127.0.0.1 only.
+"""The daemon's JSON control API (aiohttp), served on 127.0.0.1 only, and its web page.
 
 Every request needs ``Authorization: Bearer <token>`` (the token is in the home's
-``daemon.token``, mode 0600). ``Host`` must name the loopback address and port we listen on, and
-an ``Origin``, when sent, must be that same origin: a web page the user visits can neither
-read the API through DNS rebinding nor drive it cross-site. Endpoints (all JSON):
+``daemon.token``, mode 0600) or the dashboard's session cookie (HttpOnly, SameSite=Strict, opened
+by a one-time link from ``llamashare dashboard``); none → 401, a wrong one → 403. ``Host`` must
+name the loopback address and port we listen on, and an ``Origin``, when sent, must be that same
+origin: a web page the user visits can neither read the API through DNS rebinding nor drive it
+cross-site. A cookie-authenticated change (POST/PATCH/DELETE) must also carry that ``Origin``.
+Endpoints (all JSON):
 
     GET    /api/v1/status                   node info and every release's state
     POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
                                              "seed_forever", "no_seed", "initial_seeding", "include": [...],
-                                             "peers": [...]};
-                                             again for a release in error: clear it and retry
-    PATCH  /api/v1/releases/{name}          change targets: {"ratio", "seed_time"}
+                                             "peers": [...]}; without "dir" the files go to the
+                                             model store (MODELS_DIR/NAME/source);
+                                             again for a release in error or paused: retry / resume it
+    PATCH  /api/v1/releases/{name}          change it: {"ratio", "seed_time", "paused"}
     DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
     POST   /api/v1/shutdown                 save resume data and exit
+    POST   /api/v1/login-links              a one-time dashboard link (token holders only)
+    GET    /api/v1/overview                 the dashboard's view: releases in the daemon and the
+                                             store, GGUF files, running steps, rate history
+    GET    /api/v1/events                   the same as server-sent events, once a second
+
+The page itself: ``GET /`` (signed in), ``GET /login?token=…`` (the one-time link),
+``GET /static/…`` (its script and style; public, they are the package's files).
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ from aiohttp import web
 
 from llamashare.errors import LlamashareError
 from llamashare.manifests.manifest import parse_manifest
+from llamashare.p2p.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.p2p.node import Node, ReleaseConflict, ReleaseSpec
+from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
 
@@ -41,8 +54,11 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
-def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict) -> web.Application:
-    """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks)."""
+def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict,
+             store: Store | None = None) -> web.Application:  # fmt: skip
+    """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks);
+    ``store`` is where releases added without a folder go (and what the dashboard lists)."""
+    dashboard = Dashboard(node.status, store, info, port)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -52,9 +68,20 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         origin = request.headers.get("Origin")
         if origin is not None and origin not in {f"http://{h}" for h in allowed_hosts}:
             return _error(403, f"Origin {origin!r} refused")
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            return _error(403, "missing or wrong token (see daemon.token in the llamashare home)")
+        sent = request.headers.get("Authorization")
+        by_token = sent is not None and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+        by_cookie = not by_token and dashboard.signed_in(request)
+        public = request.path == "/login" or request.path.startswith("/static/")
+        if not (by_token or by_cookie or public):
+            if request.path == "/":
+                return message_page(401, "Not signed in", "Open the link that <code>llamashare dashboard</code> prints.")
+            if sent is None:
+                return _error(401, "no credentials: send the token in daemon.token as 'Authorization: Bearer …'")
+            return _error(403, "wrong token (see daemon.token in the llamashare home)")
+        if by_cookie and request.method not in ("GET", "HEAD") and origin is None:
+            return _error(403, "a change from the dashboard must come with its Origin")
+        if by_cookie and request.path == "/api/v1/login-links":
+            return _error(403, "login links are for token holders (llamashare dashboard)")
         try:
             return await handler(request)
         except ReleaseConflict as exc:
@@ -83,12 +110,18 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
 
     async def add(request: web.Request) -> web.Response:
         data = await body(request)
-        if not isinstance(data.get("manifest"), str) or not isinstance(data.get("dir"), str):
-            return _error(400, "'manifest' (TOML text) and 'dir' (absolute path) are required strings")
+        if not isinstance(data.get("manifest"), str) or not isinstance(data.get("dir", ""), str):
+            return _error(400, "'manifest' (TOML text) is required and 'dir', if given, is an absolute path")
         manifest = parse_manifest(data["manifest"], source="request")
+        if "dir" in data:
+            save_dir = data["dir"]
+        elif store is not None:
+            save_dir = str(store.add(manifest).source_dir)
+        else:
+            return _error(400, "'dir' is required (this daemon has no model store)")
         spec = ReleaseSpec(
             name=manifest.name,
-            save_dir=data["dir"],
+            save_dir=save_dir,
             seed_forever=bool(data.get("seed_forever", False)),
             ratio=_number(data, "ratio", 1.0),
             seed_time=_number(data, "seed_time", None),
@@ -114,7 +147,13 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         if name not in node.releases:
             return _error(404, f"no release named {name!r}")
         spec = node.releases[name].spec
-        node.set_targets(name, _number(data, "ratio", spec.ratio), _number(data, "seed_time", spec.seed_time))
+        paused = data.get("paused", spec.paused)
+        if not isinstance(paused, bool):
+            return _error(400, "'paused' must be true or false")
+        ratio, seed_time = _number(data, "ratio", spec.ratio), _number(data, "seed_time", spec.seed_time)
+        if "ratio" in data or "seed_time" in data:
+            node.set_targets(name, ratio, seed_time)
+        node.set_paused(name, paused)
         return web.json_response({"name": name})
 
     async def delete(request: web.Request) -> web.Response:
@@ -129,6 +168,8 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         return web.json_response({"stopping": True})
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app[DASHBOARD_KEY] = dashboard
+    app.add_routes(dashboard.routes())
     app.add_routes([
         web.get("/api/v1/status", status),
         web.post("/api/v1/releases", add),

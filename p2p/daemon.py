@@ -24,9 +24,11 @@ from llamashare import __version__
 from llamashare.errors import LlamashareError
 from llamashare.fsio import atomic_write
 from llamashare.p2p.api import make_app
+from llamashare.p2p.dashboard import DASHBOARD_KEY
 from llamashare.p2p.home import Home
 from llamashare.p2p.node import Node
 from llamashare.p2p.settings import NetworkOptions
+from llamashare.store import Store
 
 POLL_EVERY = 0.05  # at the latest; alerts and finished hash jobs wake the loop sooner
 MIN_POLL_GAP = 0.005  # at the earliest: a burst of alerts is handled in one poll
@@ -98,19 +100,25 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
     port = sock.getsockname()[1]
     info = {"pid": os.getpid(), "api_port": port, "listen_port": node.listen_port, "version": __version__,
             "home": str(home.root), "started_at": time.time()}  # fmt: skip
-    runner = web.AppRunner(make_app(node, token, port, request_stop, info), access_log=None)
+    app = make_app(node, token, port, request_stop, info, Store(home.models_dir))
+    dashboard = app[DASHBOARD_KEY]
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     atomic_write(home.info_file, json.dumps(info).encode())
     log.info("daemon %s up: api 127.0.0.1:%d, listen port %d, restored %s", __version__, port, node.listen_port, restored or "nothing")
-    last_resume = time.monotonic()
+    last_resume = last_sample = time.monotonic()
     try:
         while not stop.is_set():
             tick.clear()
             node.poll()
-            if time.monotonic() - last_resume > RESUME_EVERY:
+            now = time.monotonic()
+            if now - last_resume > RESUME_EVERY:
                 node.save_resume_data()
-                last_resume = time.monotonic()
+                last_resume = now
+            if now - last_sample >= 1.0:
+                dashboard.sample()  # the page's rate charts
+                last_sample = now
             try:
                 await asyncio.wait_for(tick.wait(), POLL_EVERY)
             except asyncio.TimeoutError:
@@ -119,6 +127,7 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
     finally:
         log.info("daemon stopping: saving resume data")
         home.info_file.unlink(missing_ok=True)
+        dashboard.close()
         await runner.cleanup()
         loop.remove_reader(wake_r)
         node.close()

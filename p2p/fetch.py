@@ -19,7 +19,7 @@ from llamashare.p2p.client import DaemonClient, start_daemon
 from llamashare.p2p.home import Home
 
 POLL = 0.2
-FINISHED = ("seeding", "done seeding", "complete")
+FINISHED = ("seeding", "done seeding", "complete", "paused")
 
 
 class FetchError(LlamashareError):
@@ -82,6 +82,9 @@ def fetch(home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callabl
             raise FetchError(f"{manifest.name}: {status['error']}")
         if status["state"] in FINISHED and status["verified"] == status["selected"]:
             return status
+        if status["state"] == "paused":
+            raise FetchError(f"{manifest.name}: paused by the user ({status['verified']} of {status['selected']} "
+                             "files verified); fetch it again to resume")  # fmt: skip
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
             why = f" (last tracker error: {status['tracker_error']})" if status["tracker_error"] else ""
             raise FetchError(f"{manifest.name}: not complete after {opts.timeout:.0f}s, "

@@ -63,6 +63,7 @@ class State(str, enum.Enum):
     VERIFYING = "verifying"
     SEEDING = "seeding"
     DONE = "done seeding"  # target reached: stopped, files kept
+    PAUSED = "paused"  # stopped by the user until resumed (kept across restarts)
     COMPLETE = "complete"  # verified, not seeding (--no-seed)
     ERROR = "error"
 
@@ -90,6 +91,7 @@ class ReleaseSpec:
     #: has yet, and the next only once that one shows up elsewhere, so the swarm, not the origin's
     #: uplink, carries the copies. Ends by itself once every piece has been seen at some peer.
     initial_seeding: bool = False
+    paused: bool = False  # the user stopped it (dashboard or API); nothing moves until resumed
     added_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -390,7 +392,10 @@ class Node:
         if set_priorities:
             atp.file_priorities = priorities  # (setting priorities at all would end seed mode)
         atp.flags &= ~lt.torrent_flags.auto_managed
-        atp.flags &= ~lt.torrent_flags.paused
+        if spec.paused:
+            atp.flags |= lt.torrent_flags.paused
+        else:
+            atp.flags &= ~lt.torrent_flags.paused
         # libtorrent puts a torrent in upload mode after a disk error and saves that in its
         # resume data; a restart (or retry) is the moment to try writing again.
         atp.flags &= ~lt.torrent_flags.upload_mode
@@ -423,8 +428,11 @@ class Node:
         folder.rmdir()
 
     def retry(self, name: str) -> None:
-        """Clear a release's error (disk freed, permissions fixed) and carry on where it stood."""
+        """Clear a release's error (disk freed, permissions fixed) and carry on where it stood;
+        a paused release is resumed (asking for it again means wanting it)."""
         release = self._get(name)
+        if release.spec.paused:
+            self.set_paused(name, False)
         if release.state is not State.ERROR:
             return
         release.error, release.state, release.rechecks = None, State.CHECKING, 0
@@ -437,10 +445,25 @@ class Node:
         release = self._get(name)
         release.spec.ratio, release.spec.seed_time = ratio, seed_time
         self._save_spec(release)
-        if release.state is State.DONE and not self._target_reached(release):
+        if release.state is State.DONE and not release.spec.paused and not self._target_reached(release):
             for h in release.handles:
                 h.resume()
             release.state = State.SEEDING
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        """Stop a release's transfers until resumed; saved, so a restarted daemon keeps it so.
+        Resuming hands it back to the loop, which works out its state again (seeding, done, …)."""
+        release = self._get(name)
+        if release.spec.paused == paused:
+            return
+        if release.state is State.ERROR:
+            raise ReleaseError(f"{name} is in error ({release.error}); fetch it again to retry")
+        release.spec.paused = paused
+        self._save_spec(release)
+        for h in release.handles:
+            h.pause() if paused else h.resume()
+        release.state = State.PAUSED if paused else State.CHECKING
+        log.info("%s: %s by the user", name, "paused" if paused else "resumed")
 
     def _save_spec(self, release: Release) -> None:
         atomic_write(self.state_dir / "releases" / release.spec.name / "spec.json", release.spec.to_json().encode())
@@ -543,6 +566,9 @@ class Node:
         release.downloaded_bytes = sum(s.all_time_download for s in statuses)
         release.uploaded_bytes = sum(s.all_time_upload for s in statuses)
         release.seeded_seconds = max(_seconds(s.finished_duration) for s in statuses)
+        if release.spec.paused:
+            release.state = State.PAUSED
+            return
         if release.state in (State.DONE, State.COMPLETE):
             return
         st = statuses[release.via_twin]
@@ -704,6 +730,7 @@ class Node:
                 "upload_rate": sum(s.upload_payload_rate for s in statuses),
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
+                "seeded_seconds": round(r.seeded_seconds, 1), "paused": r.spec.paused,
                 "seed_forever": r.spec.seed_forever, "initial_seeding": r.initial_seeding,
                 "peers": sum(s.num_peers for s in statuses),
                 "seeds": sum(s.num_seeds for s in statuses), "via": "v1 twin" if r.via_twin else "hybrid",

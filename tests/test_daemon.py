@@ -103,7 +103,7 @@ def test_api_refuses_without_token_and_foreign_hosts(tmp_path: Path, homes) -> N
 
     good = {"Authorization": f"Bearer {client.token}"}
     assert code(good) == 200
-    assert code({}) == 403
+    assert code({}) == 401  # no credentials at all
     assert code({"Authorization": "Bearer wrong"}) == 403
     assert code({**good, "Host": "evil.example:80"}) == 403  # DNS rebinding
     assert code({**good, "Origin": "http://evil.example"}) == 403  # cross-site
