@@ -726,7 +726,9 @@ class Node:
                 "name": name, "version": r.manifest.version, "license": r.manifest.license.splitlines()[0],
                 "dir": r.spec.save_dir, "state": r.state.value, "error": r.error, "tracker_error": r.tracker_error,
                 "size": r.selected_size, "done": st.total_wanted_done, "progress": st.progress,
-                "download_rate": sum(s.download_payload_rate for s in statuses),
+                # libtorrent's rate is an average that decays for seconds after the last byte; a
+                # seed downloads nothing, so it says 0 rather than a made-up trickle.
+                "download_rate": sum(s.download_payload_rate for s in statuses if not s.is_seeding),
                 "upload_rate": sum(s.upload_payload_rate for s in statuses),
                 "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
                 "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,

@@ -67,7 +67,9 @@ function drawChart(canvas, points, now) {
   g.clearRect(0, 0, width, height);
   const style = getComputedStyle(document.documentElement);
   const top = Math.max(1, ...points.map((p) => Math.max(p[1], p[2])));
-  const x = (t) => width - ((now - t) / KEEP_SECONDS) * width;
+  // The window grows with the history, from one minute up to KEEP_SECONDS.
+  const span = Math.min(KEEP_SECONDS, Math.max(60, points.length ? now - points[0][0] : 0));
+  const x = (t) => width - ((now - t) / span) * width;
   const y = (v) => height - 2 - (v / top) * (height - 14);
   g.strokeStyle = style.getPropertyValue("--line");
   g.beginPath(); g.moveTo(0, height - 1.5); g.lineTo(width, height - 1.5); g.stroke();
@@ -80,7 +82,7 @@ function drawChart(canvas, points, now) {
   }
   g.fillStyle = style.getPropertyValue("--muted");
   g.font = "10px system-ui, sans-serif";
-  g.fillText(`peak ${rate(top)} · last ${KEEP_SECONDS / 60} min`, 4, 10);
+  g.fillText(`↓ ↑ peak ${rate(top)} · last ${Math.round(span / 60)} min`, 4, 10);
 }
 
 function keepRecent(points, now) {
