@@ -28,7 +28,9 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-DEBIAN_PEERS = {"opentracker": "opentracker", "aria2c": "aria2", "mktorrent": "mktorrent"}
+#: program → Debian package: peers for the swarm tests, and the dashboard tests' real browser.
+DEBIAN_PEERS = {"opentracker": "opentracker", "aria2c": "aria2", "mktorrent": "mktorrent",
+                "chromium": "chromium", "chromedriver": "chromium-driver"}  # fmt: skip
 _install_tried = False
 
 

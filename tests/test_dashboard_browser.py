@@ -3,7 +3,6 @@ selenium): a real local swarm (opentracker, three daemons), the real CLI's one-t
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,11 +13,10 @@ from llamashare.manifests.create import ReleaseInfo, create_release, write_relea
 from llamashare.p2p.client import DaemonClient, start_daemon
 from llamashare.p2p.fetch import release_status
 from tests.helpers import cli
-from tests.peers import Tracker
+from tests.peers import Tracker, require
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 UPLOAD_LIMIT = 256 * 1024  # node a's uplink: slow enough to watch its ratio climb
 
@@ -29,16 +27,15 @@ def browser(tmp_path: Path) -> Iterator:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), "apt-get install chromium chromium-driver (.ci/run does)"
     options = Options()
-    options.binary_location = CHROMIUM
+    options.binary_location = require("chromium")
     # No sandbox (tests run as root); no background traffic: this machine's network is closed.
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1000,1100", "--force-device-scale-factor=1"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to check the page logs no error
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(require("chromedriver")), options=options)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
