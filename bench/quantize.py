@@ -31,7 +31,7 @@ from measure import measure, warm_page_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
+TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 LEGACY = set(TYPES[:5])
 
 

@@ -65,7 +65,7 @@ _ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "f16": fp16,
     "bf16": to_bf16,
     **dict.fromkeys(("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"), _q8_blocks),
-    **dict.fromkeys(("q4_k", "q5_k", "q6_k"), _q8_k_blocks),
+    **dict.fromkeys(("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"), _q8_k_blocks),
 }
 
 

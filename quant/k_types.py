@@ -260,3 +260,152 @@ class Q6_K(QuantType, ggml=T.Q6_K):
         high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
         q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(n, 16, 16)
         return ((d * sc) * q).reshape(n, QK_K)
+
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(n, 256) levels 0..3 → (n, 64): value 128·h + 32·j + l goes to bits 2j of byte 32·h + l."""
+    q = L.reshape(-1, 2, 4, 32)
+    return (q[:, :, 0] | q[:, :, 1] << 2 | q[:, :, 2] << 4 | q[:, :, 3] << 6).reshape(-1, 64)
+
+
+def _unpack_2bit(qs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_2bit`: (n, 64) → (n, 256) levels 0..3."""
+    q = qs.reshape(-1, 2, 1, 32)
+    return ((q >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3).reshape(-1, QK_K)
+
+
+class Q2_K(QuantType, ggml=T.Q2_K):
+    """Q2_K: 16 sub-blocks of 16, 2-bit levels, a 4-bit scale and 4-bit min each against two
+    float16 super-scales (``d``, ``dmin``). Layout: scales[16], qs[64], d, dmin."""
+
+    fp16_fields = (80, 82)
+
+    @classmethod
+    def _quantize(cls, b: np.ndarray) -> np.ndarray:
+        n = b.shape[0]
+        x = _columns(b, 16)
+        levels, scales, mins = make_qkx2_quants(x, np.abs(x), 3, -0.5, 0.1, 15, use_mad=True)
+        scales, mins = scales.reshape(n, 16), mins.reshape(n, 16)
+        max_scale = np.maximum(scales.max(axis=1), F32(0))
+        max_min = np.maximum(mins.max(axis=1), F32(0))
+        # C: int l = nearest_int(15/max · s); scales[j] = l (a uint8, so wrapped); then |= l << 4
+        ls = nearest_int(_divide(F32(15), max_scale)[:, None] * scales) & 0xFF
+        ls = np.where((max_scale > 0)[:, None], ls, 0)
+        lm = nearest_int(_divide(F32(15), max_min)[:, None] * mins)
+        sc = np.where((max_min > 0)[:, None], (ls | (lm << 4)) & 0xFF, ls).astype(np.uint8)
+        d = np.where(max_scale > 0, max_scale / F32(15), F32(0))
+        dmin = np.where(max_min > 0, max_min / F32(15), F32(0))
+        # second pass against the scales as stored
+        dl = (fp16(d)[:, None] * (sc & 0x0F)).reshape(-1)
+        ml = (fp16(dmin)[:, None] * (sc >> 4)).reshape(-1)
+        redo = np.clip(nearest_int(_divide(x + ml, dl)), 0, 3).astype(F32)
+        levels = np.where(dl != 0, redo, levels)
+        qs = _pack_2bit(_rows(levels, n).astype(np.uint8))
+        return np.concatenate([sc, qs, fp16_bytes(d), fp16_bytes(dmin)], axis=1)
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
+        sc = blocks[:, 0:16]
+        d, dmin = fp16_field(blocks, 80), fp16_field(blocks, 82)
+        dl = (d * (sc & 0x0F))[:, :, None]
+        ml = (dmin * (sc >> 4))[:, :, None]
+        q = _unpack_2bit(blocks[:, 16:80]).reshape(-1, 16, 16)
+        return (dl * q - ml).reshape(-1, QK_K)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (n, m): levels (n, m) in 0..2·nmax-1 and a signed scale with
+    ``scale·(L - nmax)`` ≈ x — ggml's make_q3_quants with do_rmse: start from the max-magnitude
+    grid, then up to five passes that move one level at a time while the weighted fit improves.
+
+    Each pass walks the values in order and every accepted move changes the sums the next value
+    is judged by, so the loop runs over values (rows) and is vectorised across columns."""
+    mx = first_absmax(x, axis=0)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    iscale = F32(-nmax) / np.where(zero, F32(1), mx)
+    L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
+    w = x * x
+    wx = w * x
+    sumlx = seq_sum(wx * L)
+    suml2 = seq_sum(w * L * L)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(5):
+            changed = np.zeros(x.shape[1], dtype=bool)
+            for i in range(x.shape[0]):
+                li, wi, wxi = L[i], w[i], wx[i]
+                slx = sumlx - wxi * li
+                sl2 = suml2 - wi * li * li
+                new = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1).astype(F32)
+                slx_new = slx + wxi * new
+                sl2_new = sl2 + wi * new * new
+                take = ((slx > 0) & (new != li) & (sl2_new > 0)
+                        & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new))  # fmt: skip
+                if take.any():
+                    L[i] = np.where(take, new, li)
+                    sumlx = np.where(take, slx_new, sumlx)
+                    suml2 = np.where(take, sl2_new, suml2)
+                    changed |= take
+            if not changed.any():  # a pass without a move leaves nothing for the next one
+                break
+        scale = np.where(zero, F32(0), sumlx / np.where(zero, F32(1), suml2))
+    levels = np.where(zero, F32(0), L + F32(nmax))  # C leaves an all-zero group's L at 0
+    return levels.astype(np.uint8), scale.astype(F32)
+
+
+class Q3_K(QuantType, ggml=T.Q3_K):
+    """Q3_K: 16 sub-blocks of 16, 3-bit signed levels (two low bits in ``qs``, the third in
+    ``hmask``), 6-bit signed scales against one float16 ``d``. Layout: hmask[32], qs[64],
+    scales[12], d."""
+
+    fp16_fields = (108,)
+
+    @classmethod
+    def _quantize(cls, b: np.ndarray) -> np.ndarray:
+        n = b.shape[0]
+        x = _columns(b, 16)
+        levels, scales = make_q3_quants(x, 4)
+        scales = scales.reshape(n, 16)
+        max_scale = first_absmax(scales, axis=1)
+        has = max_scale != 0
+        iscale = F32(-32) / np.where(has, max_scale, F32(1))
+        l6 = nearest_int(iscale[:, None] * scales)
+        l6 = ((l6 + 128) & 0xFF) - 128  # C: int8_t l = nearest_int(...)
+        l6 = np.where(has[:, None], np.clip(l6, -32, 31) + 32, 0).astype(np.uint8)
+        d = np.where(has, F32(1) / iscale, F32(0))
+        sc = (l6.astype(np.int16) - 32).astype(F32)  # the scales as stored, -32..31
+        dl = (fp16(d)[:, None] * sc).reshape(-1)
+        redo = (np.clip(nearest_int(_divide(x, dl)), -4, 3) + 4).astype(np.uint8)
+        levels = np.where(dl != 0, redo, levels)
+        L = _rows(levels, n)
+        high = L > 3
+        hmask = np.bitwise_or.reduce(high.reshape(n, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+        qs = _pack_2bit(np.where(high, L - 4, L).astype(np.uint8))
+        return np.concatenate([hmask, qs, _pack_scales_k3(l6), fp16_bytes(d)], axis=1)
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
+        n = blocks.shape[0]
+        d = fp16_field(blocks, 108)
+        dl = (d * (_unpack_scales_k3(blocks[:, 96:108]).astype(np.int16) - 32))[:, :, None]
+        low = _unpack_2bit(blocks[:, 32:96]).astype(np.int8)
+        high = (blocks[:, None, 0:32] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # (n, 8, 32)
+        q = (low - np.where(high.reshape(n, QK_K) != 0, np.int8(0), np.int8(4))).reshape(n, 16, 16)
+        return (dl * q).reshape(n, QK_K)
+
+
+def _pack_scales_k3(l6: np.ndarray) -> np.ndarray:
+    """16 six-bit scales (n, 16) → ggml's 12 bytes: low nibbles of 0..7 and 8..15 share bytes
+    0..7; the top two bits of scale j go to byte 8 + j%4 at bit 2·(j//4)."""
+    low = l6 & 0x0F
+    top = (l6 >> 4).reshape(-1, 4, 4)  # [j//4][j%4]
+    out = np.empty((l6.shape[0], 12), dtype=np.uint8)
+    out[:, 0:8] = low[:, 0:8] | (low[:, 8:16] << 4)
+    out[:, 8:12] = top[:, 0] | top[:, 1] << 2 | top[:, 2] << 4 | top[:, 3] << 6
+    return out
+
+
+def _unpack_scales_k3(s: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_scales_k3`: (n, 12) → (n, 16) in 0..63."""
+    low = np.concatenate([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=1)
+    top = (s[:, None, 8:12] >> (2 * np.arange(4, dtype=np.uint8))[None, :, None]) & 3  # (n, j//4, j%4)
+    return low | (top.reshape(-1, 16) << 4)

@@ -46,9 +46,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("Q4_K_S", FT.MOSTLY_Q4_K_S, "q4_k", "Q4_K, Q5_K for the first attn_v and ffn_down"),
     Preset("Q4_1", FT.MOSTLY_Q4_1, "q4_1", "legacy 4-bit with minimum"),
     Preset("Q4_0", FT.MOSTLY_Q4_0, "q4_0", "legacy 4-bit"),
+    Preset("Q3_K_L", FT.MOSTLY_Q3_K_L, "q3_k", "Q3_K, Q5_K for attn_v, attn_output and ffn_down"),
+    Preset("Q3_K_M", FT.MOSTLY_Q3_K_M, "q3_k", "Q3_K, Q4_K/Q5_K for attn_v, attn_output and ffn_down"),
+    Preset("Q3_K_S", FT.MOSTLY_Q3_K_S, "q3_k", "Q3_K throughout: large quality loss"),
+    Preset("Q2_K", FT.MOSTLY_Q2_K, "q2_k", "Q2_K, Q3_K/Q4_K for attn_v, attn_output and ffn_down: extreme loss"),
 ]}  # fmt: skip
 #: llama-quantize's short names for the recommended K presets.
-ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 
 def preset(name: str) -> Preset:
@@ -106,7 +110,7 @@ class Model:
     n_expert: int = 0
 
 
-_FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 
 
 def _fallback(t: str, n_cols: int) -> str:
@@ -149,20 +153,34 @@ def plan(tensors: list[tuple[str, tuple[int, ...], str]], p: Preset, model: Mode
                 elif t != "q8_0":
                     t = "q6_k"
             elif cat == "attn_v":
-                if ftype in (FT.MOSTLY_Q4_K_M, FT.MOSTLY_Q5_K_M) and use_more_bits(i_attn_v, n_attn_v):
+                if ftype == FT.MOSTLY_Q2_K:
+                    t = "q4_k" if model.n_head >= 4 * model.n_head_kv else "q3_k"
+                elif ftype == FT.MOSTLY_Q3_K_M:
+                    t = "q5_k" if i_attn_v < 2 else "q4_k"
+                elif ftype == FT.MOSTLY_Q3_K_L:
+                    t = "q5_k"
+                elif ftype in (FT.MOSTLY_Q4_K_M, FT.MOSTLY_Q5_K_M) and use_more_bits(i_attn_v, n_attn_v):
                     t = "q6_k"
                 elif ftype == FT.MOSTLY_Q4_K_S and i_attn_v < 4:
                     t = "q5_k"
-                if model.n_layer == 80 and model.n_head != model.n_head_kv and t == "q4_k":
+                if model.n_layer == 80 and model.n_head != model.n_head_kv and t in ("q3_k", "q4_k"):
                     t = "q5_k"  # LLaMA-2/3 70B: attn_v is 8× smaller than attn_q, more bits are cheap
                 i_attn_v += 1
             elif cat == "ffn_down":
                 i, n = i_ffn_down, model.n_layer
-                if ftype in (FT.MOSTLY_Q4_K_M, FT.MOSTLY_Q5_K_M) and use_more_bits(i, n):
+                if ftype == FT.MOSTLY_Q2_K:
+                    t = "q3_k"
+                elif ftype == FT.MOSTLY_Q3_K_M:
+                    t = "q5_k" if i < n // 16 else "q4_k"
+                elif ftype == FT.MOSTLY_Q3_K_L:
+                    t = "q5_k"
+                elif ftype in (FT.MOSTLY_Q4_K_M, FT.MOSTLY_Q5_K_M) and use_more_bits(i, n):
                     t = "q6_k"
                 elif ftype == FT.MOSTLY_Q4_K_S and i < n // 8:
                     t = "q5_k"
                 i_ffn_down += 1
+            elif cat == "attn_output":
+                t = {FT.MOSTLY_Q2_K: "q3_k", FT.MOSTLY_Q3_K_M: "q4_k", FT.MOSTLY_Q3_K_L: "q5_k"}.get(ftype, t)
         out[name] = _fallback(t, shape[0])
     return out
 

@@ -312,16 +312,16 @@ def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> Non
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    # a tensor type no quantizer here writes (Q2_K): same model, one tensor's type id changed
+    # a tensor type llamashare does not handle (IQ2_XXS): same model, one tensor's type id changed
     data = bytearray(src.read_bytes())
     t = next(t for t in gguf.GGUFReader(src).tensors if t.name == "blk.0.attn_q.weight")
     type_at = t.field.offset + sum(p.nbytes for p in t.field.parts[:-2])  # parts: name len, name, n_dims, dims, type, offset
-    data[type_at:type_at + 4] = int(gguf.GGMLQuantizationType.Q2_K).to_bytes(4, "little")
-    (tmp_path / "q2k.gguf").write_bytes(bytes(data))
+    data[type_at:type_at + 4] = int(gguf.GGMLQuantizationType.IQ2_XXS).to_bytes(4, "little")
+    (tmp_path / "iq2.gguf").write_bytes(bytes(data))
     (tmp_path / "cut.gguf").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     cases = {
         "gpt2.gguf": "architecture 'gpt2' is not supported",
-        "q2k.gguf": "blk.0.attn_q.weight: tensor type Q2_K is not supported",
+        "iq2.gguf": "blk.0.attn_q.weight: tensor type IQ2_XXS is not supported",
         "cut.gguf": "truncated",
     }
     for name, message in cases.items():

@@ -22,7 +22,7 @@ from llamashare.quant.quantize import quantize_file
 from llamashare.sample import SampleConfig, write_sample_model
 from tests import ggml_ref
 
-QUANT_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
+QUANT_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 LEGACY = QUANT_TYPES[:5]
 #: A sample whose rows are multiples of 256, so every K-quant rule and type is exercised.
 K_CONFIG = SampleConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=8)
@@ -171,7 +171,7 @@ def test_file_is_byte_identical_to_llama_quantize(preset: str, k_model: Path, tm
     assert report.bytes_out < k_model.stat().st_size or preset in ("F16", "BF16")
 
 
-@pytest.mark.parametrize("preset,extra", [("Q4_K_M", ()), ("Q4_0", ()), ("Q6_K", ("--pure",))])
+@pytest.mark.parametrize("preset,extra", [("Q4_K_M", ()), ("Q3_K_M", ()), ("Q2_K", ()), ("Q4_0", ()), ("Q6_K", ("--pure",))])
 def test_fallback_rules_match_llama_quantize(preset: str, extra: tuple[str, ...], tmp_path: Path) -> None:
     """The default sample's rows are 128 and 344 wide: K types fall back to Q5_0/Q8_0, and 344
     is not a multiple of 32 either, so ffn_down goes to F16 — all as llama.cpp decides."""
