@@ -13,8 +13,7 @@ a prompt of --prompt-tokens tokens evaluated as one batch (prompt processing, to
 
 Beside the speeds: the memory-bandwidth limit of generation, bytes read per token ÷ measured
 read bandwidth (a 512 MiB float32 matrix-vector product through NumPy's BLAS, 2 threads). The
-f32 engine reads its float32 weights every token (Q8_0 matrices: their blocks); streamed and
-llama.cpp read the file's blocks.
+f32 engine reads its float32 weights every token; streamed and llama.cpp read the file's blocks.
 Target (issue 7): generation and prompt processing ≥ 0.5× llama.cpp at Q8_0.
 """
 

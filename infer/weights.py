@@ -110,11 +110,9 @@ class _Matrix:
 
 
 class Dense(_Matrix):
-    """A float32 copy of the matrix: 4 bytes per weight, multiplied by BLAS. Single tokens of
-    Q8_0 go to the blocks instead (1.06 bytes per weight and a cheap decode: faster here, see the
-    README's inference benchmark); for the other types BLAS on float32 was as fast or faster."""
-
-    on_blocks = frozenset({"q8_0"})
+    """A float32 copy of the matrix: 4 bytes per weight, multiplied by BLAS. Its single tokens
+    stay on BLAS too: alternating BLAS's threads with the kernels' (numba's) made both wait for
+    each other (generation 3× slower where a Q4_K_M file mixes float32 and Q8_0 products)."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         super().__init__(raw, qtype)

@@ -181,7 +181,7 @@ def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny) -> None:  # 
 @pytest.mark.parametrize("preset", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q5_K_S", "Q6_K"])
 def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:  # type: ignore[no-untyped-def]
     """A prompt batch (slabs of dequantized rows) and then single tokens (the block kernels) agree
-    with float32 copies; and with float32 copies Q8_0's single tokens go to the kernel too.
+    with float32 copies.
     Single tokens agree to a few percent, not to float32 rounding: the kernels add in another
     order, and llama.cpp's activation rounding is a step function, so a last-bit difference can
     move one activation by a whole rounding step (seen: 2% of the largest logit with Q6_K)."""
@@ -193,7 +193,7 @@ def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:  # ty
     for token in (5, 6, 7):
         a, b = streamed.forward([token]), dense.forward([token])
         assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
-    assert (dense.token_bytes < dense.weight_bytes) == (preset == "Q8_0")
+    assert dense.token_bytes == dense.weight_bytes > 3 * streamed.token_bytes
 
 
 def test_cache_reuse_gives_the_same_logits(tiny) -> None:  # type: ignore[no-untyped-def]
