@@ -209,19 +209,6 @@ def nearest_int(x: np.ndarray) -> np.ndarray:
         return np.rint(x).astype(np.int32)
 
 
-def roundf(x: np.ndarray) -> np.ndarray:
-    """C ``roundf``: round half away from zero (``np.rint`` rounds half to even).
-
-    trunc(x) + trunc(2·frac): the fraction and its double are exact in float32, so this is
-    exact where ``trunc(x + 0.5)`` is not (0.49999997 + 0.5 rounds up to 1.0)."""
-    r = np.trunc(x)
-    frac = x - r
-    frac *= F32(2)
-    np.trunc(frac, out=frac)
-    r += frac
-    return r
-
-
 def seq_sum(terms: np.ndarray) -> np.ndarray:
     """Sum over axis 0, in index order, starting from +0.0 — C's ``float s = 0; for (...) s += t[i]``.
 
