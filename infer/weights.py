@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 
-from llamashare.infer import kernels
 from llamashare.quant.qtype import QuantType, first_absmax, fp16
 
 F32 = np.float32
@@ -92,6 +91,8 @@ class _Matrix:
     def product(self, x: np.ndarray) -> np.ndarray:
         """x (already through ``feed``) times the matrix."""
         if x.ndim == 2 and x.shape[0] == 1 and self.qtype.name in self.on_blocks:
+            from llamashare.infer import kernels  # numba loads only for the matrices that use it
+
             return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
         return self.batch_product(x)
 
@@ -130,7 +131,7 @@ class Streamed(_Matrix):
     """The matrix left as GGUF blocks in the memory map: single tokens multiply the blocks, a
     batch dequantizes a slab of rows at a time."""
 
-    on_blocks = frozenset(kernels.KERNELS)
+    on_blocks = frozenset({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})  # kernels.KERNELS
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         super().__init__(raw, qtype)

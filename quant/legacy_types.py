@@ -11,12 +11,9 @@ arrays of blocks.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import gguf
 import numpy as np
 
-from llamashare.quant import legacy_kernels as kernels
 from llamashare.quant.qtype import F32, QuantType, fp16_bytes, fp16_field
 
 T = gguf.GGMLQuantizationType
@@ -30,9 +27,14 @@ def _unpack_fifth_bits(qh: np.ndarray) -> np.ndarray:
     return np.unpackbits(qh, axis=1, bitorder="little") << 4
 
 
-def _compiled(cls: type[QuantType], kernel: Callable, b: np.ndarray) -> np.ndarray:
-    """Run ``kernel`` over the blocks ``b``; it fills the codes and returns the float32 scale
-    (and minimum) per block, which go into the float16 fields at the front of each block."""
+def _compiled(cls: type[QuantType], b: np.ndarray) -> np.ndarray:
+    """Run the type's compiled kernel over the blocks ``b``; it fills the codes and the float32
+    scale (and minimum) per block, which go into the float16 fields at the front of each block.
+    Imported here, not at the top: numba costs ~0.4 s and ~120 MiB to load, which reading and
+    dequantizing never need."""
+    from llamashare.quant import legacy_kernels
+
+    kernel = getattr(legacy_kernels, cls.name)
     out = np.empty((b.shape[0], cls.type_size), dtype=np.uint8)
     fields = [np.empty(b.shape[0], dtype=F32) for _ in cls.fp16_fields]
     kernel(np.ascontiguousarray(b, dtype=F32), out, *fields)
@@ -48,7 +50,7 @@ class Q8_0(QuantType, ggml=T.Q8_0):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        return _compiled(cls, kernels.q8_0, b)
+        return _compiled(cls, b)
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
@@ -63,7 +65,7 @@ class Q4_0(QuantType, ggml=T.Q4_0):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        return _compiled(cls, kernels.q4_0, b)
+        return _compiled(cls, b)
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
@@ -79,7 +81,7 @@ class Q4_1(QuantType, ggml=T.Q4_1):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        return _compiled(cls, kernels.q4_1, b)
+        return _compiled(cls, b)
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
@@ -95,7 +97,7 @@ class Q5_0(QuantType, ggml=T.Q5_0):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        return _compiled(cls, kernels.q5_0, b)
+        return _compiled(cls, b)
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:
@@ -111,7 +113,7 @@ class Q5_1(QuantType, ggml=T.Q5_1):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        return _compiled(cls, kernels.q5_1, b)
+        return _compiled(cls, b)
 
     @classmethod
     def _dequantize(cls, blocks: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from llamashare.infer import kernels
-from llamashare.infer.weights import round_activations
+from llamashare.infer.weights import Streamed, round_activations
 from llamashare.quant.qtype import lookup
 
 TYPES = sorted(kernels.KERNELS)
@@ -61,6 +61,10 @@ def test_real_weights(smollm2: Path) -> None:
         x = rng.standard_normal(w.shape[1]).astype(np.float32)
         for name in TYPES:
             check(name, w, x)
+
+
+def test_streamed_matrices_use_every_kernel() -> None:
+    assert Streamed.on_blocks == set(kernels.KERNELS)
 
 
 def test_every_kernel_reads_its_own_layout() -> None:
