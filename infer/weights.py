@@ -76,10 +76,7 @@ def round_activations(qtype: type[QuantType]) -> Callable[[np.ndarray], np.ndarr
 
 
 class _Matrix:
-    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies. A single
-    token's product runs on the GGUF blocks (kernels.py) for the types in ``on_blocks``."""
-
-    on_blocks: frozenset[str] = frozenset()
+    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         self.raw, self.qtype = raw, qtype
@@ -90,19 +87,12 @@ class _Matrix:
 
     def product(self, x: np.ndarray) -> np.ndarray:
         """x (already through ``feed``) times the matrix."""
-        if x.ndim == 2 and x.shape[0] == 1 and self.qtype.name in self.on_blocks:
-            from llamashare.infer import kernels  # numba loads only for the matrices that use it
-
-            return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
-        return self.batch_product(x)
-
-    def batch_product(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     @property
     def token_bytes(self) -> int:
         """Bytes of weights one generated token reads through this matrix."""
-        return self.raw.nbytes if self.qtype.name in self.on_blocks else self.nbytes
+        raise NotImplementedError
 
     @property
     def nbytes(self) -> int:
@@ -119,8 +109,12 @@ class Dense(_Matrix):
         super().__init__(raw, qtype)
         self.w = qtype.dequantize(raw)  # (out, in)
 
-    def batch_product(self, x: np.ndarray) -> np.ndarray:
+    def product(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w.T
+
+    @property
+    def token_bytes(self) -> int:
+        return self.w.nbytes
 
     @property
     def nbytes(self) -> int:
@@ -128,8 +122,9 @@ class Dense(_Matrix):
 
 
 class Streamed(_Matrix):
-    """The matrix left as GGUF blocks in the memory map: single tokens multiply the blocks, a
-    batch dequantizes a slab of rows at a time."""
+    """The matrix left as GGUF blocks in the memory map: a single token of a type in
+    ``on_blocks`` multiplies the blocks (kernels.py), anything else dequantizes a slab of rows at
+    a time."""
 
     on_blocks = frozenset({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})  # kernels.KERNELS
 
@@ -137,7 +132,11 @@ class Streamed(_Matrix):
         super().__init__(raw, qtype)
         self.step = max(1, STREAM_BYTES // (4 * raw.shape[1] * qtype.block_size // qtype.type_size))
 
-    def batch_product(self, x: np.ndarray) -> np.ndarray:
+    def product(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 2 and x.shape[0] == 1 and self.qtype.name in self.on_blocks:
+            from llamashare.infer import kernels  # numba loads only when a kernel runs
+
+            return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
         out = np.empty((*x.shape[:-1], self.raw.shape[0]), dtype=F32)
         for r in range(0, self.raw.shape[0], self.step):
             out[..., r:r + self.step] = x @ self.qtype.dequantize(self.raw[r:r + self.step]).T
