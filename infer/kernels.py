@@ -3,16 +3,20 @@
 Why. Generating a token reads every weight once, so its speed is bytes read ÷ memory bandwidth.
 A float32 copy costs 4 bytes per weight; the blocks cost 1.06 (Q8_0), 0.69 (Q5_0), 0.56 (Q4_K).
 NumPy has no kernel that multiplies blocks without first dequantizing them into a float32 array
-(a full extra pass through memory), so these are plain loops compiled by numba: each weight is
-decoded in registers and multiplied at once; LLVM vectorizes the inner loops and ``prange``
-splits the rows over the cores. Prompt processing keeps using float32 matrix × matrix (BLAS
-reuses every weight across the batch; there these kernels would be slower).
+(a full extra pass through memory), so these are loops compiled by numba: each weight is decoded
+in registers and multiplied at once, eight at a time (simd.py), and ``prange`` splits the rows
+over the cores. Prompt processing keeps using float32 matrix × matrix (BLAS reuses every weight
+across the batch; there these kernels would be slower).
+
+Shape of a kernel. A row is walked block by block; eight lanes ``s`` gather the block's code ×
+value products, ``acc = d·s + acc`` scales them lane-wise by the block's factor, and the lanes are
+added once, at the end of the row. Offsets that multiply every value of a block (Q4_0's −8, the
+mins of Q4_1 and the K-quants) are applied to the block's sum of ``x`` instead, in one scalar.
 
 Numerics. ``x`` arrives already rounded the way llama.cpp rounds activations for the weight type
 (``weights.round_activations``), so each product is the sum llama.cpp computes, in another
-order: ggml adds integer codes then scales each block, these add code × rounded value per block
-in float32 (``fastmath`` lets LLVM reorder that sum into SIMD lanes) and scale each block.
-Blocks are read through a uint8 view; float16 scales through a 65 536-entry table.
+order: ggml adds integer codes then scales each block, these add code × rounded value in float32
+lanes. Blocks are read through a uint8 view; float16 scales through a 65 536-entry table.
 
 Layouts are ggml's (ggml-common.h), as quant/legacy_types.py and quant/k_types.py write them.
 """
@@ -23,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 from numba import njit, prange
+
+from llamashare.infer import simd as V
 
 F32 = np.float32
 #: float16 bit pattern → float32 value.
@@ -37,53 +43,48 @@ def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
 
 
 @njit(**_inline)
-def _dot(q, x):  # type: ignore[no-untyped-def]
-    """Integer codes · float32 values, over two slices (slices let LLVM vectorize)."""
-    s = F32(0)
-    for i in range(q.shape[0]):
-        s += F32(q[i]) * x[i]
-    return s
-
-
-@njit(**_inline)
-def _dot_nibbles(q, x):  # type: ignore[no-untyped-def]
-    """16 bytes of nibbles (value i low, value i+16 high) · 32 float32 values."""
-    s = F32(0)
-    for i in range(16):
-        s += F32(q[i] & 15) * x[i] + F32(q[i] >> 4) * x[16 + i]
-    return s
-
-
-@njit(**_inline)
 def _row_q8_0(row, x, xs, half):  # type: ignore[no-untyped-def]
     """34-byte blocks: float16 d, 32 int8 codes; value = d·q."""
-    acc = F32(0)
+    acc = V.zero()
     for b in range(x.shape[0] // 32):
         o, j = b * 34, b * 32
-        acc += _half(row, o, half) * _dot(row[o + 2:o + 34].view(np.int8), x[j:j + 32])
-    return acc
+        s = V.mul(V.int8s(row, o + 2), V.floats(x, j))
+        for g in range(8, 32, 8):
+            s = V.fma(V.int8s(row, o + 2 + g), V.floats(x, j + g), s)
+        acc = V.fma(V.splat(_half(row, o, half)), s, acc)
+    return V.total(acc)
+
+
+@njit(**_inline)
+def _dot_nibbles(row, at, x, j):  # type: ignore[no-untyped-def]
+    """16 bytes of nibbles at ``at`` (value i low, value i+16 high) · x[j:j+32], in lanes."""
+    s = V.mul(V.field(row, at, 0, 15), V.floats(x, j))
+    s = V.fma(V.field(row, at + 8, 0, 15), V.floats(x, j + 8), s)
+    s = V.fma(V.field(row, at, 4, 15), V.floats(x, j + 16), s)
+    return V.fma(V.field(row, at + 8, 4, 15), V.floats(x, j + 24), s)
 
 
 @njit(**_inline)
 def _row_q4_0(row, x, xs, half):  # type: ignore[no-untyped-def]
     """18-byte blocks: float16 d, 16 bytes of nibbles (value i low, i+16 high); value = d·(q-8)."""
-    acc = F32(0)
+    acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
-        o, j = b * 18, b * 32
-        s = _dot_nibbles(row[o + 2:o + 18], x[j:j + 32])
-        acc += _half(row, o, half) * (s - F32(8) * xs[b])
-    return acc
+        o = b * 18
+        d = _half(row, o, half)
+        acc = V.fma(V.splat(d), _dot_nibbles(row, o + 2, x, b * 32), acc)
+        off += d * xs[b]
+    return V.total(acc) - F32(8) * off
 
 
 @njit(**_inline)
 def _row_q4_1(row, x, xs, half):  # type: ignore[no-untyped-def]
     """20-byte blocks: float16 d and m, 16 bytes of nibbles; value = d·q + m."""
-    acc = F32(0)
+    acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
-        o, j = b * 20, b * 32
-        s = _dot_nibbles(row[o + 4:o + 20], x[j:j + 32])
-        acc += _half(row, o, half) * s + _half(row, o + 2, half) * xs[b]
-    return acc
+        o = b * 20
+        acc = V.fma(V.splat(_half(row, o, half)), _dot_nibbles(row, o + 4, x, b * 32), acc)
+        off += _half(row, o + 2, half) * xs[b]
+    return V.total(acc) + off
 
 
 @njit(**_inline)
@@ -94,36 +95,37 @@ def _fifth_bits(row, at):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _dot_q5(q, qh, x):  # type: ignore[no-untyped-def]
-    """16 bytes of nibbles plus the 32 fifth bits in ``qh`` · 32 float32 values."""
-    s = F32(0)
-    for i in range(16):
-        lo = (q[i] & 15) | (((qh >> i) & 1) << 4)
-        hi = (q[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)
-        s += F32(lo) * x[i] + F32(hi) * x[16 + i]
+def _dot_q5(row, at, qh, x, j):  # type: ignore[no-untyped-def]
+    """16 bytes of nibbles at ``at`` plus the 32 fifth bits in ``qh`` · x[j:j+32], in lanes."""
+    sixteen = V.splat(16)
+    s = V.zero()
+    for g in range(4):  # values 8g..8g+7: nibble 4·(g//2) of bytes 8·(g%2).., fifth bits 8g..
+        q = V.fma(sixteen, V.lane_bits(qh, 8 * g), V.field(row, at + 8 * (g % 2), 4 * (g // 2), 15))
+        s = V.fma(q, V.floats(x, j + 8 * g), s)
     return s
 
 
 @njit(**_inline)
 def _row_q5_0(row, x, xs, half):  # type: ignore[no-untyped-def]
     """22-byte blocks: float16 d, 4 bytes of fifth bits, 16 bytes of nibbles; value = d·(q-16)."""
-    acc = F32(0)
+    acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
         o = b * 22
-        s = _dot_q5(row[o + 6:o + 22], _fifth_bits(row, o + 2), x[b * 32:b * 32 + 32])
-        acc += _half(row, o, half) * (s - F32(16) * xs[b])
-    return acc
+        d = _half(row, o, half)
+        acc = V.fma(V.splat(d), _dot_q5(row, o + 6, _fifth_bits(row, o + 2), x, b * 32), acc)
+        off += d * xs[b]
+    return V.total(acc) - F32(16) * off
 
 
 @njit(**_inline)
 def _row_q5_1(row, x, xs, half):  # type: ignore[no-untyped-def]
     """24-byte blocks: float16 d and m, fifth bits, nibbles; value = d·q + m."""
-    acc = F32(0)
+    acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
         o = b * 24
-        s = _dot_q5(row[o + 8:o + 24], _fifth_bits(row, o + 4), x[b * 32:b * 32 + 32])
-        acc += _half(row, o, half) * s + _half(row, o + 2, half) * xs[b]
-    return acc
+        acc = V.fma(V.splat(_half(row, o, half)), _dot_q5(row, o + 8, _fifth_bits(row, o + 4), x, b * 32), acc)
+        off += _half(row, o + 2, half) * xs[b]
+    return V.total(acc) + off
 
 
 @njit(**_inline)
@@ -137,71 +139,45 @@ def _scale_min_k4(row, at, k):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _dot_k4(q, x):  # type: ignore[no-untyped-def]
-    """32 bytes of nibbles · 64 values: (low nibbles · first 32, high nibbles · last 32)."""
-    lo = F32(0)
-    hi = F32(0)
-    for i in range(32):
-        lo += F32(q[i] & 15) * x[i]
-        hi += F32(q[i] >> 4) * x[32 + i]
-    return lo, hi
+def _dot_k(row, at, high, qh, bit, x, j):  # type: ignore[no-untyped-def]
+    """32 codes · x[j:j+32], in lanes: nibble ``high`` (0 low, 1 high) of the 32 bytes at ``at``,
+    plus (when ``qh`` ≥ 0) bit ``bit`` of the 32 bytes at ``qh`` as the fifth bit (Q5_K)."""
+    s = V.zero()
+    for g in range(0, 32, 8):
+        q = V.field(row, at + g, 4 * high, 15)
+        if qh >= 0:
+            q = V.fma(V.splat(16), V.field(row, qh + g, bit, 1), q)
+        s = V.fma(q, V.floats(x, j + g), s)
+    return s
 
 
 @njit(**_inline)
-def _dot_k5(q, qh, shift, x):  # type: ignore[no-untyped-def]
-    """As ``_dot_k4``, the fifth bits taken from bits ``shift`` and ``shift+1`` of ``qh``."""
-    lo = F32(0)
-    hi = F32(0)
-    for i in range(32):
-        h = qh[i] >> shift
-        lo += F32((q[i] & 15) | ((h & 1) << 4)) * x[i]
-        hi += F32((q[i] >> 4) | ((h & 2) << 3)) * x[32 + i]
-    return lo, hi
+def _row_q45_k(row, x, xs, half, size, qh, qs):  # type: ignore[no-untyped-def]
+    """Q4_K (144-byte super-blocks of 256: float16 d and dmin, 12 bytes of 6-bit scales and mins,
+    128 bytes of nibbles, each 32 bytes holding sub-block 2c low and 2c+1 high; value =
+    d·sc·q - dmin·m) and Q5_K (176 bytes: the same with 32 bytes of fifth bits at ``qh`` — bit
+    2c of byte i for sub-block 2c's value i, bit 2c+1 for 2c+1's)."""
+    acc, off = V.zero(), F32(0)
+    for b in range(x.shape[0] // 256):
+        o, j = b * size, b * 256
+        d, dmin = _half(row, o, half), _half(row, o + 2, half)
+        for k in range(8):  # sub-blocks of 32: k = 2c + high
+            c, high = k // 2, k % 2
+            sc, m = _scale_min_k4(row, o + 4, k)
+            s = _dot_k(row, o + qs + 32 * c, high, o + qh if qh >= 0 else -1, k, x, j + 32 * k)
+            acc = V.fma(V.splat(d * sc), s, acc)
+            off += dmin * m * xs[b * 8 + k]
+    return V.total(acc) - off
 
 
 @njit(**_inline)
 def _row_q4_k(row, x, xs, half):  # type: ignore[no-untyped-def]
-    """144-byte super-blocks of 256: float16 d and dmin, 12 bytes of 6-bit scales and mins, 128
-    bytes of nibbles (each 32 bytes: sub-block 2c low, 2c+1 high); value = d·sc·q - dmin·m."""
-    acc = F32(0)
-    for b in range(x.shape[0] // 256):
-        o, j = b * 144, b * 256
-        d, dmin = _half(row, o, half), _half(row, o + 2, half)
-        for c in range(4):
-            lo, hi = _dot_k4(row[o + 16 + 32 * c:o + 48 + 32 * c], x[j + 64 * c:j + 64 * c + 64])
-            sc, m = _scale_min_k4(row, o + 4, 2 * c)
-            acc += d * sc * lo - dmin * m * xs[b * 8 + 2 * c]
-            sc, m = _scale_min_k4(row, o + 4, 2 * c + 1)
-            acc += d * sc * hi - dmin * m * xs[b * 8 + 2 * c + 1]
-    return acc
+    return _row_q45_k(row, x, xs, half, 144, -1, 16)
 
 
 @njit(**_inline)
 def _row_q5_k(row, x, xs, half):  # type: ignore[no-untyped-def]
-    """176-byte super-blocks: as Q4_K with 32 bytes of fifth bits (bit 2c of byte i: sub-block
-    2c's value i, bit 2c+1: sub-block 2c+1's) between the scales and the nibbles."""
-    acc = F32(0)
-    for b in range(x.shape[0] // 256):
-        o, j = b * 176, b * 256
-        d, dmin = _half(row, o, half), _half(row, o + 2, half)
-        for c in range(4):
-            lo, hi = _dot_k5(row[o + 48 + 32 * c:o + 80 + 32 * c], row[o + 16:o + 48], 2 * c,
-                             x[j + 64 * c:j + 64 * c + 64])
-            sc, m = _scale_min_k4(row, o + 4, 2 * c)
-            acc += d * sc * lo - dmin * m * xs[b * 8 + 2 * c]
-            sc, m = _scale_min_k4(row, o + 4, 2 * c + 1)
-            acc += d * sc * hi - dmin * m * xs[b * 8 + 2 * c + 1]
-    return acc
-
-
-@njit(**_inline)
-def _dot_k6(ql, low_shift, qh, high_shift, x):  # type: ignore[no-untyped-def]
-    """16 six-bit codes (4 bits of ``ql``, 2 of ``qh``, centred on 32) · 16 values."""
-    s = F32(0)
-    for i in range(16):
-        q = ((ql[i] >> low_shift) & 15) | (((qh[i] >> high_shift) & 3) << 4)
-        s += (F32(q) - F32(32)) * x[i]
-    return s
+    return _row_q45_k(row, x, xs, half, 176, 16, 48)
 
 
 @njit(**_inline)
@@ -209,18 +185,22 @@ def _row_q6_k(row, x, xs, half):  # type: ignore[no-untyped-def]
     """210-byte super-blocks: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales (one per
     16 values), float16 d; value = d·scale·(q-32). Each half of 128 values is four quarters of
     32: quarter k takes nibble k//2 of ql[k%2·32 + i] and bits 2k..2k+1 of qh[i]."""
-    acc = F32(0)
+    acc = V.zero()
+    sixteen, centre = V.splat(16), V.splat(32)
     for b in range(x.shape[0] // 256):
         o, j = b * 210, b * 256
         d = _half(row, o + 208, half)
         for n in range(2):
             ql, qh, sc = o + 64 * n, o + 128 + 32 * n, o + 192 + 8 * n
             for k in range(4):
-                for g in range(2):  # two scales per quarter
+                for g in range(2):  # two scales per quarter, one per 16 values
                     at, v = ql + 32 * (k % 2) + 16 * g, j + 128 * n + 32 * k + 16 * g
-                    s = _dot_k6(row[at:at + 16], 4 * (k // 2), row[qh + 16 * g:qh + 16 * g + 16], 2 * k, x[v:v + 16])
-                    acc += d * F32(np.int8(row[sc + 2 * k + g])) * s
-    return acc
+                    s = V.zero()
+                    for h in range(0, 16, 8):
+                        q = V.fma(sixteen, V.field(row, qh + 16 * g + h, 2 * k, 3), V.field(row, at + h, 4 * (k // 2), 15))
+                        s = V.fma(V.sub(q, centre), V.floats(x, v + h), s)
+                    acc = V.fma(V.splat(d * F32(np.int8(row[sc + 2 * k + g]))), s, acc)
+    return V.total(acc)
 
 
 # One driver per type: numba inlines a row function called by name, not one passed as an argument.

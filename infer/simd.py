@@ -1,0 +1,167 @@
+"""Eight float32 lanes for numba kernels: the handful of vector operations kernels.py needs.
+
+Why. Left to itself, LLVM vectorizes a block kernel's inner loop as a reduction: every 32-value
+block ends in a horizontal sum, and the loop around it carries bounds and remainder checks. That
+ran at 3.6 G weights/s per core. With explicit vectors a kernel keeps eight partial sums in one
+register across the whole row, scales them by each block's factor lane-wise, and adds the lanes
+once at the end — 14.7 G weights/s on the same core (Q8_0), 4× faster.
+
+How. ``F8`` is a numba type whose machine value is LLVM's ``<8 x float>``; each function below is
+a numba intrinsic that emits a few lines of target-independent LLVM IR, which LLVM lowers to AVX
+(one register), SSE or NEON (two). Arithmetic carries the ``fast`` flag: sums may be reordered and
+``a*b+c`` fused, the same licence the kernels' ``fastmath`` gives.
+
+Loads read eight elements starting at index ``i`` with no bounds check: the caller's loop bounds
+are the only guard, as in C.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, models, register_model
+
+LANES = 8
+_FLOAT = ir.FloatType()
+_VEC = ir.VectorType(_FLOAT, LANES)
+_I32 = ir.IntType(32)
+_FAST = ("fast",)
+
+
+class _F8Type(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="F8")
+
+
+F8 = _F8Type()
+
+
+@register_model(_F8Type)
+class _F8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """``value`` in every lane of a vector of its type."""
+    vec = ir.VectorType(value.type, LANES)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Value:  # type: ignore[no-untyped-def]
+    """Eight elements of array ``arr`` from index ``i``, as an LLVM vector."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    ptr = builder.bitcast(builder.gep(data, [i]), ir.VectorType(elem, LANES).as_pointer())
+    return builder.load(ptr, align=align)
+
+
+@intrinsic
+def zero(typingctx):  # type: ignore[no-untyped-def]
+    """Eight zeros."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(_VEC, [0.0] * LANES)
+
+    return F8(), codegen
+
+
+@intrinsic
+def splat(typingctx, x):  # type: ignore[no-untyped-def]
+    """A number in all eight lanes."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
+
+    return F8(x), codegen
+
+
+@intrinsic
+def floats(typingctx, a, i):  # type: ignore[no-untyped-def]
+    """a[i:i+8] of a float32 array."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _load(context, builder, sig.args[0], args[0], args[1], _FLOAT, 4)
+
+    return F8(a, i), codegen
+
+
+@intrinsic
+def int8s(typingctx, a, i):  # type: ignore[no-untyped-def]
+    """a[i:i+8] of a uint8 array read as signed bytes."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.sitofp(_load(context, builder, sig.args[0], args[0], args[1], ir.IntType(8), 1), _VEC)
+
+    return F8(a, i), codegen
+
+
+@intrinsic
+def field(typingctx, a, i, shift, mask):  # type: ignore[no-untyped-def]
+    """(a[i:i+8] >> shift) & mask of a uint8 array: nibbles, 2-bit and 1-bit fields of packed codes."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        byte = ir.IntType(8)
+        b = _load(context, builder, sig.args[0], args[0], args[1], byte, 1)
+        s = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8))
+        m = _splat(builder, context.cast(builder, args[3], sig.args[3], types.uint8))
+        return builder.uitofp(builder.and_(builder.lshr(b, s), m), _VEC)
+
+    return F8(a, i, shift, mask), codegen
+
+
+@intrinsic
+def lane_bits(typingctx, word, first):  # type: ignore[no-untyped-def]
+    """Bits first..first+7 of a 32-bit word, lane k holding bit first+k (Q5_0/Q5_1 fifth bits)."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        w = _splat(builder, context.cast(builder, args[0], sig.args[0], types.uint32))
+        at = builder.add(_splat(builder, context.cast(builder, args[1], sig.args[1], types.uint32)),
+                         ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))  # fmt: skip
+        one = ir.Constant(ir.VectorType(_I32, LANES), [1] * LANES)
+        return builder.uitofp(builder.and_(builder.lshr(w, at), one), _VEC)
+
+    return F8(word, first), codegen
+
+
+def _binary(op: str, doc: str):  # type: ignore[no-untyped-def]
+    @intrinsic
+    def f(typingctx, a, b):  # type: ignore[no-untyped-def]
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            return getattr(builder, op)(args[0], args[1], flags=_FAST)
+
+        return F8(F8, F8), codegen
+
+    f.__doc__ = doc
+    return f
+
+
+add = _binary("fadd", "a + b, lane by lane.")
+sub = _binary("fsub", "a - b, lane by lane.")
+mul = _binary("fmul", "a · b, lane by lane.")
+
+
+@intrinsic
+def fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]
+    """a · b + c, lane by lane (one fused instruction where the CPU has it)."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fadd(builder.fmul(args[0], args[1], flags=_FAST), args[2], flags=_FAST)
+
+    return F8(F8, F8, F8), codegen
+
+
+@intrinsic
+def total(typingctx, a):  # type: ignore[no-untyped-def]
+    """The sum of the eight lanes (halving: 4 + 4, 2 + 2, 1 + 1)."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v, n = args[0], LANES
+        while n > 1:
+            n //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+            v = builder.fadd(lo, hi, flags=_FAST)
+        return builder.extract_element(v, ir.Constant(_I32, 0))
+
+    return types.float32(F8), codegen
