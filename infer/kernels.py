@@ -14,7 +14,7 @@ added once, at the end of the row. Offsets that multiply every value of a block 
 mins of Q4_1 and the K-quants) are applied to the block's sum of ``x`` instead, in one scalar.
 
 Numerics. ``x`` arrives already rounded the way llama.cpp rounds activations for the weight type
-(``weights.round_activations``), so each product is the sum llama.cpp computes, in another
+(``activations.round_activations``), so each product is the sum llama.cpp computes, in another
 order: ggml adds integer codes then scales each block, these add code × rounded value in float32
 lanes. Blocks are read through a uint8 view; float16 scales through a 65 536-entry table.
 

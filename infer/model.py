@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamashare.errors import InferenceError
+from llamashare.infer.activations import round_half
 from llamashare.infer.model_file import Config, ModelFile
 from llamashare.infer.weights import Dense, Matrix, Streamed, project
-from llamashare.quant.qtype import fp16
 
 F32 = np.float32
 #: Context size when none is asked for (capped by the model's training context).
@@ -174,15 +174,15 @@ class Llama:
             q = rope(q.reshape(t, cfg.n_head, hd), cos, sin)
             k = rope(k.reshape(t, nkv, hd), cos, sin)
             v = v.reshape(t, nkv, hd)
-            cache.k[li, :, start:end] = fp16(k).transpose(1, 0, 2)
-            cache.v[li, :, start:end] = fp16(v).transpose(1, 0, 2)
+            cache.k[li, :, start:end] = round_half(k).transpose(1, 0, 2)
+            cache.v[li, :, start:end] = round_half(v).transpose(1, 0, 2)
             # queries grouped by the kv head they share: (nkv, group·T, hd)
-            qg = fp16(q).reshape(t, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * t, hd)
+            qg = round_half(q).reshape(t, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * t, hd)
             att = (qg @ cache.k[li, :, :end].transpose(0, 2, 1)).reshape(nkv, group, t, end)
             att = att * scale + mask
             att = np.exp(att - att.max(axis=-1, keepdims=True))
             att *= (1.0 / att.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(F32)
-            y = fp16(att).reshape(nkv, group * t, end) @ cache.v[li, :, :end]  # (nkv, group·T, hd)
+            y = round_half(att).reshape(nkv, group * t, end) @ cache.v[li, :, :end]  # (nkv, group·T, hd)
             y = y.reshape(nkv, group, t, hd).transpose(2, 0, 1, 3).reshape(t, cfg.n_embd)
             x = x + layer.wo(y)
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)

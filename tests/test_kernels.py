@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from llamashare.infer import kernels
-from llamashare.infer.weights import Streamed, round_activations
+from llamashare.infer.activations import round_activations
+from llamashare.infer.weights import Dense, Streamed
 from llamashare.quant.qtype import lookup
 
 TYPES = sorted(kernels.KERNELS)
@@ -64,7 +65,7 @@ def test_real_weights(smollm2: Path) -> None:
 
 
 def test_streamed_matrices_use_every_kernel() -> None:
-    assert Streamed.on_blocks == set(kernels.KERNELS)
+    assert Streamed.on_blocks == Dense.on_blocks == set(kernels.KERNELS)
 
 
 def test_every_kernel_reads_its_own_layout() -> None:

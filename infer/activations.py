@@ -1,0 +1,122 @@
+"""The rounding llama.cpp applies to activations, as compiled loops.
+
+llama.cpp never multiplies a quantized weight by a float32 activation: it first converts the
+activation row to the weight type's ``vec_dot_type`` (Q8_0 blocks for Q4_0/Q5_0/Q8_0, Q8_1 for
+Q4_1/Q5_1, Q8_K for the K-quants, float16 for F16, bfloat16 for BF16) and multiplies those.
+``round_activations`` applies the same conversion and turns the result back into float32, so a
+float32 product over dequantized weights computes the same sum up to summation order. Without
+it, logits differ from llama.cpp's by the activation quantization error (~1%), enough to flip
+greedy choices between near-equal tokens. The key/value cache and the attention products go
+through float16 the same way (``round_half``).
+
+Why loops. A generated token rounds ~120 short rows; as NumPy expressions each took a dozen
+calls (~25 µs), 3 ms a token. Compiled, a row is one call. Every function returns new float32
+values; tests/test_activations.py checks them bit for bit against NumPy's float16 casts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from numba import njit
+
+from llamashare.quant.qtype import QuantType
+
+F32 = np.float32
+_HALF_MIN_NORMAL = 2.0**-14  # below: float16 subnormals, a fixed step of 2^-24
+_HALF_OVERFLOW = 65520.0  # from here float16 rounds to infinity (max finite 65504)
+
+
+@njit(cache=True)
+def _half(v):  # type: ignore[no-untyped-def]
+    """float32 → float16 (nearest, ties to even) → float32, in float64 arithmetic (exact here)."""
+    a = abs(float(v))
+    if a != a:
+        return v  # NaN stays NaN
+    if a >= _HALF_OVERFLOW:
+        r = math.inf
+    elif a < _HALF_MIN_NORMAL:
+        r = np.rint(a * 2.0**24) * 2.0**-24
+    else:
+        m, e = math.frexp(a)  # a = m·2^e, m in [0.5, 1): float16 keeps 11 bits of m
+        r = math.ldexp(np.rint(m * 2048.0) / 2048.0, e)
+    return F32(math.copysign(r, v))
+
+
+@njit(cache=True)
+def _round_half(x, out):  # type: ignore[no-untyped-def]
+    for i in range(x.shape[0]):
+        out[i] = _half(x[i])
+
+
+def round_half(x: np.ndarray) -> np.ndarray:
+    """Each value through float16 (``GGML_FP32_TO_FP16``, nearest even) and back."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    out = np.empty_like(x)
+    _round_half(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(cache=True)
+def _round_q8_0(x, out):  # type: ignore[no-untyped-def]
+    """ggml-cpu's AVX2 quantize_row_q8_0 and back: per 32 values, scale amax/127 stored as
+    float16, codes rint(x·127/amax)."""
+    for b in range(x.shape[0] // 32):
+        amax = F32(0)
+        for i in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[i]))
+        inv = F32(127) / amax if amax > 0 else F32(0)
+        d = _half(amax / F32(127))
+        for i in range(32 * b, 32 * b + 32):
+            out[i] = np.rint(x[i] * inv) * d
+
+
+@njit(cache=True)
+def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
+    """quantize_row_q8_K_ref and back: per 256 values, float32 scale from the signed value of
+    largest magnitude (the first on ties), codes min(rint(x·−127/max), 127)."""
+    for b in range(x.shape[0] // 256):
+        mx, amax = F32(0), F32(0)
+        for i in range(256 * b, 256 * b + 256):
+            if abs(x[i]) > amax:
+                amax, mx = abs(x[i]), x[i]
+        if amax == 0:
+            out[256 * b:256 * b + 256] = 0
+            continue
+        iscale = F32(-127) / mx
+        d = F32(1) / iscale
+        for i in range(256 * b, 256 * b + 256):
+            out[i] = min(np.rint(x[i] * iscale), F32(127)) * d
+
+
+def _rows(kernel: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    def rounded(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=F32)
+        out = np.empty_like(x)
+        kernel(x.reshape(-1), out.reshape(-1))  # rows are whole blocks, so blocks never straddle rows
+        return out
+
+    return rounded
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 → the float32 value of its bfloat16 (round to nearest even, as ggml does)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+    return np.where(np.isnan(x), x, rounded.view(F32))
+
+
+_ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "f32": lambda x: x,
+    "f16": round_half,
+    "bf16": to_bf16,
+    **dict.fromkeys(("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"), _rows(_round_q8_0)),
+    **dict.fromkeys(("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"), _rows(_round_q8_k)),
+}
+
+
+def round_activations(qtype: type[QuantType]) -> Callable[[np.ndarray], np.ndarray]:
+    """The conversion llama.cpp applies to activations multiplied by a ``qtype`` matrix."""
+    return _ROUNDING[qtype.name]
