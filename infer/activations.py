@@ -16,33 +16,21 @@ values; tests/test_activations.py checks them bit for bit against NumPy's float1
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 from numba import njit
 
+from llamashare.infer.simd import through_half
 from llamashare.quant.qtype import QuantType
 
 F32 = np.float32
-_HALF_MIN_NORMAL = 2.0**-14  # below: float16 subnormals, a fixed step of 2^-24
-_HALF_OVERFLOW = 65520.0  # from here float16 rounds to infinity (max finite 65504)
 
 
 @njit(cache=True)
 def _half(v):  # type: ignore[no-untyped-def]
-    """float32 → float16 (nearest, ties to even) → float32, in float64 arithmetic (exact here)."""
-    a = abs(float(v))
-    if a != a:
-        return v  # NaN stays NaN
-    if a >= _HALF_OVERFLOW:
-        r = math.inf
-    elif a < _HALF_MIN_NORMAL:
-        r = np.rint(a * 2.0**24) * 2.0**-24
-    else:
-        m, e = math.frexp(a)  # a = m·2^e, m in [0.5, 1): float16 keeps 11 bits of m
-        r = math.ldexp(np.rint(m * 2048.0) / 2048.0, e)
-    return F32(math.copysign(r, v))
+    """float32 → float16 (nearest, ties to even) → float32."""
+    return through_half(F32(v))
 
 
 @njit(cache=True)

@@ -203,6 +203,37 @@ def _row_q6_k(row, x, xs, half):  # type: ignore[no-untyped-def]
     return V.total(acc)
 
 
+@njit(**_inline)
+def _halves(row, at, brain):  # type: ignore[no-untyped-def]
+    return V.bhalves(row, at) if brain else V.halves(row, at)
+
+
+@njit(**_inline)
+def _row_halves(row, x, brain):  # type: ignore[no-untyped-def]
+    """F16 (``brain`` false) and BF16 rows, 2 bytes per value. Each 32 values sum in their own
+    lanes before joining ``acc``, so additions to it do not wait on one another."""
+    acc = V.zero()
+    n = x.shape[0] // 32 * 32
+    for j in range(0, n, 32):
+        s = V.mul(_halves(row, 2 * j, brain), V.floats(x, j))
+        for g in range(8, 32, 8):
+            s = V.fma(_halves(row, 2 * (j + g), brain), V.floats(x, j + g), s)
+        acc = V.add(s, acc)
+    for j in range(n, x.shape[0], 8):  # rows are a whole number of 8 values (see ``fits``)
+        acc = V.fma(_halves(row, 2 * j, brain), V.floats(x, j), acc)
+    return V.total(acc)
+
+
+@njit(**_inline)
+def _row_f16(row, x, xs, half):  # type: ignore[no-untyped-def]
+    return _row_halves(row, x, False)
+
+
+@njit(**_inline)
+def _row_bf16(row, x, xs, half):  # type: ignore[no-untyped-def]
+    return _row_halves(row, x, True)
+
+
 # One driver per type: numba inlines a row function called by name, not one passed as an argument.
 _parallel = {"parallel": True, "fastmath": True, "cache": True}
 
@@ -255,15 +286,36 @@ def _mv_q6_k(w, x, xs, half, out):  # type: ignore[no-untyped-def]
         out[r] = _row_q6_k(w[r], x, xs, half)
 
 
+@njit(**_parallel)
+def _mv_f16(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+    for r in prange(w.shape[0]):
+        out[r] = _row_f16(w[r], x, xs, half)
+
+
+@njit(**_parallel)
+def _mv_bf16(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+    for r in prange(w.shape[0]):
+        out[r] = _row_bf16(w[r], x, xs, half)
+
+
 #: type name → (matrix × vector, values per sum in ``xs``: 0 when unused).
 KERNELS: dict[str, tuple[Callable, int]] = {
     "q8_0": (_mv_q8_0, 0), "q4_0": (_mv_q4_0, 32), "q4_1": (_mv_q4_1, 32), "q5_0": (_mv_q5_0, 32),
     "q5_1": (_mv_q5_1, 32), "q4_k": (_mv_q4_k, 32), "q5_k": (_mv_q5_k, 32), "q6_k": (_mv_q6_k, 0),
+    "f16": (_mv_f16, 0), "bf16": (_mv_bf16, 0),
 }  # fmt: skip
+
+
+def fits(type_name: str, n_per_row: int) -> bool:
+    """Whether a kernel multiplies rows of ``n_per_row`` values of this type (block types: any
+    whole number of blocks; F16/BF16: a multiple of 8, the lane count)."""
+    return type_name in KERNELS and (type_name not in ("f16", "bf16") or n_per_row % V.LANES == 0)
 
 
 def matvec(type_name: str, blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``blocks`` (rows, row bytes) uint8 of ``type_name`` times the float32 vector ``x``."""
+    if not fits(type_name, x.shape[0]):
+        raise ValueError(f"no kernel for rows of {x.shape[0]} {type_name} values")
     kernel, group = KERNELS[type_name]
     x = np.ascontiguousarray(x, dtype=F32)
     xs = x.reshape(-1, group).sum(axis=1, dtype=F32) if group else x[:1]

@@ -135,6 +135,8 @@ class Llama:
         factors = vector("rope_freqs.weight") if "rope_freqs.weight" in mf.tensors else None
         self.cos, self.sin = rope_tables(cfg, self.n_ctx, factors)
         self.cache = KVCache(cfg, self.n_ctx)
+        self.forward([0])  # loads the compiled kernels (~0.3 s from numba's cache) now, not in the first token
+        self.reset()
 
     def _matrices(self) -> list[Matrix]:
         return [m for layer in self.layers for m in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate,

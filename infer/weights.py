@@ -1,8 +1,8 @@
 """Weight matrices for the forward pass: which representation multiplies what.
 
 Every matrix keeps its GGUF blocks (the memory map). A single generated token multiplies the
-blocks themselves where a kernel exists (kernels.py: every quantized type but Q2_K/Q3_K), reading
-0.5–1 byte per weight; nothing is faster for a matrix × vector, which reads each weight once.
+blocks themselves where a kernel exists (kernels.py: every type but F32, Q2_K and Q3_K), reading
+0.5–2 bytes per weight; nothing is faster for a matrix × vector, which reads each weight once.
 
 A prompt's batch reuses every weight for many tokens, so it wants BLAS's float32 matrix × matrix.
 ``Dense`` keeps a float32 copy for that (4 bytes per weight, made once at load; also used for
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llamashare.infer import kernels
 from llamashare.infer.activations import round_activations
 from llamashare.quant.qtype import QuantType
 
@@ -28,16 +29,13 @@ STREAM_BYTES = 16 << 20
 
 class _Matrix:
     """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies. A single
-    token of a type in ``on_blocks`` multiplies the GGUF blocks themselves (kernels.py: they read
-    0.5–1 byte per weight where a float32 copy reads 4, at 3–14 G weights/s per core); a batch
-    goes to ``batch_product``, which each representation does its own way."""
-
-    on_blocks = frozenset({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})  # kernels.KERNELS
+    token multiplies the GGUF blocks themselves where a kernel exists (``kernel``); a batch goes
+    to ``batch_product``, which each representation does its own way."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         self.raw, self.qtype = raw, qtype
         self.feed = round_activations(qtype)
-        self.kernel = qtype.name in self.on_blocks
+        self.kernel = kernels.fits(qtype.name, raw.shape[1] // qtype.type_size * qtype.block_size)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.product(self.feed(x))
@@ -45,8 +43,6 @@ class _Matrix:
     def product(self, x: np.ndarray) -> np.ndarray:
         """x (already through ``feed``) times the matrix."""
         if self.kernel and x.ndim == 2 and x.shape[0] == 1:
-            from llamashare.infer import kernels  # numba loads only when a kernel runs
-
             return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
         return self.batch_product(x)
 

@@ -20,6 +20,11 @@ from llamashare.quant.qtype import lookup
 TYPES = sorted(kernels.KERNELS)
 
 
+def block(name: str) -> int:
+    """Values per block; 32 for the float types (one value per block), so rows are whole lanes."""
+    return max(lookup(name).block_size, 32)
+
+
 def check(name: str, w: np.ndarray, x: np.ndarray) -> None:
     q = lookup(name)
     blocks = q.quantize(w)
@@ -45,7 +50,7 @@ def test_random_rows(name: str) -> None:
 def test_zero_constant_and_one_sided_blocks(name: str) -> None:
     """Zero rows (scale 0), constant rows, all-positive rows (the _1/K types' minimum carries them)
     and activations that are zero in whole blocks."""
-    cols = lookup(name).block_size * 4
+    cols = block(name) * 4
     w = np.stack([np.zeros(cols), np.full(cols, 0.5), np.linspace(0.1, 3, cols), -np.linspace(0.1, 3, cols)])
     x = np.linspace(-1, 1, cols)
     x[: cols // 4] = 0
@@ -64,14 +69,22 @@ def test_real_weights(smollm2: Path) -> None:
             check(name, w, x)
 
 
-def test_streamed_matrices_use_every_kernel() -> None:
-    assert Streamed.on_blocks == Dense.on_blocks == set(kernels.KERNELS)
+def test_matrices_use_a_kernel_where_one_fits() -> None:
+    rng = np.random.default_rng(5)
+    for name in [*TYPES, "f32", "q2_k", "q3_k"]:
+        q = lookup(name)
+        raw = q.quantize(rng.standard_normal((3, 512)).astype(np.float32))
+        assert Dense(raw, q).kernel == Streamed(raw, q).kernel == (name in kernels.KERNELS)
+    odd = lookup("f16").quantize(np.ones((2, 36), np.float32))
+    assert not Dense(odd, lookup("f16")).kernel and not kernels.fits("f16", 36) and kernels.fits("f16", 40)
+    with pytest.raises(ValueError, match="no kernel"):
+        kernels.matvec("f16", odd, np.ones(36, np.float32))
 
 
 def test_every_kernel_reads_its_own_layout() -> None:
     """A block size or layout mix-up would show as a wrong product on a row whose blocks all
     differ: here each block holds its own ramp."""
     for name in TYPES:
-        bs = lookup(name).block_size
+        bs = block(name)
         w = (np.arange(bs * 4, dtype=np.float32) % 37 - 18) * np.repeat(np.arange(1, 5, dtype=np.float32), bs)
         check(name, w[None], np.cos(np.arange(bs * 4, dtype=np.float32)))
