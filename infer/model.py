@@ -1,4 +1,4 @@
-"""The LLaMA forward pass in NumPy: one page to read, top to bottom.
+"""The LLaMA forward pass: one page to read, top to bottom.
 
     x = embedding[tokens]
     for each layer:
@@ -11,8 +11,11 @@
     logits = rms_norm(x) * output_norm  Wout
 
 Prompt processing passes all its tokens through each matrix at once (matrix × matrix), generation
-one token (matrix × vector). Where llama.cpp rounds an intermediate, this does too, so the two
-agree to float32 summation order: activations entering a matrix product (see weights.py), the
+one token (matrix × vector, on the quantized blocks: weights.py). The arithmetic is NumPy, except
+where NumPy's per-call cost dominated a single token: the block kernels, activation rounding
+and attention are compiled loops (kernels.py, activations.py, attention.py).
+Where llama.cpp rounds an intermediate, this does too, so the two
+agree to float32 summation order: activations entering a matrix product (activations.py), the
 key/value cache (float16 by default in llama.cpp), queries and attention weights entering the
 float16 cache products. RoPE angles are built the way ggml builds them, by repeated float32
 multiplication.
@@ -27,6 +30,7 @@ import numpy as np
 
 from llamashare.errors import InferenceError
 from llamashare.infer.activations import round_half
+from llamashare.infer.attention import attend
 from llamashare.infer.model_file import Config, ModelFile
 from llamashare.infer.weights import Dense, Matrix, Streamed, project
 
@@ -165,11 +169,9 @@ class Llama:
             raise InferenceError(f"token ids must be in 0..{cfg.n_vocab - 1}")
         x = self.embd_type.dequantize(self.embd_raw[ids])  # (T, C)
         cos, sin = self.cos[start:start + t], self.sin[start:start + t]
-        hd, nkv, group = cfg.head_dim, cfg.n_head_kv, cfg.n_head // cfg.n_head_kv
+        hd, nkv = cfg.head_dim, cfg.n_head_kv
         end = start + t
-        # causal mask over the cache: query i (position start+i) sees keys 0..start+i
-        mask = np.triu(np.full((t, end), -np.inf, dtype=F32), k=start + 1)
-        scale = F32(1.0 / np.sqrt(hd))
+        scale = 1.0 / np.sqrt(hd)
         for li, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
             q, k, v = project(h, layer.wq, layer.wk, layer.wv)
@@ -178,14 +180,7 @@ class Llama:
             v = v.reshape(t, nkv, hd)
             cache.k[li, :, start:end] = round_half(k).transpose(1, 0, 2)
             cache.v[li, :, start:end] = round_half(v).transpose(1, 0, 2)
-            # queries grouped by the kv head they share: (nkv, group·T, hd)
-            qg = round_half(q).reshape(t, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * t, hd)
-            att = (qg @ cache.k[li, :, :end].transpose(0, 2, 1)).reshape(nkv, group, t, end)
-            att = att * scale + mask
-            att = np.exp(att - att.max(axis=-1, keepdims=True))
-            att *= (1.0 / att.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(F32)
-            y = round_half(att).reshape(nkv, group * t, end) @ cache.v[li, :, :end]  # (nkv, group·T, hd)
-            y = y.reshape(nkv, group, t, hd).transpose(2, 0, 1, 3).reshape(t, cfg.n_embd)
+            y = attend(round_half(q), cache.k[li], cache.v[li], start, scale)  # (T, C), causal
             x = x + layer.wo(y)
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
             gate, up = project(h, layer.w_gate, layer.w_up)
