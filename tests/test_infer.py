@@ -201,8 +201,11 @@ def test_cache_reuse_gives_the_same_logits(tiny) -> None:  # type: ignore[no-unt
     a = m.prefill([1, 5, 6, 7, 8, 9])
     m.prefill([1, 5, 6, 40, 41])  # shares 3 tokens with the cache
     assert m.cache.tokens == [1, 5, 6, 40, 41]
+    m.cache.k[:, :, 3:] = m.cache.v[:, :, 3:] = 1e4  # what is not reused must be recomputed
     b = m.prefill([1, 5, 6, 7, 8, 9])
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    # Not bit-equal: batches of 6 and of 3 sum in different orders, and a last-bit difference
+    # can flip one float16 rounding of the cache (a 2^-11 step): ~4e-5 here.
+    np.testing.assert_allclose(a, b, atol=2e-4)
 
 
 def test_bf16_rounding_is_nearest_even() -> None:
