@@ -28,15 +28,9 @@ F32 = np.float32
 
 
 @njit(cache=True)
-def _half(v):  # type: ignore[no-untyped-def]
-    """float32 → float16 (nearest, ties to even) → float32."""
-    return through_half(F32(v))
-
-
-@njit(cache=True)
 def _round_half(x, out):  # type: ignore[no-untyped-def]
     for i in range(x.shape[0]):
-        out[i] = _half(x[i])
+        out[i] = through_half(x[i])
 
 
 def round_half(x: np.ndarray) -> np.ndarray:
@@ -56,7 +50,7 @@ def _round_q8_0(x, out):  # type: ignore[no-untyped-def]
         for i in range(32 * b, 32 * b + 32):
             amax = max(amax, abs(x[i]))
         inv = F32(127) / amax if amax > 0 else F32(0)
-        d = _half(amax / F32(127))
+        d = through_half(amax / F32(127))
         for i in range(32 * b, 32 * b + 32):
             out[i] = np.rint(x[i] * inv) * d
 

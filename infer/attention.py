@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from llamashare.infer.activations import _half
+from llamashare.infer.simd import through_half
 
 F32 = np.float32
 
@@ -50,7 +50,7 @@ def _attend(q, k_cache, v_cache, start, scale, out):  # type: ignore[no-untyped-
         y = out[i, h * hd:(h + 1) * hd]
         y[:] = 0
         for j in range(seen):
-            p = _half(s[j] * inv)
+            p = through_half(s[j] * inv)
             for d in range(hd):
                 y[d] += p * vals[j, d]
 
