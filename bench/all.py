@@ -32,10 +32,19 @@ TIMEOUT = 1800  # seconds per benchmark
 RUNS = {
     "hash": (["--size-gib", "0.5", "--repeats", "2"], "publishing (create) against libtorrent's own torrent creation"),
     "swarm": (["--size-mib", "256"], "fetching over BitTorrent on 127.0.0.1 against libtorrent defaults and aria2"),
-    "swarm_scale": ([], "16 daemons sharing 256 MiB: the origin's upload against a central host and plain seeding; SIGKILL churn"),
-    "convert": (["--layers", "4", "--repeats", "2"], "convert (streaming) against the naive whole-tensor conversion and a disk copy"),
+    "swarm_scale": (
+        [],
+        "16 daemons sharing 256 MiB: the origin's upload against a central host and plain seeding; SIGKILL churn",
+    ),
+    "convert": (
+        ["--layers", "4", "--repeats", "2"],
+        "convert (streaming) against the naive whole-tensor conversion and a disk copy",
+    ),
     "quantize": (["--rows", "2048", "--repeats", "2"], "quantizing against gguf-py and llama.cpp's quantizer"),
-    "infer": (["--prompt-tokens", "64", "--gen-tokens", "32"], "SmolLM2-135M prompt and generation speed against llama.cpp"),
+    "infer": (
+        ["--prompt-tokens", "64", "--gen-tokens", "32"],
+        "SmolLM2-135M prompt and generation speed against llama.cpp",
+    ),
 }
 PACKAGES = ("numpy", "libtorrent", "blake3", "gguf", "safetensors", "tokenizers", "llama_cpp_python")
 
@@ -65,7 +74,9 @@ def versions() -> str:
 def run(name: str, args: list[str]) -> tuple[str, float, int]:
     start = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True, timeout=TIMEOUT)
+        p = subprocess.run(
+            [sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True, timeout=TIMEOUT
+        )
     except subprocess.TimeoutExpired:
         return f"(stopped after {TIMEOUT} s)", TIMEOUT, -1
     text = p.stdout if p.returncode == 0 else p.stdout + p.stderr[-2000:]
@@ -122,9 +133,11 @@ def main() -> None:
             if name == "swarm" and trace.exists():
                 section += "\n" + plot(trace, args.out / "swarm-progress.png") + "\n"
             sections.append(section)
-    header = (f"# Benchmark results\n\nWritten by `python bench/all.py` on {datetime.date.today()}.\n\n"
-              f"- Machine: {machine()} (shared and noisy: compare the ratios within one table, not absolute times)\n"
-              f"- Versions: {versions()}\n\n")  # fmt: skip
+    header = (
+        f"# Benchmark results\n\nWritten by `python bench/all.py` on {datetime.date.today()}.\n\n"
+        f"- Machine: {machine()} (shared and noisy: compare the ratios within one table, not absolute times)\n"
+        f"- Versions: {versions()}\n\n"
+    )
     (args.out / "RESULTS.md").write_text(header + "\n".join(sections))
     print(f"wrote {args.out / 'RESULTS.md'}")
 

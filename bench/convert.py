@@ -71,6 +71,7 @@ writer.fout[0].flush(); os.fsync(writer.fout[0].fileno()); writer.close()
 """,
 }
 
+
 def run(name: str, src: Path, work: Path) -> dict:
     return measure(name, CONTENDERS[name], {"src": src, "work": work})
 
@@ -84,8 +85,15 @@ def main() -> None:
 
     from llamashare.sample import SampleConfig, write_sample_model
 
-    cfg = SampleConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=args.layers,
-                       num_attention_heads=16, num_key_value_heads=4, shards=4)  # fmt: skip
+    cfg = SampleConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=args.layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        shards=4,
+    )
     src, work = args.dir / f"model-{args.layers}L", args.dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     if not (src / "config.json").exists():
@@ -109,19 +117,28 @@ def main() -> None:
     rss = {k: max(x["max_rss_kib"] for x in v) / 1024 for k, v in results.items()}
     mb = size / 1e6
     print()
-    print(f"llamashare {__version__}, gguf-py {metadata.version('gguf')}, "
-          f"numpy {numpy.__version__}, Python {platform.python_version()}, {os.cpu_count()} cores; "
-          f"{mb:.0f} MB float32 checkpoint → f16 GGUF; warm page cache; median of {args.repeats}")  # fmt: skip
+    print(
+        f"llamashare {__version__}, gguf-py {metadata.version('gguf')}, "
+        f"numpy {numpy.__version__}, Python {platform.python_version()}, {os.cpu_count()} cores; "
+        f"{mb:.0f} MB float32 checkpoint → f16 GGUF; warm page cache; median of {args.repeats}"
+    )
     print(f"{'contender':<36}{'seconds':>9}{'MB/s':>8}{'× copy speed':>14}{'peak RSS MiB':>14}{'% of model':>12}")
-    for name, label in (("copy", "disk copy of the shards (fsync)"), ("llamashare", "llamashare convert (streaming)"),
-                        ("naive", "naive: load all, convert, write")):  # fmt: skip
-        print(f"{label:<36}{med[name]:>9.2f}{mb / med[name]:>8.0f}{med['copy'] / med[name]:>14.2f}"
-              f"{rss[name]:>14.0f}{rss[name] * 1.048576 / mb * 100:>11.1f}%")  # fmt: skip
+    for name, label in (
+        ("copy", "disk copy of the shards (fsync)"),
+        ("llamashare", "llamashare convert (streaming)"),
+        ("naive", "naive: load all, convert, write"),
+    ):
+        print(
+            f"{label:<36}{med[name]:>9.2f}{mb / med[name]:>8.0f}{med['copy'] / med[name]:>14.2f}"
+            f"{rss[name]:>14.0f}{rss[name] * 1.048576 / mb * 100:>11.1f}%"
+        )
     speed = med["copy"] / med["llamashare"]
     share = rss["llamashare"] * 1.048576 / mb
     print(f"\ntarget convert ≥ 0.5× disk copy speed: {speed:.2f}× — {'met' if speed >= 0.5 else 'NOT met'}")
     print(f"target peak RSS < 10% of the model: {share * 100:.1f}% — {'met' if share < 0.1 else 'NOT met'}")
-    print(f"streaming vs naive: {med['naive'] / med['llamashare']:.2f}× faster, {rss['naive'] / rss['llamashare']:.1f}× less memory")
+    print(
+        f"streaming vs naive: {med['naive'] / med['llamashare']:.2f}× faster, {rss['naive'] / rss['llamashare']:.1f}× less memory"
+    )
 
 
 if __name__ == "__main__":

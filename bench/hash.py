@@ -24,7 +24,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-
 from measure import measure, warm_page_cache
 
 PIECE = 4 * 1024 * 1024
@@ -50,6 +49,7 @@ for p in sorted(root.iterdir()):
     h.hexdigest()
 """,
 }
+
 
 def make_shards(root: Path, total: int, files: int = 4) -> None:
     root.mkdir(parents=True, exist_ok=True)
@@ -96,21 +96,31 @@ def main() -> None:
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
     rss = {k: max(x["max_rss_kib"] for x in v) / 1024 for k, v in results.items()}
     print()
-    print(f"llamashare {__version__}, libtorrent {libtorrent.__version__}, blake3 {blake3.__version__}, "
-          f"Python {platform.python_version()}, {os.cpu_count()} cores; piece size {PIECE >> 20} MiB, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"llamashare {__version__}, libtorrent {libtorrent.__version__}, blake3 {blake3.__version__}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} cores; piece size {PIECE >> 20} MiB, "
+        f"median of {args.repeats}"
+    )
     print(f"{'contender':<34}{'data':>9}{'seconds':>9}{'GiB/s':>8}{'× libtorrent':>14}{'peak RSS MiB':>14}")
     sizes = {"create (¼ size)": total / 4}
-    for name, label in (("create", "llamashare create (all hashes)"), ("libtorrent", "libtorrent create_torrent alone"),
-                        ("blake3", "BLAKE3 alone"), ("create (¼ size)", "llamashare create, ¼ of the data")):  # fmt: skip
+    for name, label in (
+        ("create", "llamashare create (all hashes)"),
+        ("libtorrent", "libtorrent create_torrent alone"),
+        ("blake3", "BLAKE3 alone"),
+        ("create (¼ size)", "llamashare create, ¼ of the data"),
+    ):
         size = sizes.get(name, total)
         ratio = med[name] / med["libtorrent"] * (total / size)
-        print(f"{label:<34}{size / 1024**3:>8.2f}G{med[name]:>9.2f}{size / 1024**3 / med[name]:>8.2f}{ratio:>14.2f}{rss[name]:>14.0f}")
+        print(
+            f"{label:<34}{size / 1024**3:>8.2f}G{med[name]:>9.2f}{size / 1024**3 / med[name]:>8.2f}{ratio:>14.2f}{rss[name]:>14.0f}"
+        )
     verdict = "met" if med["create"] <= 1.5 * med["libtorrent"] else "NOT met"
     print(f"\ntarget create ≤ 1.5× libtorrent alone: {med['create'] / med['libtorrent']:.2f}× — {verdict}")
     growth = rss["create"] - rss["create (¼ size)"]
-    print(f"create peak RSS at full vs ¼ size: {rss['create']:.0f} vs {rss['create (¼ size)']:.0f} MiB "
-          f"({growth:+.0f} MiB for +{0.75 * total / 1024**3:.1f} GiB of data)")  # fmt: skip
+    print(
+        f"create peak RSS at full vs ¼ size: {rss['create']:.0f} vs {rss['create (¼ size)']:.0f} MiB "
+        f"({growth:+.0f} MiB for +{0.75 * total / 1024**3:.1f} GiB of data)"
+    )
 
 
 if __name__ == "__main__":

@@ -103,10 +103,14 @@ def main() -> None:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     bw = read_bandwidth()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; NumPy {np.__version__}; "
-          f"measured read bandwidth {bw / 1e9:.1f} GB/s (BLAS matrix-vector, 2 threads)\n")  # fmt: skip
-    head = (f"{'type':<7} {'contender':<11} {'prompt tok/s':>12} {'gen tok/s':>10} {'gen limit':>10} "
-            f"{'MB/token':>9} {'peak RSS':>9}")  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; NumPy {np.__version__}; "
+        f"measured read bandwidth {bw / 1e9:.1f} GB/s (BLAS matrix-vector, 2 threads)\n"
+    )
+    head = (
+        f"{'type':<7} {'contender':<11} {'prompt tok/s':>12} {'gen tok/s':>10} {'gen limit':>10} "
+        f"{'MB/token':>9} {'peak RSS':>9}"
+    )
     print(head)
     print("-" * len(head))
     ratios = {}
@@ -119,12 +123,17 @@ def main() -> None:
         ours = measure("llamashare", OURS, {**v, "WEIGHTS": "f32"})
         streamed = measure("llamashare streamed", OURS, {**v, "WEIGHTS": "streamed"})
         theirs = measure("llama.cpp", LLAMA_CPP, v)
-        per_token = {"llamashare": ours["result"]["token_bytes"], "streamed": streamed["result"]["token_bytes"],
-                     "llama.cpp": file_matrix_bytes(path)}  # fmt: skip
+        per_token = {
+            "llamashare": ours["result"]["token_bytes"],
+            "streamed": streamed["result"]["token_bytes"],
+            "llama.cpp": file_matrix_bytes(path),
+        }
         for name, r in (("llamashare", ours), ("streamed", streamed), ("llama.cpp", theirs)):
             res = r["result"]
-            print(f"{preset:<7} {name:<11} {res['pp']:>12.1f} {res['tg']:>10.1f} {bw / per_token[name]:>10.1f} "
-                  f"{per_token[name] / 1e6:>9.1f} {r['max_rss_kib'] / 1024:>7.0f} MB")  # fmt: skip
+            print(
+                f"{preset:<7} {name:<11} {res['pp']:>12.1f} {res['tg']:>10.1f} {bw / per_token[name]:>10.1f} "
+                f"{per_token[name] / 1e6:>9.1f} {r['max_rss_kib'] / 1024:>7.0f} MB"
+            )
         ratios[preset] = (ours["result"]["pp"] / theirs["result"]["pp"], ours["result"]["tg"] / theirs["result"]["tg"])
     print("\nllamashare ÷ llama.cpp (target at Q8_0: both ≥ 0.5):")
     for preset, (pp, tg) in ratios.items():

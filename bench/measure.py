@@ -30,9 +30,16 @@ print(json.dumps({"seconds": seconds, "max_rss_kib": hwm, "result": globals().ge
 def measure(name: str, code: str, variables: dict[str, Path | int | str], timeout: float = 900) -> dict:
     """Run ``code`` with ``variables`` defined; return {"seconds", "max_rss_kib", "result"} (set-up
     excluded; "result" is whatever the code left in a variable of that name, JSON-encodable)."""
-    preamble = "\n".join(f"{k} = Path({str(v)!r})" if isinstance(v, Path) else f"{k} = {v!r}" for k, v in variables.items())
-    out = subprocess.run([sys.executable, "-c", _RUNNER, str(REPO), preamble], input=code,
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    preamble = "\n".join(
+        f"{k} = Path({str(v)!r})" if isinstance(v, Path) else f"{k} = {v!r}" for k, v in variables.items()
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(REPO), preamble],
+        input=code,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if out.returncode:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -91,15 +91,17 @@ def kernels(x: np.ndarray, repeats: int) -> list[str]:
     from tests import ggml_ref
 
     mb = x.nbytes / 1e6
-    lines = [f"{'type':<6}{'ours 2t':>9}{'ours 1t':>9}{'gguf-py':>9}{'llama.cpp 1t':>14}{'× gguf-py':>11}"
-             f"{'× llama.cpp 1t':>16}  target"]  # fmt: skip
+    lines = [
+        f"{'type':<6}{'ours 2t':>9}{'ours 1t':>9}{'gguf-py':>9}{'llama.cpp 1t':>14}{'× gguf-py':>11}"
+        f"{'× llama.cpp 1t':>16}  target"
+    ]
     for name in TYPES:
         t = lookup(name)
-        t2, ours = best(lambda: t.quantize(x, threads=2), repeats)
-        t1, _ = best(lambda: t.quantize(x, threads=1), repeats)
-        tc, ref = best(lambda: ggml_ref.quantize(int(t.ggml), x), repeats)
+        t2, ours = best(lambda t=t: t.quantize(x, threads=2), repeats)
+        t1, _ = best(lambda t=t: t.quantize(x, threads=1), repeats)
+        tc, ref = best(lambda t=t: ggml_ref.quantize(int(t.ggml), x), repeats)
         assert np.array_equal(ours, ref), f"{name}: not byte-identical to ggml"
-        tg = best(lambda: gguf.quants.quantize(x, t.ggml), repeats)[0] if name in LEGACY else None
+        tg = best(lambda t=t: gguf.quants.quantize(x, t.ggml), repeats)[0] if name in LEGACY else None
         if name in LEGACY:
             goal = f"≥ 3× gguf-py: {'met' if tg / t2 >= 3 else 'NOT met'}"
         else:
@@ -137,8 +139,10 @@ def files(work: Path, repeats: int) -> list[str]:
         rows = {}
         for who, code in (("llamashare", OURS), ("llama.cpp", THEIRS)):
             out = work / f"{who}.{preset}.gguf"
-            runs = [measure(who, code, {"src": src, "out": out, "preset": preset, "ftype": int(PRESETS[preset].ftype)})
-                    for _ in range(repeats)]  # fmt: skip
+            runs = [
+                measure(who, code, {"src": src, "out": out, "preset": preset, "ftype": int(PRESETS[preset].ftype)})
+                for _ in range(repeats)
+            ]
             rows[who] = (min(r["seconds"] for r in runs), max(r["max_rss_kib"] for r in runs) / 1024, out)
         same = rows["llamashare"][2].read_bytes() == rows["llama.cpp"][2].read_bytes()
         for who, (sec, rss, out) in rows.items():
@@ -161,11 +165,15 @@ def main() -> None:
     from llamashare import __version__
 
     x = real_rows(args.rows)
-    print(f"llamashare {__version__}, gguf-py {metadata.version('gguf')}, llama-cpp-python "
-          f"{metadata.version('llama-cpp-python')}, numpy {np.__version__}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} cores")  # fmt: skip
-    print(f"\n1. kernels: MB/s of float32 input ({x.nbytes / 1e6:.0f} MB of SmolLM2 ffn_down rows), best of {args.repeats}; "
-          "every output byte-identical to llama.cpp's")  # fmt: skip
+    print(
+        f"llamashare {__version__}, gguf-py {metadata.version('gguf')}, llama-cpp-python "
+        f"{metadata.version('llama-cpp-python')}, numpy {np.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"\n1. kernels: MB/s of float32 input ({x.nbytes / 1e6:.0f} MB of SmolLM2 ffn_down rows), best of {args.repeats}; "
+        "every output byte-identical to llama.cpp's"
+    )
     for line in kernels(x, args.repeats):
         print(line)
     print(f"\n2. whole files, best of {args.repeats}, 2 threads each")

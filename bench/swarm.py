@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 
 import libtorrent as lt  # noqa: E402
 
+from llamashare.daemon.client import start_daemon, stop_daemon  # noqa: E402
+from llamashare.daemon.home import Home  # noqa: E402
+from llamashare.daemon.submit import FetchOptions, release_status, seed  # noqa: E402
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
 from llamashare.manifests.manifest import load_manifest  # noqa: E402
-from llamashare.p2p.client import start_daemon, stop_daemon  # noqa: E402
-from llamashare.p2p.fetch import FetchOptions, release_status, seed  # noqa: E402
-from llamashare.p2p.home import Home  # noqa: E402
 from tests.peers import Tracker, free_port  # noqa: E402
 
 PIECE = 4 * 1024 * 1024
@@ -69,7 +69,9 @@ def home(root: Path, name: str, extra_config: str = "") -> Home:
 TRACES: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
 
-def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Home, label: str = "") -> tuple[float, list[float]]:
+def llamashare_fetch(
+    work: Path, manifest_path: Path, leechers: int, seeder: Home, label: str = ""
+) -> tuple[float, list[float]]:
     """Submit to `leechers` fresh nodes at once; return (time until all verified, verify lags)."""
     m = load_manifest(manifest_path)
     text = manifest_path.read_text()
@@ -109,10 +111,15 @@ def llamashare_fetch(work: Path, manifest_path: Path, leechers: int, seeder: Hom
 
 
 def libtorrent_defaults(work: Path, torrent: bytes, src: Path, tracker: Tracker) -> float:
-    settings = {"enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-                "allow_multiple_connections_per_ip": True}  # fmt: skip
+    settings = {
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+    }
     sessions = []
-    for name in ("seed", "leech"):
+    for _role in ("seed", "leech"):
         s = dict(settings, listen_interfaces=f"127.0.0.1:{free_port()}")
         sessions.append(lt.session(s))
     out = work / "lt-out"
@@ -141,20 +148,46 @@ def aria2(work: Path, src: Path, tracker: Tracker) -> float | str:
         return "not installed"
     tfile = work / "v1.torrent"
     tfile.unlink(missing_ok=True)
-    subprocess.run(["mktorrent", "-l", "22", "-a", tracker.http, "-o", str(tfile), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        ["mktorrent", "-l", "22", "-a", tracker.http, "-o", str(tfile), str(src)], check=True, capture_output=True
+    )
     meta = lt.torrent_info(str(tfile))
     tracker.allow(str(meta.info_hashes().v1))
-    common = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-              "--summary-interval=0", "--console-log-level=error", "--file-allocation=none"]  # fmt: skip
-    seeder = subprocess.Popen(["aria2c", *common, "--seed-ratio=0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
-                               "--dir", str(src.parent), str(tfile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    common = [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--summary-interval=0",
+        "--console-log-level=error",
+        "--file-allocation=none",
+    ]
+    seeder = subprocess.Popen(
+        [
+            "aria2c",
+            *common,
+            "--seed-ratio=0",
+            "--bt-seed-unverified=true",
+            f"--listen-port={free_port()}",
+            "--dir",
+            str(src.parent),
+            str(tfile),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     out = work / "aria-out"
     shutil.rmtree(out, ignore_errors=True)
     try:
         time.sleep(2)
         start = time.monotonic()
-        subprocess.run(["aria2c", *common, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(out), str(tfile)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)  # fmt: skip
+        subprocess.run(
+            ["aria2c", *common, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(out), str(tfile)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+        )
         return time.monotonic() - start
     finally:
         seeder.terminate()
@@ -210,7 +243,9 @@ def main() -> None:
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 1 leecher ...", flush=True)
         slow_one, _ = llamashare_fetch(work, slow_manifest, 1, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 1 leecher")
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 4 leechers ...", flush=True)
-        slow_four, _ = llamashare_fetch(work, slow_manifest, 4, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 4 leechers")
+        slow_four, _ = llamashare_fetch(
+            work, slow_manifest, 4, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 4 leechers"
+        )
         stop_daemon(slow)
         print("libtorrent defaults ...", flush=True)
         lt_default = libtorrent_defaults(work, torrent, src, tracker)
@@ -224,11 +259,17 @@ def main() -> None:
 
     mib = size / 2**20
     print()
-    print(f"llamashare (libtorrent {lt.__version__}), {version(['aria2c', '--version'])}, "
-          f"{os.cpu_count()} cores; {mib:.0f} MiB file, {PIECE >> 20} MiB pieces, 127.0.0.1 via opentracker")  # fmt: skip
+    print(
+        f"llamashare (libtorrent {lt.__version__}), {version(['aria2c', '--version'])}, "
+        f"{os.cpu_count()} cores; {mib:.0f} MiB file, {PIECE >> 20} MiB pieces, 127.0.0.1 via opentracker"
+    )
     print(f"{'peers':<44}{'seconds':>9}{'MiB/s':>9}{'llamashare speed-up':>21}")
-    rows = [("llamashare → llamashare (verified)", one), ("libtorrent defaults → libtorrent defaults", lt_default),
-            ("aria2c → aria2c (v1 torrent, mktorrent)", aria), ("Transmission → Transmission", trans)]  # fmt: skip
+    rows = [
+        ("llamashare → llamashare (verified)", one),
+        ("libtorrent defaults → libtorrent defaults", lt_default),
+        ("aria2c → aria2c (v1 torrent, mktorrent)", aria),
+        ("Transmission → Transmission", trans),
+    ]
     for label, t in rows:
         if isinstance(t, str):
             print(f"{label:<44}{t}")
@@ -236,16 +277,22 @@ def main() -> None:
             print(f"{label:<44}{t:>9.2f}{mib / t:>9.1f}{t / one:>20.2f}×")
     print(f"{'llamashare → 4 leechers at once (all done)':<44}{four:>9.2f}{4 * mib / four:>9.1f}")
     print(f"{f'origin limited to {SLOW_UPLINK >> 20} MiB/s → 1 leecher':<44}{slow_one:>9.2f}{mib / slow_one:>9.1f}")
-    print(f"{f'origin limited to {SLOW_UPLINK >> 20} MiB/s → 4 leechers':<44}{slow_four:>9.2f}{4 * mib / slow_four:>9.1f}")
+    print(
+        f"{f'origin limited to {SLOW_UPLINK >> 20} MiB/s → 4 leechers':<44}{slow_four:>9.2f}{4 * mib / slow_four:>9.1f}"
+    )
     print()
     print(f"target ≥ 2× libtorrent defaults: {lt_default / one:.2f}× — {'met' if lt_default / one >= 2 else 'NOT met'}")
     if not isinstance(aria, str):
         print(f"target ≥ 2× aria2c: {aria / one:.2f}× — {'met' if aria / one >= 2 else 'NOT met'}")
-    print(f"target 4 leechers ≤ 1.5× one leecher: {four / one:.2f}× — {'met' if four <= 1.5 * one else 'NOT met'} "
-          f"(CPU-bound on loopback); with the origin's uplink as the limit: {slow_four / slow_one:.2f}× — "
-          f"{'met' if slow_four <= 1.5 * slow_one else 'NOT met'}")  # fmt: skip
-    print(f"target last byte → verified ≤ 10% of download time: one leecher {100 * max(lag1):.1f}% — "
-          f"{'met' if max(lag1) <= 0.10 else 'NOT met'}; four at once, worst {100 * max(lag4):.1f}%")  # fmt: skip
+    print(
+        f"target 4 leechers ≤ 1.5× one leecher: {four / one:.2f}× — {'met' if four <= 1.5 * one else 'NOT met'} "
+        f"(CPU-bound on loopback); with the origin's uplink as the limit: {slow_four / slow_one:.2f}× — "
+        f"{'met' if slow_four <= 1.5 * slow_one else 'NOT met'}"
+    )
+    print(
+        f"target last byte → verified ≤ 10% of download time: one leecher {100 * max(lag1):.1f}% — "
+        f"{'met' if max(lag1) <= 0.10 else 'NOT met'}; four at once, worst {100 * max(lag4):.1f}%"
+    )
 
 
 if __name__ == "__main__":

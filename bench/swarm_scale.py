@@ -42,11 +42,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from llamashare.daemon.client import DaemonClient, DaemonError, start_daemon, stop_daemon  # noqa: E402
+from llamashare.daemon.home import Home  # noqa: E402
+from llamashare.daemon.submit import FetchOptions, release_status, seed  # noqa: E402
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
 from llamashare.manifests.manifest import Manifest  # noqa: E402
-from llamashare.p2p.client import DaemonClient, DaemonError, start_daemon, stop_daemon  # noqa: E402
-from llamashare.p2p.fetch import FetchOptions, release_status, seed  # noqa: E402
-from llamashare.p2p.home import Home  # noqa: E402
 from tests.peers import Tracker  # noqa: E402
 
 MiB = 1024 * 1024
@@ -89,7 +89,6 @@ class SwarmReport:
         return self.origin_uploaded / self.size
 
 
-
 def make_release(work: Path, tracker: Tracker, size: int, piece: int, files: int) -> tuple[Manifest, Path, Path]:
     src = work / "origin-files" / "model"
     rng = np.random.default_rng(7)
@@ -113,9 +112,19 @@ def fresh_home(work: Path, name: str, extra: str = "") -> Home:
     return Home.local_node(work / "homes" / name, extra)
 
 
-def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1 * MiB, files: int = 2,
-              churn: int = 0, origin_uplink: int = 32 * MiB, initial_seeding: bool = True, timeout: float = 600,
-              seed_value: int = 1, say=print) -> SwarmReport:  # fmt: skip
+def run_swarm(
+    work: Path,
+    nodes: int = 16,
+    size: int = 256 * MiB,
+    piece: int = 1 * MiB,
+    files: int = 2,
+    churn: int = 0,
+    origin_uplink: int = 32 * MiB,
+    initial_seeding: bool = True,
+    timeout: float = 600,
+    seed_value: int = 1,
+    say=print,
+) -> SwarmReport:
     """Run one swarm to the end (every node verified) and return what was measured."""
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed_value)
@@ -134,8 +143,10 @@ def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1
         outs = [work / "out" / f"node{i:02d}" for i in range(nodes)]
         for out in outs:
             shutil.rmtree(out, ignore_errors=True)
-        say(f"{nodes} nodes started; fetching {size / MiB:.0f} MiB in {files} files from one origin "
-            f"(uplink {origin_uplink / MiB:.0f} MiB/s)" + (f", {churn} SIGKILLs on the way" if churn else ""))  # fmt: skip
+        say(
+            f"{nodes} nodes started; fetching {size / MiB:.0f} MiB in {files} files from one origin "
+            f"(uplink {origin_uplink / MiB:.0f} MiB/s)" + (f", {churn} SIGKILLs on the way" if churn else "")
+        )
         start = time.monotonic()
         for log, out in zip(logs, outs):
             log.client.call("POST", "/releases", {"manifest": text, "dir": str(out)})
@@ -144,13 +155,17 @@ def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1
         while any(log.finished is None for log in logs):
             now = time.monotonic()
             if now - start > timeout:
-                raise SystemExit(f"swarm not done after {timeout:.0f}s: "
-                                 f"{[(i, l.last_done, l.finished) for i, l in enumerate(logs)]}")  # fmt: skip
+                raise SystemExit(
+                    f"swarm not done after {timeout:.0f}s: {[(i, log.last_done, log.finished) for i, log in enumerate(logs)]}"
+                )
             for log in logs:
                 _poll(log, m, start, restarts)
             if kills_left and now >= next_kill:
-                victims = [lg for lg in logs if lg.client is not None and lg.finished is None
-                           and 0.05 * size < lg.last_done < 0.95 * size]  # fmt: skip
+                victims = [
+                    lg
+                    for lg in logs
+                    if lg.client is not None and lg.finished is None and 0.05 * size < lg.last_done < 0.95 * size
+                ]
                 if victims:
                     _kill(rng.choice(victims), m, now + rng.uniform(0.5, 2.0))
                     kills_left -= 1
@@ -162,12 +177,21 @@ def run_swarm(work: Path, nodes: int = 16, size: int = 256 * MiB, piece: int = 1
         finals = [release_status(log.client, m.name) for log in logs]
         hash_failures = sum(st["hash_failures"] for st in finals)
         bad = _independent_check(m, outs)
-        return SwarmReport(nodes=nodes, size=size, piece=piece, files=files, origin_uplink=origin_uplink,
-                           seconds=[log.finished for log in logs], origin_uploaded=origin_st["uploaded"],
-                           origin_still_initial=origin_st["initial_seeding"] or _spec(origin, m.name)["initial_seeding"],
-                           kills=sum(log.kills for log in logs),
-                           lost_at_kills=sum(log.lost for log in logs), hash_failures=hash_failures,
-                           checked_files=nodes * files, bad_files=bad)  # fmt: skip
+        return SwarmReport(
+            nodes=nodes,
+            size=size,
+            piece=piece,
+            files=files,
+            origin_uplink=origin_uplink,
+            seconds=[log.finished for log in logs],
+            origin_uploaded=origin_st["uploaded"],
+            origin_still_initial=origin_st["initial_seeding"] or _spec(origin, m.name)["initial_seeding"],
+            kills=sum(log.kills for log in logs),
+            lost_at_kills=sum(log.lost for log in logs),
+            hash_failures=hash_failures,
+            checked_files=nodes * files,
+            bad_files=bad,
+        )
     finally:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(_stop_quietly, [origin] + [log.home for log in logs]))
@@ -260,6 +284,7 @@ def _independent_check(m: Manifest, outs: list[Path]) -> list[str]:
 
 def table(runs: dict[str, SwarmReport]) -> str:
     """One column per run; the central host (N copies from the origin) is the comparison."""
+
     def col(r: SwarmReport) -> list[str]:
         q = statistics.quantiles(r.seconds, n=10, method="inclusive") if len(r.seconds) > 1 else r.seconds * 9
         return [
@@ -269,20 +294,29 @@ def table(runs: dict[str, SwarmReport]) -> str:
             f"{r.kills}",
             f"{r.lost_at_kills / MiB:.1f} MiB" if r.kills else "–",
             f"{r.hash_failures}",
-            f"{r.checked_files - len(r.bad_files)} of {r.checked_files}" + (f" BAD: {r.bad_files[:2]}" if r.bad_files else ""),
+            f"{r.checked_files - len(r.bad_files)} of {r.checked_files}"
+            + (f" BAD: {r.bad_files[:2]}" if r.bad_files else ""),
         ]
 
     first = next(iter(runs.values()))
-    rows = ["nodes (separate daemons) + origin", "completion, s: min / median / p90 / max",
-            f"origin upload ÷ release (central host: {first.nodes}×; target ≤ 2×)", "SIGKILL + restart",
-            "re-downloaded after the kills (pieces had at the kill, gone after the re-check)",
-            "pieces failing their hash",
-            "files whose BLAKE3 (computed here, apart from the daemons) matches the manifest"]  # fmt: skip
+    rows = [
+        "nodes (separate daemons) + origin",
+        "completion, s: min / median / p90 / max",
+        f"origin upload ÷ release (central host: {first.nodes}×; target ≤ 2×)",
+        "SIGKILL + restart",
+        "re-downloaded after the kills (pieces had at the kill, gone after the re-check)",
+        "pieces failing their hash",
+        "files whose BLAKE3 (computed here, apart from the daemons) matches the manifest",
+    ]
     cols = [col(r) for r in runs.values()]
-    lines = [f"{first.nodes} nodes + 1 origin on 127.0.0.1, one tracker (opentracker); release {first.size / MiB:.0f} MiB "
-             f"in {first.files} files, {first.piece / MiB:g} MiB pieces; origin uplink "
-             f"{first.origin_uplink / MiB:.0f} MiB/s, leechers unlimited, ratio target 1.0 (the default)", "",
-             "| | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]  # fmt: skip
+    lines = [
+        f"{first.nodes} nodes + 1 origin on 127.0.0.1, one tracker (opentracker); release {first.size / MiB:.0f} MiB "
+        f"in {first.files} files, {first.piece / MiB:g} MiB pieces; origin uplink "
+        f"{first.origin_uplink / MiB:.0f} MiB/s, leechers unlimited, ratio target 1.0 (the default)",
+        "",
+        "| | " + " | ".join(runs) + " |",
+        "|---" * (len(runs) + 1) + "|",
+    ]
     lines += [f"| {name} | " + " | ".join(c[i] for c in cols) + " |" for i, name in enumerate(rows)]
     return "\n".join(lines)
 
@@ -293,24 +327,43 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--piece-mib", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=2)
-    ap.add_argument("--churn", type=int, default=8, help="in the churn run: SIGKILL + restart this many downloading nodes")
+    ap.add_argument(
+        "--churn", type=int, default=8, help="in the churn run: SIGKILL + restart this many downloading nodes"
+    )
     ap.add_argument("--origin-uplink-mib", type=float, default=32, help="0 = unlimited")
     ap.add_argument("--timeout", type=float, default=600, help="per run")
-    ap.add_argument("--runs", default="initial,churn,plain",
-                    help="initial: seed --initial-seeding; churn: the same with SIGKILLs; plain: plain seeding (seed's default)")
+    ap.add_argument(
+        "--runs",
+        default="initial,churn,plain",
+        help="initial: seed --initial-seeding; churn: the same with SIGKILLs; plain: plain seeding (seed's default)",
+    )
     ap.add_argument("--dir", type=Path, default=Path("/tmp/llamashare-bench-swarm-scale"))
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    kinds = {"initial": ("initial seeding", 0, True), "churn": ("initial seeding + churn", args.churn, True),
-             "plain": ("plain seeding", 0, False)}  # fmt: skip
+    kinds = {
+        "initial": ("initial seeding", 0, True),
+        "churn": ("initial seeding + churn", args.churn, True),
+        "plain": ("plain seeding", 0, False),
+    }
     runs: dict[str, SwarmReport] = {}
     for kind in args.runs.split(","):
         label, churn, initial = kinds[kind]
-        runs[label] = run_swarm(args.dir, args.nodes, args.size_mib * MiB, int(args.piece_mib * MiB), args.files, churn,
-                                int(args.origin_uplink_mib * MiB), initial, args.timeout)  # fmt: skip
+        runs[label] = run_swarm(
+            args.dir,
+            args.nodes,
+            args.size_mib * MiB,
+            int(args.piece_mib * MiB),
+            args.files,
+            churn,
+            int(args.origin_uplink_mib * MiB),
+            initial,
+            args.timeout,
+        )
     print(table(runs))
     if args.json:
-        args.json.write_text(json.dumps({k: asdict(r) | {"origin_copies": r.origin_copies} for k, r in runs.items()}, indent=2))
+        args.json.write_text(
+            json.dumps({k: asdict(r) | {"origin_copies": r.origin_copies} for k, r in runs.items()}, indent=2)
+        )
     if any(r.bad_files for r in runs.values()):
         raise SystemExit(1)
 

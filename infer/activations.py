@@ -16,7 +16,7 @@ values; tests/test_activations.py checks them bit for bit against NumPy's float1
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -65,7 +65,7 @@ def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
             if abs(x[i]) > amax:
                 amax, mx = abs(x[i]), x[i]
         if amax == 0:
-            out[256 * b:256 * b + 256] = 0
+            out[256 * b : 256 * b + 256] = 0
             continue
         iscale = F32(-127) / mx
         d = F32(1) / iscale

@@ -47,7 +47,7 @@ def _attend(q, k_cache, v_cache, start, scale, out):  # type: ignore[no-untyped-
             s[j] = np.exp(s[j] - top)
             total += s[j]
         inv = F32(1.0 / total)
-        y = out[i, h * hd:(h + 1) * hd]
+        y = out[i, h * hd : (h + 1) * hd]
         y[:] = 0
         for j in range(seen):
             p = through_half(s[j] * inv)

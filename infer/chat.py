@@ -7,8 +7,8 @@ access to Python internals, no mutation of passed objects — a hostile template
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -24,13 +24,19 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
-def render(template: str, messages: list[dict[str, str]], tok: GGUFTokenizer, add_generation_prompt: bool = True) -> str:
+def render(
+    template: str, messages: list[dict[str, str]], tok: GGUFTokenizer, add_generation_prompt: bool = True
+) -> str:
     """The prompt text for ``messages`` (dicts with role and content)."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    special = {name: tok.tokens[i] if i is not None else "" for name, i in (("bos_token", tok.bos), ("eos_token", tok.eos))}
+    special = {
+        name: tok.tokens[i] if i is not None else "" for name, i in (("bos_token", tok.bos), ("eos_token", tok.eos))
+    }
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special
+        )
     except TemplateError as e:
         raise InferenceError(f"the model's chat template failed: {e}") from None
 
@@ -47,8 +53,9 @@ def prompt_tokens(tok: GGUFTokenizer, text: str) -> list[int]:
 class Chat:
     """A conversation with ``model``; ``say`` runs one turn and streams the reply to ``emit``."""
 
-    def __init__(self, model: Llama, tok: GGUFTokenizer, sampler: Sampler, system: str | None = None,
-                 template: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, model: Llama, tok: GGUFTokenizer, sampler: Sampler, system: str | None = None, template: str | None = None
+    ) -> None:
         self.model, self.tok, self.sampler = model, tok, sampler
         self.template = template or model.file.meta("tokenizer.chat_template")
         if not isinstance(self.template, str) or not self.template:

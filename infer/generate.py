@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -27,12 +27,21 @@ class Stats:
 
     def summary(self) -> str:
         n = len(self.generated)
-        return (f"prompt: {self.prompt_tokens} tokens, {self.rate(self.prompt_tokens, self.prompt_seconds):.1f} tok/s · "
-                f"generation: {n} tokens, {self.rate(n, self.gen_seconds):.1f} tok/s")  # fmt: skip
+        return (
+            f"prompt: {self.prompt_tokens} tokens, {self.rate(self.prompt_tokens, self.prompt_seconds):.1f} tok/s · "
+            f"generation: {n} tokens, {self.rate(n, self.gen_seconds):.1f} tok/s"
+        )
 
 
-def generate(model: Llama, tok: GGUFTokenizer, prompt: list[int], n_predict: int, sampler: Sampler,
-             stats: Stats | None = None, ignore_eos: bool = False) -> Iterator[tuple[int, str]]:  # fmt: skip
+def generate(
+    model: Llama,
+    tok: GGUFTokenizer,
+    prompt: list[int],
+    n_predict: int,
+    sampler: Sampler,
+    stats: Stats | None = None,
+    ignore_eos: bool = False,
+) -> Iterator[tuple[int, str]]:
     """Yield (token id, its text) for each generated token, stopping at an end-of-generation token,
     after ``n_predict`` tokens (< 0: until the context is full) or when the context is full.
     The end-of-generation token itself is not yielded (``ignore_eos``: never stop at one — it is

@@ -23,7 +23,7 @@ Layouts are ggml's (ggml-common.h), as quant/legacy_types.py and quant/k_types.p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -90,8 +90,12 @@ def _row_q4_1(row, x, xs, half):  # type: ignore[no-untyped-def]
 @njit(**_inline)
 def _fifth_bits(row, at):  # type: ignore[no-untyped-def]
     """The little-endian uint32 of Q5 fifth bits (bit i belongs to value i)."""
-    return (np.uint32(row[at]) | (np.uint32(row[at + 1]) << 8) | (np.uint32(row[at + 2]) << 16)
-            | (np.uint32(row[at + 3]) << 24))  # fmt: skip
+    return (
+        np.uint32(row[at])
+        | (np.uint32(row[at + 1]) << 8)
+        | (np.uint32(row[at + 2]) << 16)
+        | (np.uint32(row[at + 3]) << 24)
+    )
 
 
 @njit(**_inline)
@@ -197,7 +201,9 @@ def _row_q6_k(row, x, xs, half):  # type: ignore[no-untyped-def]
                     at, v = ql + 32 * (k % 2) + 16 * g, j + 128 * n + 32 * k + 16 * g
                     s = V.zero()
                     for h in range(0, 16, 8):
-                        q = V.fma(sixteen, V.field(row, qh + 16 * g + h, 2 * k, 3), V.field(row, at + h, 4 * (k // 2), 15))
+                        q = V.fma(
+                            sixteen, V.field(row, qh + 16 * g + h, 2 * k, 3), V.field(row, at + h, 4 * (k // 2), 15)
+                        )
                         s = V.fma(V.sub(q, centre), V.floats(x, v + h), s)
                     acc = V.fma(V.splat(d * F32(np.int8(row[sc + 2 * k + g]))), s, acc)
     return V.total(acc)
@@ -300,10 +306,17 @@ def _mv_bf16(w, x, xs, half, out):  # type: ignore[no-untyped-def]
 
 #: type name → (matrix × vector, values per sum in ``xs``: 0 when unused).
 KERNELS: dict[str, tuple[Callable, int]] = {
-    "q8_0": (_mv_q8_0, 0), "q4_0": (_mv_q4_0, 32), "q4_1": (_mv_q4_1, 32), "q5_0": (_mv_q5_0, 32),
-    "q5_1": (_mv_q5_1, 32), "q4_k": (_mv_q4_k, 32), "q5_k": (_mv_q5_k, 32), "q6_k": (_mv_q6_k, 0),
-    "f16": (_mv_f16, 0), "bf16": (_mv_bf16, 0),
-}  # fmt: skip
+    "q8_0": (_mv_q8_0, 0),
+    "q4_0": (_mv_q4_0, 32),
+    "q4_1": (_mv_q4_1, 32),
+    "q5_0": (_mv_q5_0, 32),
+    "q5_1": (_mv_q5_1, 32),
+    "q4_k": (_mv_q4_k, 32),
+    "q5_k": (_mv_q5_k, 32),
+    "q6_k": (_mv_q6_k, 0),
+    "f16": (_mv_f16, 0),
+    "bf16": (_mv_bf16, 0),
+}
 
 
 def fits(type_name: str, n_per_row: int) -> bool:

@@ -150,13 +150,19 @@ class Llama:
 
         self.embd_raw, self.embd_type = mf.raw("token_embd.weight"), mf.qtype("token_embd.weight")
         self.layers = [
-            Layer(vector(f"blk.{i}.attn_norm.weight"), matrix(f"blk.{i}.attn_q.weight"),
-                  matrix(f"blk.{i}.attn_k.weight"), matrix(f"blk.{i}.attn_v.weight"),
-                  matrix(f"blk.{i}.attn_output.weight"), vector(f"blk.{i}.ffn_norm.weight"),
-                  matrix(f"blk.{i}.ffn_gate.weight"), matrix(f"blk.{i}.ffn_up.weight"),
-                  matrix(f"blk.{i}.ffn_down.weight"))
+            Layer(
+                vector(f"blk.{i}.attn_norm.weight"),
+                matrix(f"blk.{i}.attn_q.weight"),
+                matrix(f"blk.{i}.attn_k.weight"),
+                matrix(f"blk.{i}.attn_v.weight"),
+                matrix(f"blk.{i}.attn_output.weight"),
+                vector(f"blk.{i}.ffn_norm.weight"),
+                matrix(f"blk.{i}.ffn_gate.weight"),
+                matrix(f"blk.{i}.ffn_up.weight"),
+                matrix(f"blk.{i}.ffn_down.weight"),
+            )
             for i in range(cfg.n_layer)
-        ]  # fmt: skip
+        ]
         self.output_norm = vector("output_norm.weight")
         self.output = matrix("output.weight" if "output.weight" in mf.tensors else "token_embd.weight")
         factors = vector("rope_freqs.weight") if "rope_freqs.weight" in mf.tensors else None
@@ -166,8 +172,11 @@ class Llama:
         self.reset()
 
     def _matrices(self) -> list[Matrix]:
-        return [m for layer in self.layers for m in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate,
-                                                     layer.w_up, layer.w_down)] + [self.output]  # fmt: skip
+        return [
+            m
+            for layer in self.layers
+            for m in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down)
+        ] + [self.output]
 
     @property
     def weight_bytes(self) -> int:
@@ -185,13 +194,14 @@ class Llama:
         cfg, cache = self.cfg, self.cache
         start, t = len(cache), len(tokens)
         if start + t > self.n_ctx:
-            raise InferenceError(f"the context holds {self.n_ctx} tokens; {start} used + {t} new do not fit "
-                                 "(raise --ctx)")  # fmt: skip
+            raise InferenceError(
+                f"the context holds {self.n_ctx} tokens; {start} used + {t} new do not fit (raise --ctx)"
+            )
         ids = np.asarray(tokens, dtype=np.int64)
         if t == 0 or ids.min() < 0 or ids.max() >= cfg.n_vocab:
             raise InferenceError(f"token ids must be in 0..{cfg.n_vocab - 1}")
         x = self.embd_type.dequantize(self.embd_raw[ids])  # (T, C)
-        cos, sin = self.cos[start:start + t], self.sin[start:start + t]
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
         hd, nkv = cfg.head_dim, cfg.n_head_kv
         end = start + t
         scale = 1.0 / np.sqrt(hd)
@@ -209,7 +219,9 @@ class Llama:
             gate, up = project(h, layer.w_gate, layer.w_up)
             x = x + layer.w_down(swiglu(gate, up))
         cache.tokens.extend(int(i) for i in ids)
-        logits = self.output(rms_norm(x[-1:] if logits_from is None else x[logits_from:], self.output_norm, cfg.rms_eps))
+        logits = self.output(
+            rms_norm(x[-1:] if logits_from is None else x[logits_from:], self.output_norm, cfg.rms_eps)
+        )
         return logits[0] if logits_from is None else logits
 
     def prefill(self, tokens: list[int], batch: int = 512) -> np.ndarray:
@@ -219,8 +231,10 @@ class Llama:
         if not tokens:
             raise InferenceError("nothing to evaluate: the prompt is empty")
         if len(tokens) > self.n_ctx:
-            raise InferenceError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx} (raise --ctx "
-                                 "or shorten the prompt)")  # fmt: skip
+            raise InferenceError(
+                f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx} (raise --ctx "
+                "or shorten the prompt)"
+            )
         held = self.cache.tokens
         same = 0
         for a, b in zip(held, tokens[:-1]):  # at least the last token is evaluated, for its logits
@@ -229,7 +243,7 @@ class Llama:
             same += 1
         self.cache.truncate(same)
         for start in range(same, len(tokens), batch):
-            logits = self.forward(tokens[start:start + batch])
+            logits = self.forward(tokens[start : start + batch])
         return logits
 
     def reset(self) -> None:

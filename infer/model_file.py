@@ -132,8 +132,9 @@ class ModelFile:
             qtype = self.qtype(name)  # refuses unsupported types by name
             end = self.header.data_start + t.offset + qtype.row_bytes(t.ne[0]) * int(np.prod(t.ne[1:]))
             if end > size:
-                raise self._fail(f"is truncated: tensor {name} ends at byte {end}, the file has {size} "
-                                 "(incomplete download?)")  # fmt: skip
+                raise self._fail(
+                    f"is truncated: tensor {name} ends at byte {end}, the file has {size} (incomplete download?)"
+                )
 
     def qtype(self, name: str) -> type[QuantType]:
         try:

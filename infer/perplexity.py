@@ -10,8 +10,8 @@ every scored token has at least n_ctx/2 tokens of context. PPL = exp(mean NLL).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -37,25 +37,28 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logsum - z[np.arange(len(targets)), targets]
 
 
-def perplexity(model: Llama, tok: GGUFTokenizer, text: str, n_ctx: int,
-               progress: Callable[[int, int, float], None] | None = None) -> Perplexity:  # fmt: skip
+def perplexity(
+    model: Llama, tok: GGUFTokenizer, text: str, n_ctx: int, progress: Callable[[int, int, float], None] | None = None
+) -> Perplexity:
     """``progress(chunk, n_chunks, ppl so far)`` is called after each chunk."""
     if n_ctx < 4 or n_ctx > model.n_ctx:
         raise InferenceError(f"perplexity context must be 4..{model.n_ctx} tokens (got {n_ctx})")
     tokens = tok.encode(text, add_special=True, parse_special=False)
     if len(tokens) < 2 * n_ctx:
-        raise InferenceError(f"the text is {len(tokens)} tokens; perplexity with a context of {n_ctx} needs at "
-                             f"least {2 * n_ctx} (more text or a smaller --ctx)")  # fmt: skip
+        raise InferenceError(
+            f"the text is {len(tokens)} tokens; perplexity with a context of {n_ctx} needs at "
+            f"least {2 * n_ctx} (more text or a smaller --ctx)"
+        )
     n_chunks = len(tokens) // n_ctx
     first = n_ctx // 2
     nll: list[np.ndarray] = []
     for c in range(n_chunks):
-        chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+        chunk = tokens[c * n_ctx : (c + 1) * n_ctx]
         if tok.add_bos and tok.bos is not None:
             chunk = [tok.bos, *chunk[1:]]
         model.reset()
         logits = model.forward(chunk, logits_from=first)[:-1]  # predictions for tokens first+1 ..
-        targets = np.asarray(tokens[c * n_ctx + first + 1:(c + 1) * n_ctx])
+        targets = np.asarray(tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
         nll.append(token_nll(logits, targets))
         if progress:
             progress(c + 1, n_chunks, math.exp(np.concatenate(nll).mean()))

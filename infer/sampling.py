@@ -71,7 +71,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: list[int]) -> int:
         p = self.params
         logits = logits.astype(np.float64)  # a copy: the caller's logits stay as they were
-        recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else []
+        recent = history[-p.repeat_last_n :] if p.repeat_last_n > 0 else []
         logits = apply_repeat_penalty(logits, recent, p.repeat_penalty)
         if p.temperature == 0:
             return int(np.argmax(logits))

@@ -46,7 +46,9 @@ def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
     """``value`` in every lane of a vector of its type."""
     vec = ir.VectorType(value.type, LANES)
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.shuffle_vector(
+        one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+    )
 
 
 def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Value:  # type: ignore[no-untyped-def]
@@ -151,8 +153,10 @@ def lane_bits(typingctx, word, first):  # type: ignore[no-untyped-def]
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         w = _splat(builder, context.cast(builder, args[0], sig.args[0], types.uint32))
-        at = builder.add(_splat(builder, context.cast(builder, args[1], sig.args[1], types.uint32)),
-                         ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))  # fmt: skip
+        at = builder.add(
+            _splat(builder, context.cast(builder, args[1], sig.args[1], types.uint32)),
+            ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))),
+        )
         one = ir.Constant(ir.VectorType(_I32, LANES), [1] * LANES)
         return builder.uitofp(builder.and_(builder.lshr(w, at), one), _VEC)
 

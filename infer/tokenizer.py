@@ -46,8 +46,16 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
 #: Pre-tokenizers whose words are taken whole when the vocabulary has them (``ignore_merges``).
 _IGNORE_MERGES = {"llama-bpe"}
 #: Texts llama.cpp treats as end of generation besides the EOS/EOT/EOM ids (llama-vocab.cpp).
-EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-             "<EOT>", "<|eom_id|>"}  # fmt: skip
+EOG_TEXTS = {
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "<|eom_id|>",
+}
 
 
 @cache
@@ -104,14 +112,16 @@ class GGUFTokenizer:
 
     def _byte_level_bpe(self, mf: ModelFile, pre: str) -> Tokenizer:
         if pre not in PRE_TOKENIZERS:
-            raise InferenceError(f"{mf.path}: BPE pre-tokenizer {pre!r} is not supported; known: "
-                                 f"{', '.join(PRE_TOKENIZERS)}")  # fmt: skip
+            raise InferenceError(
+                f"{mf.path}: BPE pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_TOKENIZERS)}"
+            )
         merges = mf.meta("tokenizer.ggml.merges") or []
         pairs = [tuple(m.split(" ", 1)) for m in merges if " " in m]
         bpe = Tokenizer(models.BPE(vocab=self.token_to_id, merges=pairs, ignore_merges=pre in _IGNORE_MERGES))
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
-        bpe.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                                        use_regex=False)])  # fmt: skip
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
         return bpe
 
     def _sentencepiece_bpe(self, mf: ModelFile) -> Tokenizer:
@@ -127,8 +137,11 @@ class GGUFTokenizer:
                     merges.append((-scores[i], i, left, right))
         merges.sort()
         unk = self.tokens[self.unk] if self.unk is not None else None
-        return Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in merges], unk_token=unk,
-                                    byte_fallback=True, fuse_unk=False))  # fmt: skip
+        return Tokenizer(
+            models.BPE(
+                vocab=vocab, merges=[(a, b) for _, _, a, b in merges], unk_token=unk, byte_fallback=True, fuse_unk=False
+            )
+        )
 
     @staticmethod
     def _gpt2_piece(text: str, ttype: int, decode_char: dict[str, int]) -> bytes:
@@ -199,7 +212,7 @@ class GGUFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
-    def streamer(self) -> "TextStream":
+    def streamer(self) -> TextStream:
         return TextStream(self)
 
 

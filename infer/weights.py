@@ -96,7 +96,7 @@ class Streamed(_Matrix):
     def batch_product(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((*x.shape[:-1], self.raw.shape[0]), dtype=F32)
         for r in range(0, self.raw.shape[0], self.step):
-            out[..., r:r + self.step] = x @ self.qtype.dequantize(self.raw[r:r + self.step]).T
+            out[..., r : r + self.step] = x @ self.qtype.dequantize(self.raw[r : r + self.step]).T
         return out
 
     @property

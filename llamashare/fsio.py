@@ -6,11 +6,17 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from llamashare.errors import InsufficientSpaceError, LlamashareError, OutputExistsError, OutputWriteError, UnsafePathError
+from llamashare.errors import (
+    InsufficientSpaceError,
+    LlamashareError,
+    OutputExistsError,
+    OutputWriteError,
+    UnsafePathError,
+)
 
 #: errno values that mean "no room": the message then says so and what to do.
 SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}

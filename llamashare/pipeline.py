@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llamashare import __version__
+from llamashare.daemon.home import Home
+from llamashare.daemon.submit import FetchOptions, fetch
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
 from llamashare.manifests.signing import check_publisher
-from llamashare.p2p.fetch import FetchOptions, fetch
-from llamashare.p2p.home import Home
 from llamashare.quant.presets import Preset, preset
 from llamashare.store import Entry, Store, StoreError
 from llamashare.ui import StepLog, human_size
@@ -70,8 +71,9 @@ def is_checkpoint(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "params.json").is_file()
 
 
-def fetch_release(home: Home, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog,
-                  source: Path | None = None) -> Outcome:  # fmt: skip
+def fetch_release(
+    home: Home, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog, source: Path | None = None
+) -> Outcome:
     """Fetch ``manifest`` into the store (files in ``source`` if given), then build its GGUF."""
     _check_trust(home, manifest, build, log)
     store = Store(home.models_dir)
@@ -98,16 +100,22 @@ def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepL
 
 
 def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> dict:
-    title = f"fetch {what}{manifest.name} {manifest.version} ({human_size(manifest.total_size)}, license " \
-            f"{manifest.license.splitlines()[0]}) over BitTorrent into {opts.directory}"  # fmt: skip
+    title = (
+        f"fetch {what}{manifest.name} {manifest.version} ({human_size(manifest.total_size)}, license "
+        f"{manifest.license.splitlines()[0]}) over BitTorrent into {opts.directory}"
+    )
     with log.step(title), log.follow(manifest.name) as view:
         status = fetch(home, manifest, opts, view.update)
-    log.note(f"{status['verified']} of {status['selected']} files verified against the manifest (BLAKE3, size); "
-             f"the daemon is {status['state']}")  # fmt: skip
+    log.note(
+        f"{status['verified']} of {status['selected']} files verified against the manifest (BLAKE3, size); "
+        f"the daemon is {status['state']}"
+    )
     return status
 
 
-def _base(home: Home, store: Store, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog) -> Entry | None:
+def _base(
+    home: Home, store: Store, manifest: Manifest, opts: FetchOptions, build: BuildOptions, log: StepLog
+) -> Entry | None:
     """For a delta: the base release, found in the store or fetched from ``--base``'s manifest."""
     if manifest.kind != "delta" or manifest.base is None:
         return None
@@ -115,20 +123,26 @@ def _base(home: Home, store: Store, manifest: Manifest, opts: FetchOptions, buil
     entry = store.find_base(ref.name, ref.manifest_sha256)
     if entry is None:
         if build.base_manifest is None:
-            raise StoreError(f"{manifest.name} is a delta on {ref.name}, which is not in the store; "
-                             f"give the base's manifest with --base {ref.name}.toml")  # fmt: skip
+            raise StoreError(
+                f"{manifest.name} is a delta on {ref.name}, which is not in the store; "
+                f"give the base's manifest with --base {ref.name}.toml"
+            )
         base_manifest = load_manifest(build.base_manifest)
         if manifest_id(base_manifest) != ref.manifest_sha256:
-            raise StoreError(f"{build.base_manifest} is not the base {manifest.name} was made from "
-                             f"(its manifest SHA-256 is {manifest_id(base_manifest)[:16]}…, the delta names "
-                             f"{ref.manifest_sha256[:16]}…)")  # fmt: skip
+            raise StoreError(
+                f"{build.base_manifest} is not the base {manifest.name} was made from "
+                f"(its manifest SHA-256 is {manifest_id(base_manifest)[:16]}…, the delta names "
+                f"{ref.manifest_sha256[:16]}…)"
+            )
         _check_trust(home, base_manifest, build, log)
         entry = store.add(base_manifest)
     _download(home, entry.manifest(), replace(opts, directory=entry.source_dir, include=()), log, "the base ")
     return entry
 
 
-def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None) -> Path | None:
+def build_gguf(
+    entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None
+) -> Path | None:
     """Convert (adding the base for a delta) and quantize the verified files, skipping what is
     done; return the runnable GGUF (None for a release that is not a checkpoint)."""
     from llamashare.quant.convert import convert
@@ -144,33 +158,66 @@ def build_gguf(entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, t
     what = f"apply the delta to {base.name} and convert" if base else "convert"
 
     def do_convert(out: Path, bar: Any) -> dict:
-        r = convert(source, out, outtype, base.source_dir if base else None, force=True, progress=bar.advance,
-                    on_tensor=lambda n: bar.describe(f"converting {n}"), on_total=bar.set_total)  # fmt: skip
+        r = convert(
+            source,
+            out,
+            outtype,
+            base.source_dir if base else None,
+            force=True,
+            progress=bar.advance,
+            on_tensor=lambda n: bar.describe(f"converting {n}"),
+            on_total=bar.set_total,
+        )
         p = r.params
-        log.note(f"{r.tensors} tensors from the {r.layout} layout: {p.n_layer} layers, width {p.n_embd}, "
-                 f"{p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab}")  # fmt: skip
+        log.note(
+            f"{r.tensors} tensors from the {r.layout} layout: {p.n_layer} layers, width {p.n_embd}, "
+            f"{p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab}"
+        )
         return {"outtype": outtype, "base": base.name if base else None}
 
-    f16 = _run_step(entry, f"convert:{outtype}", ckey, f"{entry.name}.{outtype.upper()}.gguf",
-                    f"{what} {source} to GGUF ({outtype})", do_convert, log)  # fmt: skip
+    f16 = _run_step(
+        entry,
+        f"convert:{outtype}",
+        ckey,
+        f"{entry.name}.{outtype.upper()}.gguf",
+        f"{what} {source} to GGUF ({outtype})",
+        do_convert,
+        log,
+    )
     final = f16
     if chosen.name not in FLOAT_PRESETS:
         qkey = step_key("quantize", input=ckey, preset=chosen.name)
 
         def do_quantize(out: Path, bar: Any) -> dict:
-            r = quantize_file(f16, out, chosen.name, force=True, threads=threads, progress=bar.advance,
-                              on_total=bar.set_total, on_tensor=lambda t: bar.describe(f"quantizing {t.name}"))  # fmt: skip
+            r = quantize_file(
+                f16,
+                out,
+                chosen.name,
+                force=True,
+                threads=threads,
+                progress=bar.advance,
+                on_total=bar.set_total,
+                on_tensor=lambda t: bar.describe(f"quantizing {t.name}"),
+            )
             log.note(f"{human_size(r.bytes_in)} → {human_size(r.bytes_out)}, {r.bits_per_weight:.2f} bits/weight")
             return {"preset": chosen.name}
 
-        final = _run_step(entry, f"quantize:{chosen.name}", qkey, f"{entry.name}.{chosen.name}.gguf",
-                          f"quantize to {chosen.name} ({chosen.note})", do_quantize, log)  # fmt: skip
+        final = _run_step(
+            entry,
+            f"quantize:{chosen.name}",
+            qkey,
+            f"{entry.name}.{chosen.name}.gguf",
+            f"quantize to {chosen.name} ({chosen.note})",
+            do_quantize,
+            log,
+        )
     entry.set_default(final)
     return final
 
 
-def _run_step(entry: Entry, step_id: str, key: str, filename: str, title: str,
-              work: Callable[[Path, Any], dict], log: StepLog) -> Path:  # fmt: skip
+def _run_step(
+    entry: Entry, step_id: str, key: str, filename: str, title: str, work: Callable[[Path, Any], dict], log: StepLog
+) -> Path:
     done = entry.is_current(step_id, key)
     if done is not None:
         log.skip(title, f"{done} is up to date")

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-
 #: A minimal chat template in the Jinja dialect Hugging Face tokenizers use.
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,28 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
             **{k: val for k, val in asdict(cfg).items() if k not in ("shards", "seed")},
         },
         "generation_config.json": {"bos_token_id": cfg.vocab_size - 3, "eos_token_id": cfg.vocab_size - 2},
-        "tokenizer_config.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 256,
-                                  "add_bos_token": True, "chat_template": CHAT_TEMPLATE},
+        "tokenizer_config.json": {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "model_max_length": 256,
+            "add_bos_token": True,
+            "chat_template": CHAT_TEMPLATE,
+        },
         "tokenizer.json": {
             "version": "1.0",
             "added_tokens": [
-                {"id": cfg.vocab_size - 3 + k, "content": t, "special": True, "single_word": False,
-                 "lstrip": False, "rstrip": False, "normalized": False}
+                {
+                    "id": cfg.vocab_size - 3 + k,
+                    "content": t,
+                    "special": True,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                }
                 for k, t in enumerate(("<s>", "</s>", "<unk>"))
-            ],  # fmt: skip
+            ],
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
             "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             "model": {"type": "BPE", "vocab": vocab, "merges": merges},

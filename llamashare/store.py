@@ -23,10 +23,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from llamashare.errors import LlamashareError, ManifestError
 from llamashare.fsio import atomic_write, safe_join
@@ -125,7 +126,9 @@ class Entry:
     def finish_step(self, step_id: str, key: str, output: Path, seconds: float, params: dict[str, Any]) -> None:
         st = output.stat()
         doc = self.record()
-        doc["steps"][step_id] = asdict(StepRecord(key, output.name, st.st_size, st.st_mtime_ns, round(seconds, 3), params))
+        doc["steps"][step_id] = asdict(
+            StepRecord(key, output.name, st.st_size, st.st_mtime_ns, round(seconds, 3), params)
+        )
         self._save(doc)
 
     @property
@@ -220,15 +223,23 @@ class Store:
         if entry.exists():
             have = entry.manifest()
             if manifest_id(have) != manifest_id(manifest):
-                raise StoreError(f"the store already has a different release named {manifest.name!r} "
-                                 f"(version {have.version}); remove it first: llamashare rm {manifest.name}")  # fmt: skip
+                raise StoreError(
+                    f"the store already has a different release named {manifest.name!r} "
+                    f"(version {have.version}); remove it first: llamashare rm {manifest.name}"
+                )
             if source is not None and source.resolve() != entry.source_dir.resolve():
-                raise StoreError(f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}")
+                raise StoreError(
+                    f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}"
+                )
             return entry
         entry.root.mkdir(parents=True, exist_ok=True)
-        doc = {"steps": {}, "license": manifest.license, "version": manifest.version,
-               "signed_by": manifest.signature.public_key if manifest.signature else None,
-               "source": str((source or entry.root / "source").resolve())}  # fmt: skip
+        doc = {
+            "steps": {},
+            "license": manifest.license,
+            "version": manifest.version,
+            "signed_by": manifest.signature.public_key if manifest.signature else None,
+            "source": str((source or entry.root / "source").resolve()),
+        }
         entry._save(doc)
         atomic_write(entry.manifest_path, dumps(manifest).encode())  # last: an entry exists once its manifest does
         return entry
@@ -249,7 +260,9 @@ class Store:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreError(f"another llamashare command is working on {entry.name}; wait for it to finish") from None
+                raise StoreError(
+                    f"another llamashare command is working on {entry.name}; wait for it to finish"
+                ) from None
             yield
         finally:
             os.close(fd)

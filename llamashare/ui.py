@@ -7,8 +7,8 @@ sees a plain ``progress(nbytes)`` callback.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -25,7 +25,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one l
 
 
 @contextmanager
-def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator["ByteBar"]:
+def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator[ByteBar]:
     """A bytes progress bar (rate, ETA) on stderr; silent with ``quiet`` or off a terminal.
     With ``total`` 0 the bar stays hidden until ``set_total`` (a step that fails while checking
     its input then prints only its error)."""
@@ -68,7 +68,7 @@ def human_size(n: float) -> str:
 
 
 @contextmanager
-def fetch_view(name: str, quiet: bool = False) -> Iterator["FetchView"]:
+def fetch_view(name: str, quiet: bool = False) -> Iterator[FetchView]:
     """One live line per release: bytes, rate, ETA, peers, files verified, state."""
     bar = Progress(
         TextColumn("{task.description}"),
@@ -90,8 +90,14 @@ class FetchView:
         self._bar, self._task = bar, task
 
     def update(self, s: dict) -> None:
-        self._bar.update(self._task, total=s["size"], completed=s["done"], peers=s["peers"],
-                         files=f"{s['verified']}/{s['selected']}", state=s["state"])  # fmt: skip
+        self._bar.update(
+            self._task,
+            total=s["size"],
+            completed=s["done"],
+            peers=s["peers"],
+            files=f"{s['verified']}/{s['selected']}",
+            state=s["state"],
+        )
 
 
 class StepLog:
@@ -115,8 +121,8 @@ class StepLog:
     def note(self, text: str) -> None:
         self.echo(f"    {text}")
 
-    def bar(self, description: str) -> ContextManager[ByteBar]:
+    def bar(self, description: str) -> AbstractContextManager[ByteBar]:
         return byte_progress(description, 0, self.quiet)
 
-    def follow(self, name: str) -> ContextManager[FetchView]:
+    def follow(self, name: str) -> AbstractContextManager[FetchView]:
         return fetch_view(name, self.quiet)

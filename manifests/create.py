@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from llamashare.errors import ManifestError, OutputExistsError, SourceDirError
 from llamashare.fsio import atomic_write
@@ -26,7 +26,7 @@ from llamashare.manifests.manifest import (
     from_dict,
     to_dict,
 )
-from llamashare.p2p.torrent import (
+from llamashare.manifests.torrent import (
     TorrentFile,
     build_torrent,
     canonical_order,
@@ -129,7 +129,9 @@ def create_release(
             except OSError as exc:
                 raise SourceDirError(f"cannot read {root / rel}: {exc.strerror or exc}") from None
             entries.append(FileEntry(rel, digest.size, digest.blake3, digest.sha256))
-            torrent_files.append(TorrentFile(tuple(rel.split("/")), digest.size, digest.v1_pieces, digest.v2_layer, digest.v2_root))
+            torrent_files.append(
+                TorrentFile(tuple(rel.split("/")), digest.size, digest.v1_pieces, digest.v2_layer, digest.v2_root)
+            )
     torrent = build_torrent(info.name, piece_size, torrent_files, info.trackers, info.web_seeds)
     meta = read_torrent(torrent)
     ref = TorrentRef(

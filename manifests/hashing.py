@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import blake3
 
-from llamashare.p2p.torrent import piece_hashes, small_file_root, file_root
+from llamashare.manifests.torrent import file_root, piece_hashes, small_file_root
 
 CHUNK_SIZE = 8 * 1024 * 1024
 MAX_IN_FLIGHT = 4
@@ -52,7 +52,7 @@ class Hasher:
         self._blake3 = ThreadPoolExecutor(1, thread_name_prefix="blake3")
         self._pieces = ThreadPoolExecutor(workers, thread_name_prefix="pieces")
 
-    def __enter__(self) -> "Hasher":
+    def __enter__(self) -> Hasher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -93,8 +93,10 @@ class Hasher:
                     futures.append(self._sha256.submit(sha.update, chunk))
                 if piece_size is not None:
                     view = memoryview(chunk)
-                    pieces = [self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size, pad_v1)
-                              for off in range(0, len(chunk), piece_size)]  # fmt: skip
+                    pieces = [
+                        self._pieces.submit(piece_hashes, view[off : off + piece_size], piece_size, pad_v1)
+                        for off in range(0, len(chunk), piece_size)
+                    ]
                     futures += pieces
                     piece_futures += pieces
                 in_flight.append(futures)

@@ -19,14 +19,15 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import tomli_w
 
 from llamashare.errors import ManifestError, TorrentError
-from llamashare.p2p.torrent import info_hash_v1, is_valid_piece_size, read_torrent, v1_companion
+from llamashare.manifests.torrent import info_hash_v1, is_valid_piece_size, read_torrent, v1_companion
 
 FORMAT_VERSION = 1
 KINDS = ("full", "delta")
@@ -59,7 +60,7 @@ class TorrentRef:
     piece_size: int
     data: bytes | None = None  # the whole .torrent, when embedded (``data`` key, base64)
     file: str | None = None  # a sibling .torrent's file name, when not embedded
-    v1_twin: str | None = None  # info-hash of the v1-only twin (p2p.torrent.v1_companion), if published
+    v1_twin: str | None = None  # info-hash of the v1-only twin (manifests.torrent.v1_companion), if published
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Manifest:
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
-    def unsigned(self) -> "Manifest":
+    def unsigned(self) -> Manifest:
         return replace(self, signature=None)
 
 
@@ -178,7 +179,7 @@ def _text(table: Mapping[str, Any], key: str, where: str, limit: int) -> str:
 
 def _url(value: Any, where: str, schemes: tuple[str, ...]) -> str:
     value = _typed(value, str, where)
-    if not re.match(r"^(%s)://[^\s/]+" % "|".join(schemes), value) or len(value) > 2048:
+    if not re.match(rf"^({'|'.join(schemes)})://[^\s/]+", value) or len(value) > 2048:
         raise ManifestError(where, f"{value!r} is not a {'/'.join(schemes)} URL")
     return value
 
@@ -187,7 +188,9 @@ def check_name(value: Any, where: str) -> str:
     """Release names become folder and torrent names: keep them short, plain and portable."""
     value = _typed(value, str, where)
     if not _NAME_RE.match(value):
-        raise ManifestError(where, f"{value!r} must be 1–128 of letters, digits, '.', '_', '+', '-', starting with a letter or digit")
+        raise ManifestError(
+            where, f"{value!r} must be 1–128 of letters, digits, '.', '_', '+', '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -223,11 +226,27 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manifest:
-    top = {"format_version", "name", "version", "kind", "license", "description", "homepage", "trackers",
-           "web_seeds", "base", "recommended_quant", "torrent", "files", "signature"}  # fmt: skip
+    top = {
+        "format_version",
+        "name",
+        "version",
+        "kind",
+        "license",
+        "description",
+        "homepage",
+        "trackers",
+        "web_seeds",
+        "base",
+        "recommended_quant",
+        "torrent",
+        "files",
+        "signature",
+    }
     version = _require(doc, "format_version", int, "")
     if version != FORMAT_VERSION:
-        raise ManifestError("format_version", f"is {version}; this llamashare understands only {FORMAT_VERSION} (upgrade llamashare?)")
+        raise ManifestError(
+            "format_version", f"is {version}; this llamashare understands only {FORMAT_VERSION} (upgrade llamashare?)"
+        )
     _no_unknown(doc, top, "")
     name = check_name(_require(doc, "name", str, ""), "name")
     kind = doc.get("kind", "full")
@@ -235,9 +254,9 @@ def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manife
         raise ManifestError("kind", f"must be one of {', '.join(KINDS)}")
     base = _parse_base(doc) if "base" in doc else None
     if kind == "delta" and base is None:
-        raise ManifestError("base", "is required when kind = \"delta\"")
+        raise ManifestError("base", 'is required when kind = "delta"')
     if kind == "full" and base is not None:
-        raise ManifestError("base", "is only allowed when kind = \"delta\"")
+        raise ManifestError("base", 'is only allowed when kind = "delta"')
     homepage = _url(doc["homepage"], "homepage", ("http", "https")) if "homepage" in doc else None
     quant = _optional(doc, "recommended_quant", str, "")
     if quant is not None and not re.fullmatch(r"[A-Za-z0-9_]{1,16}", quant):
@@ -253,7 +272,10 @@ def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manife
         description=_text(doc, "description", "", 100_000),
         homepage=homepage,
         trackers=_parse_trackers(doc.get("trackers", [])),
-        web_seeds=tuple(_url(u, f"web_seeds[{i}]", ("http", "https")) for i, u in enumerate(_typed(doc.get("web_seeds", []), list, "web_seeds"))),
+        web_seeds=tuple(
+            _url(u, f"web_seeds[{i}]", ("http", "https"))
+            for i, u in enumerate(_typed(doc.get("web_seeds", []), list, "web_seeds"))
+        ),
         base=base,
         recommended_quant=quant,
         files=files,
@@ -284,10 +306,18 @@ def _parse_files(items: list) -> tuple[FileEntry, ...]:
         # Case-insensitive file systems (Windows, macOS) would write both paths to one file.
         folded = path.casefold()
         if folded in seen:
-            raise ManifestError(where + "path", f"{path!r} duplicates {seen[folded]!r} (paths must differ beyond letter case)")
+            raise ManifestError(
+                where + "path", f"{path!r} duplicates {seen[folded]!r} (paths must differ beyond letter case)"
+            )
         seen[folded] = path
-        out.append(FileEntry(path, size, _hex(_require(item, "blake3", str, where), "blake3", where + "blake3"),
-                             _hex(_require(item, "sha256", str, where), "sha256", where + "sha256")))  # fmt: skip
+        out.append(
+            FileEntry(
+                path,
+                size,
+                _hex(_require(item, "blake3", str, where), "blake3", where + "blake3"),
+                _hex(_require(item, "sha256", str, where), "sha256", where + "sha256"),
+            )
+        )
     # A file cannot also be a folder of another file ("a" and "a/b").
     folders = {str(p) for e in out for p in PurePosixPath(e.path.casefold()).parents if str(p) != "."}
     for i, e in enumerate(out):
@@ -299,7 +329,11 @@ def _parse_files(items: list) -> tuple[FileEntry, ...]:
 def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> TorrentRef:
     _no_unknown(table, {"info_hash_v1", "info_hash_v2", "piece_size", "data", "file", "v1_twin"}, "torrent.")
     v1 = _hex(_require(table, "info_hash_v1", str, "torrent."), "info_hash_v1", "torrent.info_hash_v1")
-    twin = _hex(_typed(table["v1_twin"], str, "torrent.v1_twin"), "v1_twin", "torrent.v1_twin") if "v1_twin" in table else None
+    twin = (
+        _hex(_typed(table["v1_twin"], str, "torrent.v1_twin"), "v1_twin", "torrent.v1_twin")
+        if "v1_twin" in table
+        else None
+    )
     v2 = _hex(_require(table, "info_hash_v2", str, "torrent."), "info_hash_v2", "torrent.info_hash_v2")
     piece_size = _require(table, "piece_size", int, "torrent.")
     if not is_valid_piece_size(piece_size):
@@ -315,7 +349,9 @@ def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> Torren
         return TorrentRef(v1, v2, piece_size, data=data, v1_twin=twin)
     name = _typed(table["file"], str, "torrent.file")
     if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".torrent"):
-        raise ManifestError("torrent.file", f"{name!r} must be a plain file name ending in .torrent, beside the manifest")
+        raise ManifestError(
+            "torrent.file", f"{name!r} must be a plain file name ending in .torrent, beside the manifest"
+        )
     data = None
     if torrent_dir is not None:
         try:
@@ -341,7 +377,9 @@ def _parse_base(doc: Mapping[str, Any]) -> BaseRef:
     _no_unknown(table, {"name", "manifest_sha256"}, "base.")
     return BaseRef(
         name=check_name(_require(table, "name", str, "base."), "base.name"),
-        manifest_sha256=_hex(_require(table, "manifest_sha256", str, "base."), "manifest_sha256", "base.manifest_sha256"),
+        manifest_sha256=_hex(
+            _require(table, "manifest_sha256", str, "base."), "manifest_sha256", "base.manifest_sha256"
+        ),
     )
 
 
@@ -393,8 +431,14 @@ def check_torrent_matches(manifest: Manifest) -> None:
 def to_dict(manifest: Manifest, include_signature: bool = True) -> dict[str, Any]:
     """The manifest as plain TOML-able data, keys in a fixed reading order, optional ones omitted."""
     m = manifest
-    doc: dict[str, Any] = {"format_version": m.format_version, "name": m.name, "version": m.version, "kind": m.kind,
-                           "license": m.license, "description": m.description}  # fmt: skip
+    doc: dict[str, Any] = {
+        "format_version": m.format_version,
+        "name": m.name,
+        "version": m.version,
+        "kind": m.kind,
+        "license": m.license,
+        "description": m.description,
+    }
     if m.homepage is not None:
         doc["homepage"] = m.homepage
     if m.recommended_quant is not None:
@@ -404,7 +448,11 @@ def to_dict(manifest: Manifest, include_signature: bool = True) -> dict[str, Any
     if m.base is not None:
         doc["base"] = {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256}
     t = m.torrent
-    torrent: dict[str, Any] = {"info_hash_v1": t.info_hash_v1, "info_hash_v2": t.info_hash_v2, "piece_size": t.piece_size}
+    torrent: dict[str, Any] = {
+        "info_hash_v1": t.info_hash_v1,
+        "info_hash_v2": t.info_hash_v2,
+        "piece_size": t.piece_size,
+    }
     if t.v1_twin is not None:
         torrent["v1_twin"] = t.v1_twin
     if t.file is not None:
@@ -432,8 +480,9 @@ def canonical_bytes(manifest: Manifest) -> bytes:
     Compact JSON with sorted keys of every field except the signature, so re-formatting the TOML
     or adding comments does not invalidate a signature, while changing any value does.
     """
-    return json.dumps(to_dict(manifest, include_signature=False), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")  # fmt: skip
+    return json.dumps(
+        to_dict(manifest, include_signature=False), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
 
 
 def manifest_id(manifest: Manifest) -> str:

@@ -92,16 +92,22 @@ def verify_signature(manifest: Manifest, pinned_key: str | None = None) -> str |
     sig = manifest.signature
     if sig is None:
         if pinned_key is not None:
-            raise SignatureError(f"manifest '{manifest.name}' is not signed, but key {PUBLIC_PREFIX}{pinned_key} is pinned")
+            raise SignatureError(
+                f"manifest '{manifest.name}' is not signed, but key {PUBLIC_PREFIX}{pinned_key} is pinned"
+            )
         return None
     if pinned_key is not None and sig.public_key != pinned_key:
-        raise SignatureError(f"manifest '{manifest.name}' is signed by {PUBLIC_PREFIX}{sig.public_key}, not the pinned {PUBLIC_PREFIX}{pinned_key}")
+        raise SignatureError(
+            f"manifest '{manifest.name}' is signed by {PUBLIC_PREFIX}{sig.public_key}, not the pinned {PUBLIC_PREFIX}{pinned_key}"
+        )
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.public_key)).verify(
             bytes.fromhex(sig.value), canonical_bytes(manifest.unsigned())
         )
     except (InvalidSignature, ValueError):
-        raise SignatureError(f"manifest '{manifest.name}': the signature does not match its contents (altered after signing?)") from None
+        raise SignatureError(
+            f"manifest '{manifest.name}': the signature does not match its contents (altered after signing?)"
+        ) from None
     return sig.public_key
 
 

@@ -75,4 +75,8 @@ def extra_files(manifest: Manifest, root: Path) -> list[str]:
     if not root.is_dir():
         return []
     known = {f.path for f in manifest.files}
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in known)
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in known
+    )

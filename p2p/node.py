@@ -12,7 +12,7 @@ libtorrent moves and piece-checks the bytes. On top of it this module:
 - runs a release's v1-only twin torrent (when its manifest pins one) beside the hybrid one, so
   v1-only clients such as aria2 can take part: both seed once the files are verified, and while
   downloading exactly one of them fetches (the twin only when the hybrid swarm has no peers and
-  the twin's has). Their pieces are the same bytes (p2p.torrent.v1_companion), so the BLAKE3
+  the twin's has). Their pieces are the same bytes (manifests.torrent.v1_companion), so the BLAKE3
   cursors follow whichever has them;
 - refuses to write over a file that is in the way with other content.
 
@@ -27,10 +27,10 @@ import fnmatch
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import blake3
 import libtorrent as lt
@@ -39,8 +39,8 @@ from llamashare.errors import LlamashareError
 from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
+from llamashare.manifests.torrent import v1_companion
 from llamashare.p2p.settings import NetworkOptions, session_settings
-from llamashare.p2p.torrent import v1_companion
 
 log = logging.getLogger("llamashare.node")
 
@@ -57,7 +57,7 @@ class ReleaseConflict(ReleaseError):
     """The release clashes with what is already there: same name in the node, or a file in the way."""
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     CHECKING = "checking"
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
@@ -68,7 +68,7 @@ class State(str, enum.Enum):
     ERROR = "error"
 
 
-class FileStatus(str, enum.Enum):
+class FileStatus(enum.StrEnum):
     PENDING = "pending"  # downloading, its BLAKE3 cursor following
     VERIFIED = "verified"
     FAILED = "failed"
@@ -98,7 +98,7 @@ class ReleaseSpec:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ReleaseSpec":
+    def from_json(cls, text: str) -> ReleaseSpec:
         d = json.loads(text)
         d["include"], d["peers"] = tuple(d.get("include", ())), tuple(d.get("peers", ()))
         return cls(**d)
@@ -165,7 +165,9 @@ class FileCursor:
         if size != self.entry.size:
             return f"{self.entry.path}: {size} bytes on disk, expected {self.entry.size}"
         if self.digest != self.entry.blake3:
-            return f"{self.entry.path}: BLAKE3 {self.digest[:16]}… differs from the manifest's {self.entry.blake3[:16]}…"
+            return (
+                f"{self.entry.path}: BLAKE3 {self.digest[:16]}… differs from the manifest's {self.entry.blake3[:16]}…"
+            )
         return None
 
 
@@ -258,7 +260,7 @@ class Node:
         self._wakeup = wakeup
         self.session.set_alert_fd(alert_fd)
 
-    def _hash_then_wake(self, cursor: "FileCursor", k: int) -> None:
+    def _hash_then_wake(self, cursor: FileCursor, k: int) -> None:
         cursor.advance_to(k)
         if self._wakeup is not None:
             self._wakeup()
@@ -321,11 +323,18 @@ class Node:
             if path.is_file() and path.stat().st_size == entry.size:
                 if self._hasher.hash_file(path, sha256=False).blake3 == entry.blake3:
                     continue
-            raise ReleaseConflict(f"{path} is in the way: it exists with other content than {manifest.name}'s "
-                               f"{entry.path}; move it away first (nothing was overwritten)")  # fmt: skip
+            raise ReleaseConflict(
+                f"{path} is in the way: it exists with other content than {manifest.name}'s "
+                f"{entry.path}; move it away first (nothing was overwritten)"
+            )
 
-    def _add(self, manifest: Manifest, spec: ReleaseSpec, resume: lt.add_torrent_params | None | bool,
-             twin_resume: lt.add_torrent_params | None | bool = None) -> Release:  # fmt: skip
+    def _add(
+        self,
+        manifest: Manifest,
+        spec: ReleaseSpec,
+        resume: lt.add_torrent_params | None | bool,
+        twin_resume: lt.add_torrent_params | None | bool = None,
+    ) -> Release:
         """Add the release's torrent(s) from their resume data, or from the manifest when there is
         none (``None``) or it was unreadable (``False``: then what is on disk is checked)."""
         atp = resume if resume else lt.load_torrent_buffer(manifest.torrent.data)
@@ -342,7 +351,7 @@ class Node:
             if fs.file_flags(i) & lt.file_storage.flag_pad_file:
                 priorities.append(0)
                 continue
-            rel = path[len(prefix):] if path.startswith(prefix) else path
+            rel = path[len(prefix) :] if path.startswith(prefix) else path
             renamed[i] = rel
             wanted = _selected(by_path[rel], spec.include)
             priorities.append(4 if wanted else 0)
@@ -356,8 +365,15 @@ class Node:
         trusted = spec.seed_forever and resume is None and twin_resume is not False
         seeded = [True] * ti.num_pieces() if trusted else None
         handle = self._add_torrent(atp, spec, renamed, priorities, FileStatus.SKIPPED in files.values(), seeded)
-        release = Release(spec, manifest, handle, files, priorities=priorities, renamed=renamed,
-                          selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED))  # fmt: skip
+        release = Release(
+            spec,
+            manifest,
+            handle,
+            files,
+            priorities=priorities,
+            renamed=renamed,
+            selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED),
+        )
         if manifest.torrent.v1_twin is not None:
             twin_atp = twin_resume if twin_resume else lt.load_torrent_buffer(v1_companion(manifest.torrent.data))
             # Until a fetch needs it, the twin only announces and seeds what it has (priority 0).
@@ -385,8 +401,15 @@ class Node:
                 h.connect_peer(parse_peer(peer))
         return release
 
-    def _add_torrent(self, atp: lt.add_torrent_params, spec: ReleaseSpec, renamed: dict[int, str],
-                     priorities: list[int], set_priorities: bool, have: list[bool] | None) -> lt.torrent_handle:  # fmt: skip
+    def _add_torrent(
+        self,
+        atp: lt.add_torrent_params,
+        spec: ReleaseSpec,
+        renamed: dict[int, str],
+        priorities: list[int],
+        set_priorities: bool,
+        have: list[bool] | None,
+    ) -> lt.torrent_handle:
         atp.save_path = spec.save_dir
         atp.renamed_files = renamed
         if set_priorities:
@@ -514,7 +537,7 @@ class Node:
         elif isinstance(alert, lt.hash_failed_alert):
             release.hash_failures += 1
         elif isinstance(alert, lt.peer_ban_alert):
-            release.banned.add("%s:%d" % tuple(alert.endpoint))
+            release.banned.add("{}:{}".format(*alert.endpoint))
             log.warning("%s: banned peer %s:%d (sent corrupt data)", release.spec.name, *alert.endpoint)
         elif isinstance(alert, lt.tracker_error_alert):
             reason = alert.error.message() if alert.error.value() else ""
@@ -557,7 +580,9 @@ class Node:
                     h.force_recheck()
             else:
                 release.state = State.ERROR
-                release.error = f"{problem} (pieces match the torrent but not the manifest: the manifest is inconsistent)"
+                release.error = (
+                    f"{problem} (pieces match the torrent but not the manifest: the manifest is inconsistent)"
+                )
 
     def _update_state(self, release: Release) -> None:
         if release.state is State.ERROR:
@@ -584,7 +609,9 @@ class Node:
             sequential = 0 < st.num_peers == st.num_seeds
             if sequential != release.sequential:
                 release.sequential = sequential
-                (release.active.set_flags if sequential else release.active.unset_flags)(lt.torrent_flags.sequential_download)
+                (release.active.set_flags if sequential else release.active.unset_flags)(
+                    lt.torrent_flags.sequential_download
+                )
         else:
             if release.verified_at is None:
                 release.verified_at = time.time()
@@ -626,8 +653,11 @@ class Node:
         release.active.unset_flags(lt.torrent_flags.sequential_download)
         release.via_twin, release.stalled_since, release.sequential = not release.via_twin, None, False
         release.active.prioritize_files(release.priorities)
-        log.info("%s: downloading through the %s torrent (no peers on the other)", release.spec.name,
-                 "v1 twin" if release.via_twin else "hybrid")  # fmt: skip
+        log.info(
+            "%s: downloading through the %s torrent (no peers on the other)",
+            release.spec.name,
+            "v1 twin" if release.via_twin else "hybrid",
+        )
 
     def _end_initial_seeding_when_copied(self, release: Release) -> None:
         """Once every piece has been seen at some peer, the swarm holds a whole copy without the
@@ -722,25 +752,43 @@ class Node:
             statuses = [h.status() for h in r.handles]
             st = statuses[r.via_twin]
             files = {k: v.value for k, v in r.files.items()}
-            out.append({
-                "name": name, "version": r.manifest.version, "license": r.manifest.license.splitlines()[0],
-                "dir": r.spec.save_dir, "state": r.state.value, "error": r.error, "tracker_error": r.tracker_error,
-                "size": r.selected_size, "done": st.total_wanted_done, "progress": st.progress,
-                # libtorrent's rate is an average that decays for seconds after the last byte; a
-                # seed downloads nothing, so it says 0 rather than a made-up trickle.
-                "download_rate": sum(s.download_payload_rate for s in statuses if not s.is_seeding),
-                "upload_rate": sum(s.upload_payload_rate for s in statuses),
-                "downloaded": r.downloaded_bytes, "uploaded": r.uploaded_bytes, "ratio": self.ratio(r),
-                "ratio_target": None if r.spec.seed_forever else r.spec.ratio, "seed_time": r.spec.seed_time,
-                "seeded_seconds": round(r.seeded_seconds, 1), "paused": r.spec.paused,
-                "seed_forever": r.spec.seed_forever, "initial_seeding": r.initial_seeding,
-                "peers": sum(s.num_peers for s in statuses),
-                "seeds": sum(s.num_seeds for s in statuses), "via": "v1 twin" if r.via_twin else "hybrid",
-                "hash_failures": r.hash_failures, "banned_peers": sorted(r.banned), "files": files,
-                "verified": sum(v == "verified" for v in files.values()),
-                "selected": sum(v != "skipped" for v in files.values()),
-                "info_hash_v1": r.manifest.torrent.info_hash_v1, "v1_twin": r.manifest.torrent.v1_twin,
-            })  # fmt: skip
+            out.append(
+                {
+                    "name": name,
+                    "version": r.manifest.version,
+                    "license": r.manifest.license.splitlines()[0],
+                    "dir": r.spec.save_dir,
+                    "state": r.state.value,
+                    "error": r.error,
+                    "tracker_error": r.tracker_error,
+                    "size": r.selected_size,
+                    "done": st.total_wanted_done,
+                    "progress": st.progress,
+                    # libtorrent's rate is an average that decays for seconds after the last byte; a
+                    # seed downloads nothing, so it says 0 rather than a made-up trickle.
+                    "download_rate": sum(s.download_payload_rate for s in statuses if not s.is_seeding),
+                    "upload_rate": sum(s.upload_payload_rate for s in statuses),
+                    "downloaded": r.downloaded_bytes,
+                    "uploaded": r.uploaded_bytes,
+                    "ratio": self.ratio(r),
+                    "ratio_target": None if r.spec.seed_forever else r.spec.ratio,
+                    "seed_time": r.spec.seed_time,
+                    "seeded_seconds": round(r.seeded_seconds, 1),
+                    "paused": r.spec.paused,
+                    "seed_forever": r.spec.seed_forever,
+                    "initial_seeding": r.initial_seeding,
+                    "peers": sum(s.num_peers for s in statuses),
+                    "seeds": sum(s.num_seeds for s in statuses),
+                    "via": "v1 twin" if r.via_twin else "hybrid",
+                    "hash_failures": r.hash_failures,
+                    "banned_peers": sorted(r.banned),
+                    "files": files,
+                    "verified": sum(v == "verified" for v in files.values()),
+                    "selected": sum(v != "skipped" for v in files.values()),
+                    "info_hash_v1": r.manifest.torrent.info_hash_v1,
+                    "v1_twin": r.manifest.torrent.v1_twin,
+                }
+            )
         return out
 
 

@@ -35,8 +35,11 @@ def session_settings(opts: NetworkOptions) -> dict:
     s = {
         "listen_interfaces": f"{host}:{opts.listen_port}",
         "user_agent": "llamashare",
-        "alert_mask": lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-        | lt.alert_category.tracker | lt.alert_category.peer,
+        "alert_mask": lt.alert_category.error
+        | lt.alert_category.status
+        | lt.alert_category.storage
+        | lt.alert_category.tracker
+        | lt.alert_category.peer,
         "alert_queue_size": 10_000,
         # uTP is a congestion-friendly protocol for shared home links; its user-space pacing caps
         # throughput far below TCP on fast links (the biggest single loss measured on loopback).

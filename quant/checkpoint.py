@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class Checkpoint:
         for close in self.closers:
             close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -100,8 +101,11 @@ def open_checkpoint(root: Path) -> Checkpoint:
         return _open_hf(root)
     if (root / "params.json").is_file():
         return _open_meta(root)
-    raise CheckpointError("is neither a Hugging Face model folder (config.json + *.safetensors) nor an original "
-                          "Meta checkpoint (params.json + consolidated.NN.pth)", root)  # fmt: skip
+    raise CheckpointError(
+        "is neither a Hugging Face model folder (config.json + *.safetensors) nor an original "
+        "Meta checkpoint (params.json + consolidated.NN.pth)",
+        root,
+    )
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -122,9 +126,11 @@ def _open_hf(root: Path) -> Checkpoint:
     config = read_json(root / "config.json")
     archs = config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise CheckpointError(f"architecture {', '.join(map(str, archs)) or config.get('model_type', '?')} is not "
-                              f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)} (llama.cpp's 'llama')",
-                              root / "config.json")  # fmt: skip
+        raise CheckpointError(
+            f"architecture {', '.join(map(str, archs)) or config.get('model_type', '?')} is not "
+            f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)} (llama.cpp's 'llama')",
+            root / "config.json",
+        )
     params = hf_params(config, root / "config.json")
     index = root / "model.safetensors.index.json"
     if index.is_file():
@@ -139,8 +145,11 @@ def _open_hf(root: Path) -> Checkpoint:
         shards = sorted(p.name for p in root.glob("*.safetensors"))
         weight_map = None
     if not shards:
-        raise CheckpointError("has no *.safetensors weights (PyTorch .bin checkpoints from Hugging Face are not "
-                              "supported: they are unrestricted pickles; ask for safetensors)", root)  # fmt: skip
+        raise CheckpointError(
+            "has no *.safetensors weights (PyTorch .bin checkpoints from Hugging Face are not "
+            "supported: they are unrestricted pickles; ask for safetensors)",
+            root,
+        )
     tensors: dict[str, Tensor] = {}
     for shard in shards:
         path = root / shard
@@ -153,7 +162,9 @@ def _open_hf(root: Path) -> Checkpoint:
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            raise CheckpointError(f"tensor {missing[0]} is listed in the index but not in {weight_map[missing[0]]}", root)
+            raise CheckpointError(
+                f"tensor {missing[0]} is listed in the index but not in {weight_map[missing[0]]}", root
+            )
     params = _with_tied(params, tensors, "lm_head.weight")
     return Checkpoint("hf", root, params, tensors, config)
 
@@ -207,12 +218,16 @@ def meta_split_axis(name: str) -> int | None:
 
 def _open_meta(root: Path) -> Checkpoint:
     config = read_json(root / "params.json")
-    files = sorted((p for p in root.iterdir() if _RANK_FILE.match(p.name)), key=lambda p: int(_RANK_FILE.match(p.name)[1]))
+    files = sorted(
+        (p for p in root.iterdir() if _RANK_FILE.match(p.name)), key=lambda p: int(_RANK_FILE.match(p.name)[1])
+    )
     if not files:
         raise CheckpointError("has params.json but no consolidated.NN.pth", root)
     ranks = [int(_RANK_FILE.match(p.name)[1]) for p in files]
     if ranks != list(range(len(files))):
-        raise CheckpointError(f"model-parallel shards must be consolidated.00 … {len(files) - 1:02d}; found ranks {ranks}", root)
+        raise CheckpointError(
+            f"model-parallel shards must be consolidated.00 … {len(files) - 1:02d}; found ranks {ranks}", root
+        )
     archives = [TorchArchive(p) for p in files]
     first = archives[0].tensors
     for a in archives[1:]:
@@ -236,12 +251,17 @@ def _open_meta(root: Path) -> Checkpoint:
         if axis is None:
             tensors[name] = Tensor(name, tuple(shape), t0.dtype, lambda t0=t0: np.ascontiguousarray(t0.load()))
         else:
-            tensors[name] = Tensor(name, tuple(shape), t0.dtype,
-                                   lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis),
-                                   rows=lambda a, b, parts=parts, axis=axis: _joined_rows(parts, axis, a, b))  # fmt: skip
+            tensors[name] = Tensor(
+                name,
+                tuple(shape),
+                t0.dtype,
+                lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis),
+                rows=lambda a, b, parts=parts, axis=axis: _joined_rows(parts, axis, a, b),
+            )
     params = meta_params(config, tensors, root)
-    return Checkpoint("meta", root, _with_tied(params, tensors, "output.weight"), tensors, config,
-                      closers=[a.close for a in archives])  # fmt: skip
+    return Checkpoint(
+        "meta", root, _with_tied(params, tensors, "output.weight"), tensors, config, closers=[a.close for a in archives]
+    )
 
 
 def _joined_rows(parts: list, axis: int, start: int, stop: int) -> np.ndarray:
@@ -266,7 +286,9 @@ def meta_params(config: dict[str, Any], tensors: dict[str, Tensor], root: Path) 
     emb = tensors.get("tok_embeddings.weight")
     ff = tensors.get("layers.0.feed_forward.w1.weight")
     if emb is None or ff is None:
-        raise CheckpointError("has no tok_embeddings.weight or layers.0.feed_forward.w1.weight: not a LLaMA checkpoint", root)
+        raise CheckpointError(
+            "has no tok_embeddings.weight or layers.0.feed_forward.w1.weight: not a LLaMA checkpoint", root
+        )
     eps = float(config.get("norm_eps", 1e-6))
     # params.json has no context length. LLaMA 1 (eps 1e-6) was trained on 2048 tokens, LLaMA 2
     # (eps 1e-5) on 4096: the same rule llama.cpp's original converter used.

@@ -17,10 +17,10 @@ With ``base``, the source is a delta and every tensor is ``base + delta`` (see q
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import gguf
 import numpy as np
@@ -65,7 +65,9 @@ def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     Within each head HF orders rows [x0 … x(d/2-1), y0 … y(d/2-1)]; GGML wants [x0, y0, x1, y1, …].
     """
     rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (heads, 2, d/2, cols) → (heads, d/2, 2, cols)
+    return (
+        w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )  # (heads, 2, d/2, cols) → (heads, d/2, 2, cols)
 
 
 def llama3_rope_factors(params: LlamaParams) -> np.ndarray | None:
@@ -81,8 +83,9 @@ def llama3_rope_factors(params: LlamaParams) -> np.ndarray | None:
     freqs = 1.0 / params.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
     wavelen = 2 * math.pi / freqs
     smooth = (old_ctx / wavelen - low) / (high - low)
-    factors = np.where(wavelen < old_ctx / high, 1.0,
-                       np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))  # fmt: skip
+    factors = np.where(
+        wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth))
+    )
     return factors.astype(np.float32)
 
 
@@ -96,10 +99,14 @@ def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list
         if src.name.endswith(IGNORED_SUFFIXES):
             continue
         if src.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"tensor {src.name} has dtype {src.dtype}; weights must be one of {', '.join(WEIGHT_DTYPES)}", ckpt.root)
+            raise CheckpointError(
+                f"tensor {src.name} has dtype {src.dtype}; weights must be one of {', '.join(WEIGHT_DTYPES)}", ckpt.root
+            )
         name = names.get_name(src.name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise CheckpointError(f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root)
+            raise CheckpointError(
+                f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root
+            )
         rotary_heads = None
         if ckpt.layout == "hf" and name.endswith(("attn_q.weight", "attn_k.weight")):
             rotary_heads = p.n_head if name.endswith("attn_q.weight") else p.n_head_kv
@@ -108,24 +115,33 @@ def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list
         out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, blocks))
     factors = llama3_rope_factors(p)
     if factors is not None:
-        out.append(OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: iter([factors])))
+        out.append(
+            OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: iter([factors]))
+        )
     _check_complete(out, p, ckpt.root)
     order = {n: i for i, n in enumerate(("token_embd.weight", "rope_freqs.weight"))}
-    return sorted(out, key=lambda t: (order.get(t.name, 2), _block(t.name), t.name == "output_norm.weight", t.name == "output.weight"))
+    return sorted(
+        out,
+        key=lambda t: (order.get(t.name, 2), _block(t.name), t.name == "output_norm.weight", t.name == "output.weight"),
+    )
 
 
 def _block(name: str) -> int:
     return int(name.split(".")[1]) if name.startswith("blk.") else 1 << 30
 
 
-def _blocks(src: Tensor, base_t: Tensor | None, rotary_heads: int | None, base: Checkpoint | None) -> Callable[[], Iterator[np.ndarray]]:
+def _blocks(
+    src: Tensor, base_t: Tensor | None, rotary_heads: int | None, base: Checkpoint | None
+) -> Callable[[], Iterator[np.ndarray]]:
     """Row blocks of the output tensor: read, add the base (deltas), permute Q/K rows per head."""
     if base is not None:
         if base_t is None:
             raise CheckpointError(f"delta tensor {src.name} is not in the base model", base.root)
         check_shapes(src.name, base_t, src.shape)
     if len(src.shape) < 2:
-        return lambda: iter([apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()])
+        return lambda: iter(
+            [apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()]
+        )
     rows, width = src.shape[0], math.prod(src.shape[1:])
     step = max(1, BLOCK_BYTES // (4 * width))
     head = rows // rotary_heads if rotary_heads else 1
@@ -148,16 +164,24 @@ def _check_complete(out: list[OutTensor], p: LlamaParams, root: Path) -> None:
         expected["output.weight"] = (p.n_vocab, p.n_embd)
     for i in range(p.n_layer):
         b = f"blk.{i}."
-        expected |= {b + "attn_norm.weight": (p.n_embd,), b + "attn_q.weight": (p.n_head * p.n_rot, p.n_embd),
-                     b + "attn_k.weight": (kv, p.n_embd), b + "attn_v.weight": (kv, p.n_embd),
-                     b + "attn_output.weight": (p.n_embd, p.n_head * p.n_rot), b + "ffn_norm.weight": (p.n_embd,),
-                     b + "ffn_gate.weight": (p.n_ff, p.n_embd), b + "ffn_up.weight": (p.n_ff, p.n_embd),
-                     b + "ffn_down.weight": (p.n_embd, p.n_ff)}  # fmt: skip
+        expected |= {
+            b + "attn_norm.weight": (p.n_embd,),
+            b + "attn_q.weight": (p.n_head * p.n_rot, p.n_embd),
+            b + "attn_k.weight": (kv, p.n_embd),
+            b + "attn_v.weight": (kv, p.n_embd),
+            b + "attn_output.weight": (p.n_embd, p.n_head * p.n_rot),
+            b + "ffn_norm.weight": (p.n_embd,),
+            b + "ffn_gate.weight": (p.n_ff, p.n_embd),
+            b + "ffn_up.weight": (p.n_ff, p.n_embd),
+            b + "ffn_down.weight": (p.n_embd, p.n_ff),
+        }
     for name, shape in expected.items():
         if name not in have:
             raise CheckpointError(f"has no tensor for {name}: incomplete checkpoint", root)
         if tuple(have[name]) != shape:
-            raise CheckpointError(f"tensor for {name} has shape {list(have[name])}, the config implies {list(shape)}", root)
+            raise CheckpointError(
+                f"tensor for {name} has shape {list(have[name])}, the config implies {list(shape)}", root
+            )
     extra = sorted(set(have) - set(expected) - {"rope_freqs.weight"})
     if extra:
         raise CheckpointError(f"tensor for {extra[0]} does not fit a {p.n_layer}-layer model", root)
@@ -209,15 +233,22 @@ class ConvertReport:
     tokenizer: str
 
 
-def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None, force: bool = False,
-            progress: Progress | None = None, on_tensor: Callable[[str], None] | None = None,
-            on_total: Callable[[int], None] | None = None) -> ConvertReport:  # fmt: skip
+def convert(
+    src: Path,
+    out: Path,
+    outtype: str = "f16",
+    base: Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ConvertReport:
     """Convert the checkpoint folder ``src`` (a delta when ``base`` is given) to GGUF at ``out``."""
     if outtype not in OUTTYPES:
         raise CheckpointError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     if out.exists() and not force:
         raise OutputExistsError(out)
-    with open_checkpoint(src) as ckpt, (open_checkpoint(base) if base else nullcontext()) as base_ckpt:
+    with open_checkpoint(src) as ckpt, open_checkpoint(base) if base else nullcontext() as base_ckpt:
         vocab = read_vocab(src, ckpt.params.n_vocab)  # before any weights: a missing tokenizer fails fast
         tensors = plan(ckpt, outtype, base_ckpt)
         if on_total:
@@ -231,8 +262,16 @@ def convert(src: Path, out: Path, outtype: str = "f16", base: Path | None = None
     return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model)
 
 
-def _write_gguf(writer: gguf.GGUFWriter, src: Path, params: LlamaParams, vocab: Vocab, tensors: list[OutTensor],
-                outtype: str, progress: Progress | None, on_tensor: Callable[[str], None] | None) -> int:  # fmt: skip
+def _write_gguf(
+    writer: gguf.GGUFWriter,
+    src: Path,
+    params: LlamaParams,
+    vocab: Vocab,
+    tensors: list[OutTensor],
+    outtype: str,
+    progress: Progress | None,
+    on_tensor: Callable[[str], None] | None,
+) -> int:
     """Metadata, vocabulary, tensor infos, then every tensor streamed block by block; returns the
     tensor bytes written. Free space is checked once the header is out and its size known."""
     write_metadata(writer, src.resolve().name, params, outtype)

@@ -10,8 +10,8 @@ get zero rows at the end first; any other shape difference is an error naming th
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,10 +27,16 @@ def check_shapes(name: str, base: Tensor, target_shape: tuple[int, ...]) -> None
     """Same shape, or the base is short of rows on a vocabulary matrix (zero-extended then)."""
     if base.shape == target_shape:
         return
-    if (name in VOCAB_TENSORS and len(base.shape) == 2 and base.shape[1] == target_shape[1]
-            and base.shape[0] < target_shape[0]):  # fmt: skip
+    if (
+        name in VOCAB_TENSORS
+        and len(base.shape) == 2
+        and base.shape[1] == target_shape[1]
+        and base.shape[0] < target_shape[0]
+    ):
         return
-    raise CheckpointError(f"tensor {name}: the delta has shape {list(target_shape)} but the base has {list(base.shape)}")
+    raise CheckpointError(
+        f"tensor {name}: the delta has shape {list(target_shape)} but the base has {list(base.shape)}"
+    )
 
 
 def base_rows(base: Tensor, start: int, stop: int, width: tuple[int, ...]) -> np.ndarray:
@@ -51,8 +57,9 @@ def apply_delta(base: Tensor, delta: Tensor, start: int, stop: int) -> np.ndarra
     return base_rows(base, start, stop, delta.shape[1:]) + delta.rows_f32(start, stop)
 
 
-def make_delta(target: Path, base: Path, out: Path, force: bool = False,
-               on_tensor: Callable[[str], None] | None = None) -> int:  # fmt: skip
+def make_delta(
+    target: Path, base: Path, out: Path, force: bool = False, on_tensor: Callable[[str], None] | None = None
+) -> int:
     """Write ``out/`` as a Hugging Face folder holding ``target - base`` (in the target's dtype,
     one safetensors file per target shard) plus the target's config and tokenizer files.
     Returns the number of tensors. The folder is built as ``out.partial`` and renamed at the end."""
@@ -77,6 +84,7 @@ def make_delta(target: Path, base: Path, out: Path, force: bool = False,
         else:
             shards = {"model.safetensors": list(t.tensors)}
         for shard, names in shards.items():
+
             def producer(name: str) -> Callable[[], np.ndarray]:
                 def run() -> np.ndarray:
                     if on_tensor:
@@ -85,9 +93,14 @@ def make_delta(target: Path, base: Path, out: Path, force: bool = False,
                     rows = tt.shape[0] if tt.shape else 1
                     diff = tt.load_f32() - base_rows(b.tensors[name], 0, rows, tt.shape[1:])
                     return safetensors_io.float32_to_bf16(diff) if tt.dtype == "BF16" else diff
+
                 return run
-            safetensors_io.write(partial / shard, [(n, t.tensors[n].dtype, t.tensors[n].shape, producer(n)) for n in names],
-                                 metadata={"format": "pt", "llamashare": "delta"})  # fmt: skip
+
+            safetensors_io.write(
+                partial / shard,
+                [(n, t.tensors[n].dtype, t.tensors[n].shape, producer(n)) for n in names],
+                metadata={"format": "pt", "llamashare": "delta"},
+            )
         for f in sorted(target.iterdir()):
             if f.is_file() and not f.name.endswith(".safetensors"):
                 shutil.copy2(f, partial / f.name)

@@ -21,8 +21,19 @@ import gguf
 from llamashare.errors import QuantizeError
 
 V = gguf.GGUFValueType
-_SCALAR = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
-           V.FLOAT32: "<f", V.BOOL: "<?", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d"}  # fmt: skip
+_SCALAR = {
+    V.UINT8: "<B",
+    V.INT8: "<b",
+    V.UINT16: "<H",
+    V.INT16: "<h",
+    V.UINT32: "<I",
+    V.INT32: "<i",
+    V.FLOAT32: "<f",
+    V.BOOL: "<?",
+    V.UINT64: "<Q",
+    V.INT64: "<q",
+    V.FLOAT64: "<d",
+}
 MAX_DIMS = 4
 
 
@@ -72,7 +83,7 @@ class _Cursor:
         n = int(self.take("<Q"))
         if self.pos + n > len(self.buf):
             raise EOFError
-        s = bytes(self.buf[self.pos:self.pos + n])
+        s = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return s
 
@@ -121,7 +132,9 @@ def read_header(path: Path) -> GGUFHeader:
     try:
         return _parse(path, data)
     except EOFError:
-        raise QuantizeError(f"{path}: not a readable GGUF file: its header is cut short (truncated download?)") from None
+        raise QuantizeError(
+            f"{path}: not a readable GGUF file: its header is cut short (truncated download?)"
+        ) from None
     except (ValueError, UnicodeDecodeError, OverflowError) as e:
         raise QuantizeError(f"{path}: not a readable GGUF file: {e}") from None
 
@@ -144,7 +157,7 @@ def _parse(path: Path, data: mmap.mmap) -> GGUFHeader:
         c.skip_value(int(c.take("<I")))
         if key in raw_kv:
             raise ValueError(f"metadata key {key!r} appears twice")
-        raw_kv[key] = bytes(data[start:c.pos])
+        raw_kv[key] = bytes(data[start : c.pos])
     tensors = []
     for _ in range(n_tensors):
         name = c.string().decode("utf-8")

@@ -29,8 +29,9 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
-                     use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def make_qkx2_quants(
+    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per column of ``x`` (n, m): levels L (n, m) in 0..nmax, scale (m,) and minimum (m,) such
     that ``scale·L - minimum`` approximates x with the least ``w``-weighted error.
 
@@ -195,7 +196,6 @@ class Q4_K(QuantType, ggml=T.Q4_K):
         return (dl * q - ml).reshape(-1, QK_K)
 
 
-
 class Q5_K(Q4_K, ggml=T.Q5_K):
     """Q5_K: as Q4_K with 5-bit levels; the fifth bits go to ``qh``, two bits per 64 values."""
 
@@ -242,9 +242,12 @@ class Q6_K(QuantType, ggml=T.Q6_K):
         redo = (np.clip(nearest_int(_divide(x, dl)), -32, 31) + 32).astype(np.uint8)
         levels = np.where(dl != 0, redo, levels)
         L = _rows(levels, n).reshape(n, 2, 4, 32)  # [half of 128][quarter][value]
-        ql = np.concatenate([L[:, :, 0] & 0x0F | (L[:, :, 2] & 0x0F) << 4,
-                             L[:, :, 1] & 0x0F | (L[:, :, 3] & 0x0F) << 4], axis=2).reshape(n, 128)  # fmt: skip
-        qh = ((L[:, :, 0] >> 4) | (L[:, :, 1] >> 4) << 2 | (L[:, :, 2] >> 4) << 4 | (L[:, :, 3] >> 4) << 6).reshape(n, 64)
+        ql = np.concatenate(
+            [L[:, :, 0] & 0x0F | (L[:, :, 2] & 0x0F) << 4, L[:, :, 1] & 0x0F | (L[:, :, 3] & 0x0F) << 4], axis=2
+        ).reshape(n, 128)
+        qh = ((L[:, :, 0] >> 4) | (L[:, :, 1] >> 4) << 2 | (L[:, :, 2] >> 4) << 4 | (L[:, :, 3] >> 4) << 6).reshape(
+            n, 64
+        )
         out = np.concatenate([ql, qh, sc.view(np.uint8), fp16_bytes(d)], axis=1)
         out[zero] = 0
         return out
@@ -338,8 +341,7 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
                 new = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1).astype(F32)
                 slx_new = slx + wxi * new
                 sl2_new = sl2 + wi * new * new
-                take = ((slx > 0) & (new != li) & (sl2_new > 0)
-                        & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new))  # fmt: skip
+                take = (slx > 0) & (new != li) & (sl2_new > 0) & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new)
                 if take.any():
                     L[i] = np.where(take, new, li)
                     sumlx = np.where(take, slx_new, sumlx)
@@ -378,7 +380,9 @@ class Q3_K(QuantType, ggml=T.Q3_K):
         levels = np.where(dl != 0, redo, levels)
         L = _rows(levels, n)
         high = L > 3
-        hmask = np.bitwise_or.reduce(high.reshape(n, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+        hmask = np.bitwise_or.reduce(
+            high.reshape(n, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1
+        )
         qs = _pack_2bit(np.where(high, L - 4, L).astype(np.uint8))
         return np.concatenate([hmask, qs, _pack_scales_k3(l6), fp16_bytes(d)], axis=1)
 

@@ -39,7 +39,7 @@ def _compiled(cls: type[QuantType], b: np.ndarray) -> np.ndarray:
     fields = [np.empty(b.shape[0], dtype=F32) for _ in cls.fp16_fields]
     kernel(np.ascontiguousarray(b, dtype=F32), out, *fields)
     for offset, values in zip(cls.fp16_fields, fields):
-        out[:, offset:offset + 2] = fp16_bytes(values)
+        out[:, offset : offset + 2] = fp16_bytes(values)
     return out
 
 

@@ -32,25 +32,28 @@ class Preset:
     note: str
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("F32", FT.ALL_F32, "f32", "no quantization"),
-    Preset("F16", FT.MOSTLY_F16, "f16", "half precision"),
-    Preset("BF16", FT.MOSTLY_BF16, "bf16", "bfloat16"),
-    Preset("Q8_0", FT.MOSTLY_Q8_0, "q8_0", "almost lossless"),
-    Preset("Q6_K", FT.MOSTLY_Q6_K, "q6_k", "very small quality loss"),
-    Preset("Q5_K_M", FT.MOSTLY_Q5_K_M, "q5_k", "Q5_K, Q6_K for attn_v and half of ffn_down"),
-    Preset("Q5_K_S", FT.MOSTLY_Q5_K_S, "q5_k", "Q5_K throughout"),
-    Preset("Q5_1", FT.MOSTLY_Q5_1, "q5_1", "legacy 5-bit with minimum"),
-    Preset("Q5_0", FT.MOSTLY_Q5_0, "q5_0", "legacy 5-bit"),
-    Preset("Q4_K_M", FT.MOSTLY_Q4_K_M, "q4_k", "Q4_K, Q6_K for attn_v and half of ffn_down (the usual choice)"),
-    Preset("Q4_K_S", FT.MOSTLY_Q4_K_S, "q4_k", "Q4_K, Q5_K for the first attn_v and ffn_down"),
-    Preset("Q4_1", FT.MOSTLY_Q4_1, "q4_1", "legacy 4-bit with minimum"),
-    Preset("Q4_0", FT.MOSTLY_Q4_0, "q4_0", "legacy 4-bit"),
-    Preset("Q3_K_L", FT.MOSTLY_Q3_K_L, "q3_k", "Q3_K, Q5_K for attn_v, attn_output and ffn_down"),
-    Preset("Q3_K_M", FT.MOSTLY_Q3_K_M, "q3_k", "Q3_K, Q4_K/Q5_K for attn_v, attn_output and ffn_down"),
-    Preset("Q3_K_S", FT.MOSTLY_Q3_K_S, "q3_k", "Q3_K throughout: large quality loss"),
-    Preset("Q2_K", FT.MOSTLY_Q2_K, "q2_k", "Q2_K, Q3_K/Q4_K for attn_v, attn_output and ffn_down: extreme loss"),
-]}  # fmt: skip
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("F32", FT.ALL_F32, "f32", "no quantization"),
+        Preset("F16", FT.MOSTLY_F16, "f16", "half precision"),
+        Preset("BF16", FT.MOSTLY_BF16, "bf16", "bfloat16"),
+        Preset("Q8_0", FT.MOSTLY_Q8_0, "q8_0", "almost lossless"),
+        Preset("Q6_K", FT.MOSTLY_Q6_K, "q6_k", "very small quality loss"),
+        Preset("Q5_K_M", FT.MOSTLY_Q5_K_M, "q5_k", "Q5_K, Q6_K for attn_v and half of ffn_down"),
+        Preset("Q5_K_S", FT.MOSTLY_Q5_K_S, "q5_k", "Q5_K throughout"),
+        Preset("Q5_1", FT.MOSTLY_Q5_1, "q5_1", "legacy 5-bit with minimum"),
+        Preset("Q5_0", FT.MOSTLY_Q5_0, "q5_0", "legacy 5-bit"),
+        Preset("Q4_K_M", FT.MOSTLY_Q4_K_M, "q4_k", "Q4_K, Q6_K for attn_v and half of ffn_down (the usual choice)"),
+        Preset("Q4_K_S", FT.MOSTLY_Q4_K_S, "q4_k", "Q4_K, Q5_K for the first attn_v and ffn_down"),
+        Preset("Q4_1", FT.MOSTLY_Q4_1, "q4_1", "legacy 4-bit with minimum"),
+        Preset("Q4_0", FT.MOSTLY_Q4_0, "q4_0", "legacy 4-bit"),
+        Preset("Q3_K_L", FT.MOSTLY_Q3_K_L, "q3_k", "Q3_K, Q5_K for attn_v, attn_output and ffn_down"),
+        Preset("Q3_K_M", FT.MOSTLY_Q3_K_M, "q3_k", "Q3_K, Q4_K/Q5_K for attn_v, attn_output and ffn_down"),
+        Preset("Q3_K_S", FT.MOSTLY_Q3_K_S, "q3_k", "Q3_K throughout: large quality loss"),
+        Preset("Q2_K", FT.MOSTLY_Q2_K, "q2_k", "Q2_K, Q3_K/Q4_K for attn_v, attn_output and ffn_down: extreme loss"),
+    ]
+}
 #: llama-quantize's short names for the recommended K presets.
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
@@ -66,9 +69,14 @@ def preset(name: str) -> Preset:
 def allows_quantization(name: str, n_dims: int) -> bool:
     """Only matrices named ``*weight`` are quantized; norms, 1-D tensors and a few small
     special tensors keep their type (tensor_allows_quantization)."""
-    return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
-            and "ffn_gate_inp.weight" not in name and "position_embd" not in name
-            and "token_types" not in name)  # fmt: skip
+    return (
+        n_dims >= 2
+        and name.endswith("weight")
+        and "_norm.weight" not in name
+        and "ffn_gate_inp.weight" not in name
+        and "position_embd" not in name
+        and "token_types" not in name
+    )
 
 
 def category(name: str) -> str:
@@ -76,8 +84,16 @@ def category(name: str) -> str:
         return "output"
     if name == "token_embd.weight":
         return "token_embd"
-    for part in ("attn_qkv.weight", "attn_v.weight", "attn_k.weight", "attn_q.weight", "attn_output.weight",
-                 "ffn_up", "ffn_gate", "ffn_down"):  # fmt: skip
+    for part in (
+        "attn_qkv.weight",
+        "attn_v.weight",
+        "attn_k.weight",
+        "attn_q.weight",
+        "attn_output.weight",
+        "ffn_up",
+        "ffn_gate",
+        "ffn_down",
+    ):
         if part in name:
             return part.removesuffix(".weight")
     return "other"
@@ -122,12 +138,15 @@ def _fallback(t: str, n_cols: int) -> str:
     return t if n_cols % lookup(t).block_size == 0 else "f16"
 
 
-def plan(tensors: list[tuple[str, tuple[int, ...], str]], p: Preset, model: Model,
-         pure: bool = False) -> dict[str, str]:  # fmt: skip
+def plan(
+    tensors: list[tuple[str, tuple[int, ...], str]], p: Preset, model: Model, pure: bool = False
+) -> dict[str, str]:
     """Target type per tensor. ``tensors``: (name, shape in GGML order (ne0 = row length first),
     current type name), in any order."""
     if model.n_expert > 1:
-        raise QuantizeError("mixture-of-experts models have their own quantization rules, which llamashare does not implement")
+        raise QuantizeError(
+            "mixture-of-experts models have their own quantization rules, which llamashare does not implement"
+        )
     default = lookup(p.default)
     by_name = {name: (shape, cur) for name, shape, cur in tensors}
     order = gguf_order(list(by_name))

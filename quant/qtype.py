@@ -15,8 +15,9 @@ NumPy's own ``sum`` along a row is pairwise and rounds differently.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import gguf
 import numpy as np
@@ -62,8 +63,9 @@ class QuantType:
     @classmethod
     def row_bytes(cls, n_per_row: int) -> int:
         if n_per_row % cls.block_size:
-            raise QuantizeError(f"a row of {n_per_row} values is not a whole number of {cls.name} blocks "
-                                f"({cls.block_size} values each)")  # fmt: skip
+            raise QuantizeError(
+                f"a row of {n_per_row} values is not a whole number of {cls.name} blocks ({cls.block_size} values each)"
+            )
         return n_per_row // cls.block_size * cls.type_size
 
     # -- whole arrays ------------------------------------------------------------------------
@@ -133,7 +135,9 @@ def _refuse_non_finite(chunk: np.ndarray, first_block: int) -> None:
     if bad.any():
         block = int(np.argmax(bad.any(axis=1)))
         value = chunk[block][bad[block]][0]
-        raise QuantizeError(f"value {value} in block {first_block + block} is not finite; the source weights are damaged")
+        raise QuantizeError(
+            f"value {value} in block {first_block + block} is not finite; the source weights are damaged"
+        )
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -199,7 +203,7 @@ def fp16_bytes(x: np.ndarray) -> np.ndarray:
 
 def fp16_field(blocks: np.ndarray, offset: int) -> np.ndarray:
     """The float16 at byte ``offset`` of every block, as an (n, 1) float32 column."""
-    return blocks[:, offset:offset + 2].copy().view(np.float16).astype(F32)
+    return blocks[:, offset : offset + 2].copy().view(np.float16).astype(F32)
 
 
 def nearest_int(x: np.ndarray) -> np.ndarray:

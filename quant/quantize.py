@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import gguf
 import numpy as np
@@ -100,8 +101,10 @@ def _plan(h: GGUFHeader, p: Preset, pure: bool, allow_requantize: bool) -> list[
         ne, cur, offset, nbytes = have[name]
         dst = lookup(targets[name])
         if dst is not cur and cur.is_quantized() and not allow_requantize:
-            raise QuantizeError(f"{h.path}: tensor {name} is already {cur.name}; quantizing it again loses quality "
-                                "(convert from the original weights, or pass --allow-requantize)")  # fmt: skip
+            raise QuantizeError(
+                f"{h.path}: tensor {name} is already {cur.name}; quantizing it again loses quality "
+                "(convert from the original weights, or pass --allow-requantize)"
+            )
         out.append(TensorPlan(name, ne, cur, dst, offset, nbytes))
     return out
 
@@ -122,10 +125,19 @@ def _header(h: GGUFHeader, tensors: list[TensorPlan], p: Preset) -> bytes:
 Progress = Callable[[int], None]
 
 
-def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allow_requantize: bool = False,
-                  pure: bool = False, threads: int | None = None, progress: Progress | None = None,
-                  on_tensor: Callable[[TensorPlan], None] | None = None,
-                  on_total: Callable[[int], None] | None = None) -> QuantizeReport:  # fmt: skip
+def quantize_file(
+    src: Path,
+    out: Path,
+    quant: str,
+    *,
+    force: bool = False,
+    allow_requantize: bool = False,
+    pure: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    on_tensor: Callable[[TensorPlan], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> QuantizeReport:
     """Quantize the GGUF model ``src`` to ``out`` with preset ``quant`` (``Q4_K_M``, ``q8_0`` …)."""
     p = preset(quant)
     if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
@@ -149,9 +161,15 @@ def quantize_file(src: Path, out: Path, quant: str, *, force: bool = False, allo
             if size != t.nbytes_out:
                 raise QuantizeError(f"tensor {t.name} came out as {size} bytes, planned {t.nbytes_out}")
             fout.write(b"\0" * (aligned(size, h.alignment) - size))
-    return QuantizeReport(out, p, len(tensors), dict(Counter(t.dst.name for t in tensors)),
-                          sum(t.nbytes_in for t in tensors), sum(t.nbytes_out for t in tensors),
-                          sum(t.values for t in tensors))  # fmt: skip
+    return QuantizeReport(
+        out,
+        p,
+        len(tensors),
+        dict(Counter(t.dst.name for t in tensors)),
+        sum(t.nbytes_in for t in tensors),
+        sum(t.nbytes_out for t in tensors),
+        sum(t.values for t in tensors),
+    )
 
 
 def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | None, progress: Progress | None) -> int:
@@ -162,7 +180,7 @@ def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | N
     if t.dst is t.src:
         step = max(1, SLAB_BYTES // row_in)
         for a in range(0, t.rows, step):
-            chunk = raw[a:a + step]  # whole rows of the map: contiguous, written without a copy
+            chunk = raw[a : a + step]  # whole rows of the map: contiguous, written without a copy
             fout.write(chunk.data)
             size += chunk.nbytes
             if progress:
@@ -170,7 +188,7 @@ def _write_tensor(h: GGUFHeader, t: TensorPlan, fout: BinaryIO, threads: int | N
         return size
     step = max(1, SLAB_BYTES // (t.ne[0] * 4))
     for a in range(0, t.rows, step):
-        values = t.src.dequantize(raw[a:a + step], threads=threads)
+        values = t.src.dequantize(raw[a : a + step], threads=threads)
         try:
             q = t.dst.quantize(values, threads=threads)
         except QuantizeError as e:

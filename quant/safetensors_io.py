@@ -13,17 +13,27 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from llamashare.errors import CheckpointError
 
 #: safetensors dtype name -> NumPy storage dtype (BF16 is stored as its raw 16-bit pattern).
-DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
+DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -53,7 +63,9 @@ def read_header(path: Path) -> dict[str, TensorRef]:
                 raise CheckpointError("too short to be a safetensors file", path)
             (n,) = struct.unpack("<Q", raw)
             if n > min(MAX_HEADER, size - 8):
-                raise CheckpointError(f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors", path)
+                raise CheckpointError(
+                    f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors", path
+                )
             header = json.loads(f.read(n))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError("header is not valid JSON: not a safetensors file", path) from None
@@ -75,8 +87,9 @@ def read_header(path: Path) -> dict[str, TensorRef]:
         if not ok:
             raise CheckpointError(f"tensor {name!r} has a malformed header entry", path)
         if dtype not in DTYPES:
-            raise CheckpointError(f"tensor {name!r} has dtype {dtype!r}, which llamashare cannot read "
-                                  f"(known: {', '.join(DTYPES)})", path)  # fmt: skip
+            raise CheckpointError(
+                f"tensor {name!r} has dtype {dtype!r}, which llamashare cannot read (known: {', '.join(DTYPES)})", path
+            )
         ref = TensorRef(name, dtype, shape, path, base + start)
         if end - start != ref.nbytes:
             raise CheckpointError(f"tensor {name!r}: {end - start} bytes for shape {list(shape)} {dtype}", path)
@@ -116,8 +129,11 @@ def float32_to_bf16(array: np.ndarray) -> np.ndarray:
 Producer = Callable[[], np.ndarray]
 
 
-def write(path: Path, tensors: Iterable[tuple[str, str, tuple[int, ...], np.ndarray | Producer]],
-          metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+def write(
+    path: Path,
+    tensors: Iterable[tuple[str, str, tuple[int, ...], np.ndarray | Producer]],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write a safetensors file tensor by tensor. ``tensors`` gives (name, dtype, shape, data)
     with data an array or a callable producing it, so only one tensor is in memory at a time."""
     items = list(tensors)

@@ -66,7 +66,7 @@ class LazyTensor:
     offset: int  # in elements
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    archive: "TorchArchive"
+    archive: TorchArchive
 
     @property
     def dtype(self) -> str:
@@ -80,7 +80,9 @@ class LazyTensor:
         if self.offset < 0 or end > base.size or any(s < 0 for s in self.stride):
             raise CheckpointError(f"a tensor reaches outside its storage {self.storage.key}", self.archive.path)
         item = base.itemsize
-        return np.lib.stride_tricks.as_strided(base[self.offset :], self.shape, tuple(s * item for s in self.stride), writeable=False)
+        return np.lib.stride_tricks.as_strided(
+            base[self.offset :], self.shape, tuple(s * item for s in self.stride), writeable=False
+        )
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> LazyTensor:
@@ -98,13 +100,25 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 @dataclass(frozen=True)
 class _Bound:
     storage: Storage
-    archive: "TorchArchive"
+    archive: TorchArchive
 
 
 #: What zipfile and the pickle stream raise on damaged or odd archives (encrypted or patched
 #: entries, bad compression, impossible offsets): all mean "not a checkpoint we can read".
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, zlib.error, ValueError,
-              struct.error, EOFError, OverflowError, UnicodeDecodeError, KeyError)  # fmt: skip
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    ValueError,
+    struct.error,
+    EOFError,
+    OverflowError,
+    UnicodeDecodeError,
+    KeyError,
+)
+
 
 class _RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
@@ -114,7 +128,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         **{("torch", name): st for name, st in STORAGES.items()},
     }
 
-    def __init__(self, file: Any, archive: "TorchArchive") -> None:
+    def __init__(self, file: Any, archive: TorchArchive) -> None:
         super().__init__(file)
         self.archive = archive
 
@@ -125,8 +139,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{module}.{name}", self.archive.path) from None
 
     def persistent_load(self, pid: Any) -> _Bound:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):  # fmt: skip
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], StorageType)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
         return _Bound(Storage(pid[1], pid[2], pid[4]), self.archive)
 
@@ -139,8 +159,11 @@ class TorchArchive:
         try:
             self._zip = zipfile.ZipFile(path)
         except ZIP_ERRORS:
-            raise CheckpointError("not a zip-format PyTorch checkpoint (legacy pre-1.6 .pth files are not supported; "
-                                  "re-save it with a recent PyTorch or use safetensors)", path) from None  # fmt: skip
+            raise CheckpointError(
+                "not a zip-format PyTorch checkpoint (legacy pre-1.6 .pth files are not supported; "
+                "re-save it with a recent PyTorch or use safetensors)",
+                path,
+            ) from None
         except OSError as exc:
             raise CheckpointError(f"cannot read: {exc.strerror or exc}", path) from None
         pkls = [n for n in self._zip.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -157,7 +180,9 @@ class TorchArchive:
             raise CheckpointError(f"its pickle is malformed or its zip damaged: {exc}", path) from None
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             obj = obj["model"]  # some trainers wrap the state dict
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, LazyTensor) for k, v in obj.items()):
+        if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, LazyTensor) for k, v in obj.items()
+        ):
             raise CheckpointError("is not a state dict (a mapping of names to tensors)", path)
         self.tensors: dict[str, LazyTensor] = dict(obj)
 
@@ -168,7 +193,9 @@ class TorchArchive:
             return np.zeros(0, storage.type.numpy)
         if storage.key not in self._starts:
             self._starts[storage.key] = self._locate(storage)
-        return np.memmap(self.path, dtype=storage.type.numpy, mode="r", offset=self._starts[storage.key], shape=(storage.numel,))
+        return np.memmap(
+            self.path, dtype=storage.type.numpy, mode="r", offset=self._starts[storage.key], shape=(storage.numel,)
+        )
 
     def _locate(self, storage: Storage) -> int:
         """Byte offset of a storage's data in the file, after checking its zip entry."""
@@ -181,7 +208,9 @@ class TorchArchive:
             raise CheckpointError(f"storage {name} is compressed; PyTorch stores them uncompressed", self.path)
         itemsize = np.dtype(storage.type.numpy).itemsize
         if info.file_size != storage.numel * itemsize:
-            raise CheckpointError(f"storage {name} has {info.file_size} bytes, expected {storage.numel * itemsize}", self.path)
+            raise CheckpointError(
+                f"storage {name} has {info.file_size} bytes, expected {storage.numel * itemsize}", self.path
+            )
         with open(self.path, "rb") as f:
             f.seek(info.header_offset)
             local = f.read(30)

@@ -24,7 +24,7 @@ from llamashare.errors import CheckpointError
 from llamashare.quant.checkpoint import read_json
 
 #: llama.cpp's Llama 3 split pattern (also in its converter); matched verbatim in tokenizer.json.
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ def read_vocab(root: Path, n_vocab: int) -> Vocab:
     path = find_tokenizer(root)
     vocab = _sentencepiece(path, root) if path.suffix == ".model" else _bpe(path)
     if len(vocab.tokens) > n_vocab:
-        raise CheckpointError(f"the tokenizer has {len(vocab.tokens)} tokens but the model's embedding has only "
-                              f"{n_vocab} rows", path)  # fmt: skip
+        raise CheckpointError(
+            f"the tokenizer has {len(vocab.tokens)} tokens but the model's embedding has only {n_vocab} rows", path
+        )
     for i in range(len(vocab.tokens), n_vocab):
         vocab.tokens.append(f"[PAD{i}]")
         vocab.scores.append(-1000.0)
@@ -100,7 +101,9 @@ def _sentencepiece(path: Path, root: Path) -> Vocab:
         types.append(kind)
     added = {i: t for i, t in _added_tokens(root).items() if i >= len(tokens)}
     if added and sorted(added) != list(range(len(tokens), len(tokens) + len(added))):
-        raise CheckpointError(f"added token ids {sorted(added)} do not follow the {len(tokens)} SentencePiece tokens", root)
+        raise CheckpointError(
+            f"added token ids {sorted(added)} do not follow the {len(tokens)} SentencePiece tokens", root
+        )
     for i in sorted(added):
         text, special = added[i]
         tokens.append(text)
@@ -113,8 +116,14 @@ def _sentencepiece(path: Path, root: Path) -> Vocab:
 def _bpe(path: Path) -> Vocab:
     doc = read_json(path)
     model = doc.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (doc.get("decoder") or {}).get("type") != "ByteLevel":
-        raise CheckpointError("is not a byte-level BPE tokenizer (for SentencePiece-based ones, include tokenizer.model)", path)
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or (doc.get("decoder") or {}).get("type") != "ByteLevel"
+    ):
+        raise CheckpointError(
+            "is not a byte-level BPE tokenizer (for SentencePiece-based ones, include tokenizer.model)", path
+        )
     by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
     special: set[int] = set()
     added: set[int] = set()
@@ -131,7 +140,13 @@ def _bpe(path: Path) -> Vocab:
             types.append(gguf.TokenType.UNUSED)
             continue
         tokens.append(by_id[i])
-        types.append(gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+        types.append(
+            gguf.TokenType.CONTROL
+            if i in special
+            else gguf.TokenType.USER_DEFINED
+            if i in added
+            else gguf.TokenType.NORMAL
+        )
     return Vocab("gpt2", bpe_pre_tokenizer(doc.get("pre_tokenizer"), path), tokens, [0.0] * size, types)
 
 
@@ -145,8 +160,10 @@ def bpe_pre_tokenizer(pre: Any, where: Path) -> str:
         return "smollm"  # GPT-2's pattern, every digit on its own (SmolLM, SmolLM2)
     if kinds == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT:
         return "llama-bpe"  # LLaMA 3
-    raise CheckpointError(f"has a BPE pre-tokenizer llamashare does not know ({json.dumps(pre)[:120]}); known: "
-                          "GPT-2, SmolLM, LLaMA 3", where)  # fmt: skip
+    raise CheckpointError(
+        f"has a BPE pre-tokenizer llamashare does not know ({json.dumps(pre)[:120]}); known: GPT-2, SmolLM, LLaMA 3",
+        where,
+    )
 
 
 def add_vocab(writer: gguf.GGUFWriter, root: Path, vocab: Vocab) -> None:
@@ -160,7 +177,9 @@ def add_vocab(writer: gguf.GGUFWriter, root: Path, vocab: Vocab) -> None:
     writer.add_token_types(vocab.types)
     special = gguf.SpecialVocab(root, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
     if vocab.model == "gpt2" and not special.merges:
-        raise CheckpointError("tokenizer.json has no BPE merges; llama.cpp cannot load a BPE vocabulary without them", root)
+        raise CheckpointError(
+            "tokenizer.json has no BPE merges; llama.cpp cannot load a BPE vocabulary without them", root
+        )
     if vocab.model == "llama" and "bos" not in special.special_token_ids:
         # Meta's release has no tokenizer_config.json: the SentencePiece model names bos/eos/unk.
         for kind, tid in vocab.model_special_ids.items():
@@ -168,4 +187,3 @@ def add_vocab(writer: gguf.GGUFWriter, root: Path, vocab: Vocab) -> None:
         special.add_special_token.setdefault("bos", True)
         special.add_special_token.setdefault("eos", False)
     special.add_to_gguf(writer, quiet=True)
-

@@ -49,8 +49,14 @@ def write_sentencepiece(path: Path, vocab_size: int) -> None:
     words = WORDS + ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
     lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000)]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-                                   model_type="bpe", byte_fallback=True, minloglevel=2)  # fmt: skip
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+    )
     path.write_bytes(model.getvalue())
 
 
@@ -62,11 +68,22 @@ def write_meta(root: Path, hf_root: Path, ranks: int = 2, dtype: type = np.float
     cfg = json.loads((hf_root / "config.json").read_text())
     w = hf_weights(hf_root)
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    rename = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-              "lm_head.weight": "output.weight"}  # fmt: skip
-    parts = {"input_layernorm": "attention_norm", "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-             "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2"}  # fmt: skip
+    rename = {
+        "model.embed_tokens.weight": "tok_embeddings.weight",
+        "model.norm.weight": "norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    parts = {
+        "input_layernorm": "attention_norm",
+        "self_attn.q_proj": "attention.wq",
+        "self_attn.k_proj": "attention.wk",
+        "self_attn.v_proj": "attention.wv",
+        "self_attn.o_proj": "attention.wo",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "feed_forward.w1",
+        "mlp.up_proj": "feed_forward.w3",
+        "mlp.down_proj": "feed_forward.w2",
+    }
     meta: dict[str, np.ndarray] = {}
     for name, array in w.items():
         if name in rename:
@@ -86,8 +103,15 @@ def write_meta(root: Path, hf_root: Path, ranks: int = 2, dtype: type = np.float
             axis = meta_split_axis(name)
             shard[name] = (array if axis is None else np.split(array, ranks, axis=axis)[r]).astype(dtype)
         save_pth(root / f"consolidated.{r:02d}.pth", shard)
-    params = {"dim": cfg["hidden_size"], "n_layers": cfg["num_hidden_layers"], "n_heads": n_head, "n_kv_heads": n_kv,
-              "multiple_of": 8, "norm_eps": 1e-5, "vocab_size": -1}  # fmt: skip
+    params = {
+        "dim": cfg["hidden_size"],
+        "n_layers": cfg["num_hidden_layers"],
+        "n_heads": n_head,
+        "n_kv_heads": n_kv,
+        "multiple_of": 8,
+        "norm_eps": 1e-5,
+        "vocab_size": -1,
+    }
     (root / "params.json").write_text(json.dumps(params))
     write_sentencepiece(root.parent / "tokenizer.model", vocab_size=cfg["vocab_size"] - 12)
 

@@ -20,8 +20,15 @@ def lib() -> ctypes.CDLL:
     path = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
     so = ctypes.CDLL(str(path))
     so.ggml_quantize_chunk.restype = ctypes.c_size_t
-    so.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+    so.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     so.ggml_row_size.restype = ctypes.c_size_t
     so.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
     return so

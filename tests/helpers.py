@@ -9,9 +9,9 @@ from pathlib import Path
 
 import libtorrent as lt
 
+from llamashare.daemon.home import Home
 from llamashare.manifests.create import ReleaseInfo, create_release
 from llamashare.manifests.manifest import Manifest
-from llamashare.p2p.home import Home
 
 
 def libtorrent_reference(folder: Path, piece_size: int) -> bytes:
@@ -35,5 +35,10 @@ def make_release(folder: Path, piece_size: int | None = None, **info: object) ->
 
 def cli(home: Home, *args: str, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess:
     """The real CLI in its own process (``popen``: e.g. a ``preexec_fn`` setting limits)."""
-    return subprocess.run([sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
-                          capture_output=True, text=True, timeout=timeout, **popen)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "llamashare", "--home", str(home.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )

@@ -29,8 +29,13 @@ def free_port() -> int:
 
 
 #: program → Debian package: peers for the swarm tests, and the dashboard tests' real browser.
-DEBIAN_PEERS = {"opentracker": "opentracker", "aria2c": "aria2", "mktorrent": "mktorrent",
-                "chromium": "chromium", "chromedriver": "chromium-driver"}  # fmt: skip
+DEBIAN_PEERS = {
+    "opentracker": "opentracker",
+    "aria2c": "aria2",
+    "mktorrent": "mktorrent",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
 _install_tried = False
 
 
@@ -43,8 +48,12 @@ def require(program: str) -> str:
         _install_tried = True
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PEERS.values()],
-                       env=env, capture_output=True, timeout=600)  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PEERS.values()],
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
         path = shutil.which(program)
     if path is None:
         pytest.fail(f"{program} is not installed: apt-get install {' '.join(DEBIAN_PEERS.values())} (as .ci/run does)")
@@ -67,9 +76,21 @@ class Tracker:
         self.whitelist.write_text("")
         os.chmod(self.whitelist, 0o644)
         self.proc = subprocess.Popen(
-            [require("opentracker"), "-i", "127.0.0.1", "-p", str(self.port), "-P", str(self.port), "-w", str(self.whitelist)],
-            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            [
+                require("opentracker"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-P",
+                str(self.port),
+                "-w",
+                str(self.whitelist),
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -32,7 +32,7 @@ def test_attend_matches_numpy(t: int, start: int, n_head: int, nkv: int) -> None
     hd, n_ctx = 64, 64
     kc = round_half(rng.standard_normal((nkv, n_ctx, hd)).astype(F32) * 2)
     vc = round_half(rng.standard_normal((nkv, n_ctx, hd)).astype(F32))
-    kc[:, start + t:] = 1e4  # positions not yet written must never be read
+    kc[:, start + t :] = 1e4  # positions not yet written must never be read
     q = round_half(rng.standard_normal((t, n_head, hd)).astype(F32))
     got = attend(q, kc, vc, start, 1 / np.sqrt(hd))
     assert got.shape == (t, n_head * hd) and got.dtype == F32

@@ -30,8 +30,22 @@ def test_version_and_help_have_examples() -> None:
 
 def test_create_verify_sign_flow(sample_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "rel.toml"
-    r = run("create", sample_model, "--license", "Apache-2.0", "--name", "sample", "-o", out, "-q",
-            "--tracker", "udp://127.0.0.1:6969/announce", "--piece-size", "65536", "--v1-twin")  # fmt: skip
+    r = run(
+        "create",
+        sample_model,
+        "--license",
+        "Apache-2.0",
+        "--name",
+        "sample",
+        "-o",
+        out,
+        "-q",
+        "--tracker",
+        "udp://127.0.0.1:6969/announce",
+        "--piece-size",
+        "65536",
+        "--v1-twin",
+    )
     assert r.exit_code == 0, r.output
     assert "info-hash v2" in r.output and (tmp_path / "sample.torrent").is_file()
     twin = lt.torrent_info(str(tmp_path / "sample.v1.torrent"))  # what aria2c and other v1-only clients load
@@ -84,8 +98,12 @@ def test_installed_console_script_maps_errors(tmp_path: Path) -> None:
     """The real entry point (not CliRunner): no traceback, exit code 2 for bad input."""
     exe = Path(sys.executable).with_name("llamashare")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "llamashare"]
-    p = subprocess.run([*cmd, "verify", str(tmp_path / "missing.toml"), "--dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [*cmd, "verify", str(tmp_path / "missing.toml"), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "cannot be read" in p.stderr
 
@@ -95,7 +113,9 @@ def test_demo_runs(tmp_path: Path) -> None:
     """The README's main job, as its command: a real model published, fetched over BitTorrent,
     converted, quantized and asked a question, offline."""
     exe = Path(sys.executable).with_name("llamashare")
-    p = subprocess.run([str(exe), "demo", "--workdir", str(tmp_path / "demo"), "-q"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [str(exe), "demo", "--workdir", str(tmp_path / "demo"), "-q"], capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     print(p.stdout)
     assert p.stdout.count("    ok         ") == 5  # the rebuild is byte-identical to the committed manifest

@@ -47,12 +47,17 @@ def expected_tensors(w: dict[str, np.ndarray], cfg: SampleConfig = CFG) -> dict[
         out["output.weight"] = w["lm_head.weight"]
     for i in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        out |= {b + "attn_norm.weight": w[p + "input_layernorm.weight"],
-                b + "attn_q.weight": ggml_rotary(w[p + "self_attn.q_proj.weight"], cfg.num_attention_heads),
-                b + "attn_k.weight": ggml_rotary(w[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads),
-                b + "attn_v.weight": w[p + "self_attn.v_proj.weight"], b + "attn_output.weight": w[p + "self_attn.o_proj.weight"],
-                b + "ffn_norm.weight": w[p + "post_attention_layernorm.weight"], b + "ffn_gate.weight": w[p + "mlp.gate_proj.weight"],
-                b + "ffn_up.weight": w[p + "mlp.up_proj.weight"], b + "ffn_down.weight": w[p + "mlp.down_proj.weight"]}  # fmt: skip
+        out |= {
+            b + "attn_norm.weight": w[p + "input_layernorm.weight"],
+            b + "attn_q.weight": ggml_rotary(w[p + "self_attn.q_proj.weight"], cfg.num_attention_heads),
+            b + "attn_k.weight": ggml_rotary(w[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads),
+            b + "attn_v.weight": w[p + "self_attn.v_proj.weight"],
+            b + "attn_output.weight": w[p + "self_attn.o_proj.weight"],
+            b + "ffn_norm.weight": w[p + "post_attention_layernorm.weight"],
+            b + "ffn_gate.weight": w[p + "mlp.gate_proj.weight"],
+            b + "ffn_up.weight": w[p + "mlp.up_proj.weight"],
+            b + "ffn_down.weight": w[p + "mlp.down_proj.weight"],
+        }
     return out
 
 
@@ -64,7 +69,9 @@ def hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("outtype,dtype,ftype", [("f32", np.float32, 0), ("f16", np.float16, 1), ("bf16", None, 32)])
-def test_sharded_gqa_checkpoint_matches_source_math(hf: Path, tmp_path: Path, outtype: str, dtype: type, ftype: int) -> None:
+def test_sharded_gqa_checkpoint_matches_source_math(
+    hf: Path, tmp_path: Path, outtype: str, dtype: type, ftype: int
+) -> None:
     out = tmp_path / "m.gguf"
     report = convert(hf, out, outtype)
     meta, tensors, types = read_gguf(out)
@@ -74,7 +81,9 @@ def test_sharded_gqa_checkpoint_matches_source_math(hf: Path, tmp_path: Path, ou
         if want.ndim == 1:
             assert types[name] == "F32" and np.array_equal(tensors[name], want), name
         elif dtype is not None:
-            assert types[name] == outtype.upper() and np.array_equal(tensors[name], want.astype(dtype).astype(np.float32)), name
+            assert types[name] == outtype.upper() and np.array_equal(
+                tensors[name], want.astype(dtype).astype(np.float32)
+            ), name
         else:  # bf16: within one bf16 rounding step
             assert types[name] == "BF16" and np.allclose(tensors[name], want, rtol=2**-8, atol=0), name
     assert meta["general.architecture"] == "llama" and meta["general.file_type"] == ftype
@@ -134,7 +143,9 @@ def test_delta_with_a_larger_vocabulary_rebuilds_the_target(tmp_path: Path) -> N
         np.testing.assert_allclose(rebuilt[name], direct[name], rtol=0, atol=1e-6, err_msg=name)
     delta = hf_weights(tmp_path / "delta")
     b, t = hf_weights(base), hf_weights(target)
-    assert np.array_equal(delta["model.embed_tokens.weight"][512], t["model.embed_tokens.weight"][512])  # new row: base was 0
+    assert np.array_equal(
+        delta["model.embed_tokens.weight"][512], t["model.embed_tokens.weight"][512]
+    )  # new row: base was 0
     assert np.allclose(delta["lm_head.weight"][:512], t["lm_head.weight"][:512] - b["lm_head.weight"])
 
 
@@ -201,7 +212,9 @@ def test_missing_tokenizer_wrong_dtype_and_unknown_architecture(hf: Path, tmp_pa
 
     config = json.loads((root / "config.json").read_text()) | {"architectures": ["GPTNeoXForCausalLM"]}
     (root / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="GPTNeoXForCausalLM is not supported; llamashare converts LlamaForCausalLM"):
+    with pytest.raises(
+        CheckpointError, match="GPTNeoXForCausalLM is not supported; llamashare converts LlamaForCausalLM"
+    ):
         convert(root, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
@@ -227,12 +240,24 @@ def test_small_row_blocks_give_the_same_file(hf: Path, tmp_path: Path, monkeypat
     monkeypatch.setattr(conv, "BLOCK_BYTES", 3000)  # a few rows per block
     for label, (src, base_dir) in jobs.items():
         convert(src, tmp_path / f"{label}-blocks.gguf", "f16", base=base_dir)
-        assert (tmp_path / f"{label}-blocks.gguf").read_bytes() == (tmp_path / f"{label}-whole.gguf").read_bytes(), label
+        assert (tmp_path / f"{label}-blocks.gguf").read_bytes() == (tmp_path / f"{label}-whole.gguf").read_bytes(), (
+            label
+        )
 
 
-@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 4.0},
-                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                      "original_max_position_embeddings": 64}])  # fmt: skip
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+)
 def test_rope_scaling_from_the_config(hf: Path, tmp_path: Path, scaling: dict) -> None:
     import shutil
 

@@ -11,15 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from llamashare.daemon.client import DaemonClient, running_client, start_daemon
+from llamashare.daemon.submit import FetchOptions, fetch, release_status, seed
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.manifests.manifest import Manifest, load_manifest
-from llamashare.p2p.client import DaemonClient, running_client, start_daemon
-from llamashare.p2p.fetch import FetchOptions, fetch, release_status, seed
 from tests.helpers import cli
 from tests.peers import Tracker
 from tests.test_swarm import make_payload
@@ -34,7 +34,9 @@ def tracker(tmp_path: Path) -> Iterator[Tracker]:
     t.close()
 
 
-def publish(tmp_path: Path, tracker: Tracker | None, sizes: dict[str, int], piece: int = 64 * 1024) -> tuple[Manifest, Path, Path]:
+def publish(
+    tmp_path: Path, tracker: Tracker | None, sizes: dict[str, int], piece: int = 64 * 1024
+) -> tuple[Manifest, Path, Path]:
     src = tmp_path / "publisher" / "model"
     make_payload(src, sizes)
     trackers = ((tracker.http,),) if tracker else ()
@@ -51,7 +53,19 @@ def test_fetch_through_tracker_then_seed_to_ratio(tmp_path: Path, homes, tracker
     assert cli(publisher, "seed", str(manifest_path), "--dir", str(src)).returncode == 0
 
     # The real CLI: fetch finds the publisher through the tracker, verifies, exits 0, keeps seeding.
-    p = cli(node_a, "fetch", str(manifest_path), "--dir", str(tmp_path / "a"), "--ratio", "0.5", "--timeout", "60", "--no-convert", "-q")
+    p = cli(
+        node_a,
+        "fetch",
+        str(manifest_path),
+        "--dir",
+        str(tmp_path / "a"),
+        "--ratio",
+        "0.5",
+        "--timeout",
+        "60",
+        "--no-convert",
+        "-q",
+    )
     assert p.returncode == 0, p.stderr
     assert "2 of 2 files verified" in p.stdout and "seeding in the background" in p.stdout
     assert all((tmp_path / "a" / f.path).read_bytes() == (src / f.path).read_bytes() for f in m.files)
@@ -135,8 +149,15 @@ def test_kill_9_mid_download_resumes_without_refetching(tmp_path: Path, homes) -
     peer = f"127.0.0.1:{DaemonClient(publisher).info['listen_port']}"
     out = tmp_path / "out"
     client = start_daemon(leecher)
-    client.call("POST", "/releases", {"manifest": load_manifest(tmp_path / "model.toml") and (tmp_path / "model.toml").read_text(),
-                                       "dir": str(out), "peers": [peer]})  # fmt: skip
+    client.call(
+        "POST",
+        "/releases",
+        {
+            "manifest": load_manifest(tmp_path / "model.toml") and (tmp_path / "model.toml").read_text(),
+            "dir": str(out),
+            "peers": [peer],
+        },
+    )
     deadline = time.monotonic() + 60
     while release_status(client, "model")["done"] < size // 3 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -157,7 +178,9 @@ def test_kill_9_mid_download_resumes_without_refetching(tmp_path: Path, homes) -
     # Only what was missing (plus pieces in flight or not yet flushed at the kill: at most 24 of
     # 96; 17 were seen once on a loaded machine) came again. Refetching all would be 96.
     assert again <= size - before + 24 * piece, (again, size - before)
-    print(f"killed at {before / size:.0%}; re-downloaded {again / 2**20:.1f} MiB of {(size - before) / 2**20:.1f} MiB missing")
+    print(
+        f"killed at {before / size:.0%}; re-downloaded {again / 2**20:.1f} MiB of {(size - before) / 2**20:.1f} MiB missing"
+    )
 
 
 def test_unreachable_tracker_is_reported_and_bounded(tmp_path: Path, homes) -> None:
@@ -197,25 +220,54 @@ def test_file_too_large_for_the_disk_is_an_error_not_a_hang(tmp_path: Path, home
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))  # soft: can be lifted later
 
     with open(leecher.log_file, "ab") as log:
-        daemon = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(leecher.root), "daemon", "run"],
-                                  stdout=log, stderr=log, preexec_fn=small_disk, start_new_session=True)  # fmt: skip
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "llamashare", "--home", str(leecher.root), "daemon", "run"],
+            stdout=log,
+            stderr=log,
+            preexec_fn=small_disk,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 20
         while running_client(leecher) is None and time.monotonic() < deadline:
             time.sleep(0.1)
         peer = f"127.0.0.1:{DaemonClient(publisher).info['listen_port']}"
-        p = cli(leecher, "fetch", str(manifest_path), "--dir", str(tmp_path / "out"), "--peer", peer, "--timeout", "30", "-q")
+        p = cli(
+            leecher,
+            "fetch",
+            str(manifest_path),
+            "--dir",
+            str(tmp_path / "out"),
+            "--peer",
+            peer,
+            "--timeout",
+            "30",
+            "-q",
+        )
         assert p.returncode == 1
         line = p.stderr.strip().splitlines()[-1]
         # libtorrent says "File too large" for the failed write, or "file too short" if it first
         # reads back a piece that could not be written; either way the line says what to do.
-        assert line.startswith(f"error: model: {tmp_path / 'out'}") and "disk full, quota or file size limit" in line, line
+        assert line.startswith(f"error: model: {tmp_path / 'out'}") and "disk full, quota or file size limit" in line, (
+            line
+        )
         print(line)
         assert release_status(DaemonClient(leecher), "model")["verified"] == 0  # nothing bad reported done
 
         # "Free space" (lift the running daemon's limit), fetch again: it resumes and completes.
         resource.prlimit(daemon.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        p = cli(leecher, "fetch", str(manifest_path), "--dir", str(tmp_path / "out"), "--peer", peer, "--timeout", "60", "-q")
+        p = cli(
+            leecher,
+            "fetch",
+            str(manifest_path),
+            "--dir",
+            str(tmp_path / "out"),
+            "--peer",
+            peer,
+            "--timeout",
+            "60",
+            "-q",
+        )
         assert p.returncode == 0, p.stderr
         assert (tmp_path / "out" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
     finally:

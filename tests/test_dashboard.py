@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from llamashare.daemon.client import DaemonClient, start_daemon, stop_daemon
+from llamashare.daemon.dashboard import LOGIN_TTL, SESSION_TTL, Logins, RateHistory, overview
+from llamashare.daemon.submit import FetchOptions, fetch, release_status, seed
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
-from llamashare.p2p.client import DaemonClient, start_daemon, stop_daemon
-from llamashare.p2p.dashboard import LOGIN_TTL, SESSION_TTL, Logins, RateHistory, overview
-from llamashare.p2p.fetch import FetchOptions, fetch, release_status, seed
 from llamashare.store import Store
 from tests.helpers import cli
 from tests.test_swarm import make_payload
@@ -40,8 +40,13 @@ def test_a_login_link_works_once_and_expires() -> None:
 def test_rate_history_keeps_the_last_samples() -> None:
     history = RateHistory(size=3)
     for t in range(5):
-        history.add(float(t), [{"name": "a", "upload_rate": t, "download_rate": 2 * t},
-                               {"name": "b", "upload_rate": 1, "download_rate": 0}])  # fmt: skip
+        history.add(
+            float(t),
+            [
+                {"name": "a", "upload_rate": t, "download_rate": 2 * t},
+                {"name": "b", "upload_rate": 1, "download_rate": 0},
+            ],
+        )
     assert [s["t"] for s in history.samples] == [2.0, 3.0, 4.0]
     assert history.samples[-1]["up"] == 5 and history.samples[-1]["down"] == 8
     assert history.samples[-1]["releases"]["a"] == [4, 8]
@@ -54,20 +59,47 @@ def _daemon_row(name: str, state: str) -> dict:
 def test_overview_merges_daemon_and_store_and_names_one_state() -> None:
     gguf = [{"file": "x.Q4_K_M.gguf", "size": 10, "step": "quantize:Q4_K_M"}]
     stored = {
-        "converting": {"version": "1", "license": "MIT", "size": 5, "ggufs": [], "default_gguf": None,
-                       "activity": {"step": "convert", "done": 1, "total": 2}},
+        "converting": {
+            "version": "1",
+            "license": "MIT",
+            "size": 5,
+            "ggufs": [],
+            "default_gguf": None,
+            "activity": {"step": "convert", "done": 1, "total": 2},
+        },
         "seeding": {"version": "1", "license": "MIT", "size": 5, "ggufs": gguf, "default_gguf": None, "activity": None},
-        "only-stored": {"version": "2", "license": "MIT", "size": 5, "ggufs": gguf, "default_gguf": None, "activity": None},
-        "nothing-built": {"version": "2", "license": "MIT", "size": 5, "ggufs": [], "default_gguf": None, "activity": None},
-    }  # fmt: skip
-    daemon = [_daemon_row("converting", "seeding"), _daemon_row("seeding", "seeding"),
-              _daemon_row("fetching", "downloading"), _daemon_row("no-seed", "complete")]  # fmt: skip
+        "only-stored": {
+            "version": "2",
+            "license": "MIT",
+            "size": 5,
+            "ggufs": gguf,
+            "default_gguf": None,
+            "activity": None,
+        },
+        "nothing-built": {
+            "version": "2",
+            "license": "MIT",
+            "size": 5,
+            "ggufs": [],
+            "default_gguf": None,
+            "activity": None,
+        },
+    }
+    daemon = [
+        _daemon_row("converting", "seeding"),
+        _daemon_row("seeding", "seeding"),
+        _daemon_row("fetching", "downloading"),
+        _daemon_row("no-seed", "complete"),
+    ]
     rows = {r["name"]: r for r in overview(daemon, stored)}
     assert {n: r["state"] for n, r in rows.items()} == {
         "converting": "converting",  # the pipeline's step is the headline; seeding shows in its rates
-        "seeding": "seeding", "fetching": "fetching", "no-seed": "verified",
-        "only-stored": "ready", "nothing-built": "stored",
-    }  # fmt: skip
+        "seeding": "seeding",
+        "fetching": "fetching",
+        "no-seed": "verified",
+        "only-stored": "ready",
+        "nothing-built": "stored",
+    }
     assert rows["converting"]["daemon_state"] == "seeding" and rows["seeding"]["ggufs"] == gguf
     assert rows["only-stored"]["in_daemon"] is False and rows["only-stored"]["daemon_state"] is None
 
@@ -77,8 +109,12 @@ def test_overview_merges_daemon_and_store_and_names_one_state() -> None:
 
 def request(url: str, method: str = "GET", body: object = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={
-        **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})  # fmt: skip
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})},
+    )
     opener = urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(req, timeout=10) as r:
@@ -132,12 +168,16 @@ def test_sign_in_and_what_a_cookie_may_do(homes) -> None:
 
     # A cookie reads; a change needs the page's own Origin (a cross-site form cannot send it).
     assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie})[0] == 403
-    assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, "Origin": "http://evil.example"})[0] == 403
+    assert (
+        request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, "Origin": "http://evil.example"})[0] == 403
+    )
     assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, **origin})[0] == 404  # unknown
     assert request(root + "/api/v1/login-links", "POST", {}, {"Cookie": cookie, **origin})[0] == 403  # token only
     assert request(root + "/api/v1/overview", headers={"Cookie": cookie, "Host": "evil.example"})[0] == 403  # rebinding
     assert request(root + "/api/v1/overview", headers={"Cookie": "llamashare-1=forged"})[0] == 401
-    bad = request(root + "/api/v1/releases", "POST", None, {"Cookie": cookie, **origin, "Content-Type": "application/json"})
+    bad = request(
+        root + "/api/v1/releases", "POST", None, {"Cookie": cookie, **origin, "Content-Type": "application/json"}
+    )
     assert bad[0] == 400
 
     # Sessions live in the daemon: a restarted daemon asks for a new link.
@@ -226,4 +266,7 @@ def test_events_stream_history_then_updates_and_shows_running_steps(tmp_path: Pa
     doc["pid"] = 2**22 + 12345  # above pid_max's default: no such process
     entry.activity_path.write_text(json.dumps(doc))
     assert entry.activity() is None
-    assert json.loads(request(root + "/api/v1/overview", headers={"Cookie": cookie})[2])["releases"][0]["state"] == "stored"
+    assert (
+        json.loads(request(root + "/api/v1/overview", headers={"Cookie": cookie})[2])["releases"][0]["state"]
+        == "stored"
+    )

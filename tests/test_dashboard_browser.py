@@ -4,14 +4,14 @@ selenium): a real local swarm (opentracker, three daemons), the real CLI's one-t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
+from llamashare.daemon.client import DaemonClient, start_daemon
+from llamashare.daemon.submit import release_status
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
-from llamashare.p2p.client import DaemonClient, start_daemon
-from llamashare.p2p.fetch import release_status
 from tests.helpers import cli
 from tests.peers import Tracker, require
 
@@ -30,9 +30,20 @@ def browser(tmp_path: Path) -> Iterator:
     options = Options()
     options.binary_location = require("chromium")
     # No sandbox (tests run as root); no background traffic: this machine's network is closed.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1000,1100", "--force-device-scale-factor=1"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1000,1100",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to check the page logs no error
     driver = webdriver.Chrome(service=Service(require("chromedriver")), options=options)
@@ -60,13 +71,16 @@ def card_text(driver, name: str, field: str) -> str:  # type: ignore[no-untyped-
         return ""
 
 
-def test_dashboard_shows_a_seeding_release_and_its_controls_work(tmp_path: Path, homes, sample_model: Path, browser) -> None:
+def test_dashboard_shows_a_seeding_release_and_its_controls_work(
+    tmp_path: Path, homes, sample_model: Path, browser
+) -> None:
     from selenium.webdriver.common.by import By
 
     tracker = Tracker(tmp_path / "tracker")
     try:
-        m, torrent = create_release(sample_model, ReleaseInfo(name="sample-llama", license="Apache-2.0",
-                                                              trackers=((tracker.http,),)), 64 * 1024)  # fmt: skip
+        m, torrent = create_release(
+            sample_model, ReleaseInfo(name="sample-llama", license="Apache-2.0", trackers=((tracker.http,),)), 64 * 1024
+        )
         tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
         manifest = tmp_path / "sample-llama.toml"
         write_release(m, torrent, manifest)
@@ -100,8 +114,10 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(tmp_path: Path,
 
         wait_for("a's ratio climbing on the page", climbed)
         assert ratios == sorted(ratios) and ratios[-1] > ratios[0] and ratios[-1] < 0.9, ratios
-        wait_for("the rate chart drawn", lambda: browser.execute_script(
-            "return document.querySelector('#total-chart').toDataURL().length > 3000"))  # fmt: skip
+        wait_for(
+            "the rate chart drawn",
+            lambda: browser.execute_script("return document.querySelector('#total-chart').toDataURL().length > 3000"),
+        )
         DOCS.mkdir(exist_ok=True)
         browser.save_screenshot(str(DOCS / "dashboard.png"))
 

@@ -11,16 +11,16 @@ import resource
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from llamashare.daemon.client import DaemonClient, start_daemon
+from llamashare.daemon.submit import FetchOptions, release_status, seed
 from llamashare.manifests.manifest import load_manifest
 from llamashare.manifests.verify import verify_release
-from llamashare.p2p.client import DaemonClient, start_daemon
-from llamashare.p2p.fetch import FetchOptions, release_status, seed
 from llamashare.store import Store
 from tests.helpers import cli
 from tests.test_pipeline import publish, seeder
@@ -33,7 +33,9 @@ def small_disk(mountpoint: Path, size: int) -> Iterator[Path]:
     """A real file system of ``size`` bytes (tmpfs) at ``mountpoint``. Needs root (CI runs as
     root); elsewhere the test fails with the reason rather than pretending."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, text=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
     if p.returncode != 0:
         pytest.fail(f"cannot mount a small tmpfs for the full-disk test (needs root): {p.stderr.strip()}")
     try:
@@ -71,11 +73,16 @@ def test_a_disk_too_small_is_refused_before_writing(tmp_path: Path, homes, sampl
 
 
 @pytest.mark.parametrize("step", ["convert", "quantize"])
-def test_a_write_failing_halfway_leaves_no_file_and_keeps_the_old_output(tmp_path: Path, homes, sample_model: Path,
-                                                                         f16: Path, step: str) -> None:  # fmt: skip
+def test_a_write_failing_halfway_leaves_no_file_and_keeps_the_old_output(
+    tmp_path: Path, homes, sample_model: Path, f16: Path, step: str
+) -> None:
     home = homes("x")
     out = tmp_path / "out" / "model.gguf"
-    args = ["convert", str(sample_model), "-o", str(out)] if step == "convert" else ["quantize", str(f16), str(out), "Q8_0"]
+    args = (
+        ["convert", str(sample_model), "-o", str(out)]
+        if step == "convert"
+        else ["quantize", str(f16), str(out), "Q8_0"]
+    )
     assert cli(home, *args, "-q").returncode == 0
     good = out.read_bytes()
     # Again with --force, on a "disk" that fills up once half the file is written.
@@ -108,18 +115,31 @@ def test_a_folder_without_write_permission(tmp_path: Path, homes, f16: Path) -> 
     os.chmod(locked, 0o555)
     p = cli(homes("x"), "quantize", str(f16), str(locked / "q.gguf"), "Q8_0", "-q", preexec_fn=without_root_rights)
     assert p.returncode == 1, p.stderr
-    assert last_line(p) == f"error: cannot write {locked / 'q.gguf'}: Permission denied; nothing was left under that name"
+    assert (
+        last_line(p) == f"error: cannot write {locked / 'q.gguf'}: Permission denied; nothing was left under that name"
+    )
     assert list(locked.iterdir()) == []
     print(last_line(p))
 
 
-def test_fetch_whose_convert_runs_out_of_room_keeps_the_release_and_the_rerun_finishes(tmp_path: Path, homes,
-                                                                                          sample_model: Path) -> None:  # fmt: skip
+def test_fetch_whose_convert_runs_out_of_room_keeps_the_release_and_the_rerun_finishes(
+    tmp_path: Path, homes, sample_model: Path
+) -> None:
     publish(sample_model, tmp_path / "sample.toml", recommended_quant="Q8_0")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
     start_daemon(b)  # the daemon (which downloads) has room; the CLI (which converts) does not
-    p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--peer", peer, "--timeout", "60", "-q", preexec_fn=file_limit(1024 * 1024))
+    p = cli(
+        b,
+        "fetch",
+        str(tmp_path / "sample.toml"),
+        "--peer",
+        peer,
+        "--timeout",
+        "60",
+        "-q",
+        preexec_fn=file_limit(1024 * 1024),
+    )
     assert p.returncode == 1, p.stderr
     assert "(disk full, quota or file size limit" in last_line(p), p.stderr
     entry = Store(b.models_dir).get("sample-llama")

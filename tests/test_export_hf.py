@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from llamashare.export_hf import export_hf, hf_name, unpermute_rotary
 from llamashare.infer.model_file import ModelFile
 from llamashare.infer.tokenizer import GGUFTokenizer
-from llamashare.quant.convert import convert
-from llamashare.quant.export_hf import export_hf, hf_name, unpermute_rotary
-from llamashare.quant.convert import permute_rotary
+from llamashare.quant.convert import convert, permute_rotary
 from llamashare.quant.safetensors_io import float32_to_bf16, to_float32
 
 pytestmark = pytest.mark.slow
@@ -33,9 +32,18 @@ def test_smollm2_round_trips_through_hugging_face_layout(smollm2: Path, tmp_path
     convert(folder, back, "f32")
     orig, new = ModelFile(smollm2), ModelFile(back)
     assert new.config == orig.config
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.pre",
-                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
-                "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):  # fmt: skip
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+    ):
         assert new.meta(key) == orig.meta(key), key
     assert set(new.tensors) == set(orig.tensors)
     for name in orig.tensors:  # exactly the original values, rounded once to bf16
@@ -46,5 +54,7 @@ def test_smollm2_round_trips_through_hugging_face_layout(smollm2: Path, tmp_path
     # The tokenizer.json is a working Hugging Face tokenizer with llama.cpp's token ids.
     hf, ours = Tokenizer.from_file(str(folder / "tokenizer.json")), GGUFTokenizer(orig)
     for text in TEXTS:
-        assert hf.encode(text, add_special_tokens=False).ids == ours.encode(text, add_special=False, parse_special=True), text
+        assert hf.encode(text, add_special_tokens=False).ids == ours.encode(
+            text, add_special=False, parse_special=True
+        ), text
     assert hf_name("blk.3.ffn_down.weight") == "model.layers.3.mlp.down_proj.weight"

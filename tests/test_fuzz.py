@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from llamashare.errors import LlamashareError
 from llamashare.infer.model_file import ModelFile
-from llamashare.p2p.torrent import read_torrent
+from llamashare.manifests.torrent import read_torrent
 from llamashare.quant import safetensors_io
 from llamashare.quant.gguf_file import read_header
 from llamashare.quant.torch_pickle import TorchArchive
@@ -41,7 +41,9 @@ def mutations(draw: st.DrawFn, size: int) -> list[tuple[str, int, int]]:
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["flip", "u32", "u64", "cut"]))
         at = draw(st.integers(0, max(0, size - 1)))
-        edits.append((kind, at, draw(st.sampled_from(EXTREMES)) if kind in ("u32", "u64") else draw(st.integers(1, 255))))
+        edits.append(
+            (kind, at, draw(st.sampled_from(EXTREMES)) if kind in ("u32", "u64") else draw(st.integers(1, 255)))
+        )
     return edits
 
 
@@ -51,9 +53,9 @@ def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
         if kind == "flip" and at < len(buf):
             buf[at] ^= value
         elif kind == "u32":
-            buf[at:at + 4] = struct.pack("<I", value & 0xFFFFFFFF)
+            buf[at : at + 4] = struct.pack("<I", value & 0xFFFFFFFF)
         elif kind == "u64":
-            buf[at:at + 8] = struct.pack("<Q", value)
+            buf[at : at + 8] = struct.pack("<Q", value)
         elif kind == "cut":
             del buf[at:]
     return bytes(buf)
@@ -77,12 +79,16 @@ def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     from llamashare.sample import SampleConfig, write_sample_model
 
     root = tmp_path_factory.mktemp("fuzz")
-    write_sample_model(root / "m", SampleConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1))
+    write_sample_model(
+        root / "m", SampleConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    )
     convert(root / "m", root / "m.gguf", "f16")
     return (root / "m.gguf").read_bytes()
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
 def test_mutated_gguf_headers_fail_cleanly(small_gguf: bytes, tmp_path: Path, data: st.DataObject) -> None:
     header_end = 24 + 4096  # mutate where the counts, lengths and tensor table live
@@ -97,13 +103,17 @@ def test_mutated_gguf_headers_fail_cleanly(small_gguf: bytes, tmp_path: Path, da
 def small_safetensors(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("fuzz") / "t.safetensors"
     rng = np.random.default_rng(0)
-    safetensors_io.write(path, [(f"w{i}", "F32", (4, 8), rng.standard_normal((4, 8), dtype=np.float32)) for i in range(3)])
+    safetensors_io.write(
+        path, [(f"w{i}", "F32", (4, 8), rng.standard_normal((4, 8), dtype=np.float32)) for i in range(3)]
+    )
     return path.read_bytes()
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_safetensors_headers_fail_cleanly(small_safetensors: bytes, tmp_path: Path, data: st.DataObject) -> None:
+def test_mutated_safetensors_headers_fail_cleanly(
+    small_safetensors: bytes, tmp_path: Path, data: st.DataObject
+) -> None:
     edits = data.draw(mutations(min(400, len(small_safetensors))))
     path = tmp_path / "t.safetensors"
     path.write_bytes(mutate(small_safetensors, edits))
@@ -123,6 +133,7 @@ def test_mutated_pth_checkpoints_fail_cleanly(small_pth: bytes, tmp_path: Path, 
     edits = data.draw(mutations(len(small_pth)))
     path = tmp_path / "consolidated.00.pth"
     path.write_bytes(mutate(small_pth, edits))
+
     def read(p: Path) -> None:
         archive = TorchArchive(p)
         try:
@@ -159,9 +170,11 @@ def test_mutated_torrent_metadata_fails_cleanly(small_torrent: bytes, tmp_path: 
     _attempt("torrent metadata", path, lambda p: read_torrent(p.read_bytes()))
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)  # fmt: skip
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 API_KEYS = ["manifest", "dir", "ratio", "seed_time", "no_seed", "seed_forever", "include", "peers"]
 PATH_TRICKS = ["../../etc", "/etc/passwd", "relative/dir", "", "/tmp/\x00x", "/" + "a" * 5000, "~/x"]
 
@@ -169,21 +182,36 @@ PATH_TRICKS = ["../../etc", "/etc/passwd", "relative/dir", "", "/tmp/\x00x", "/"
 @st.composite
 def api_requests(draw: st.DrawFn, manifest_text: str) -> tuple[str, str, bytes, dict[str, str]]:
     """A request a hostile local web page or process might send to the daemon's API."""
-    method, path = draw(st.sampled_from([("POST", "/releases"), ("PATCH", "/releases/sample-llama"),
-                                         ("PATCH", "/releases/..%2F..%2Fetc"), ("DELETE", "/releases/%00"),
-                                         ("GET", "/status"), ("POST", "/releases/x/y")]))  # fmt: skip
+    method, path = draw(
+        st.sampled_from(
+            [
+                ("POST", "/releases"),
+                ("PATCH", "/releases/sample-llama"),
+                ("PATCH", "/releases/..%2F..%2Fetc"),
+                ("DELETE", "/releases/%00"),
+                ("GET", "/status"),
+                ("POST", "/releases/x/y"),
+            ]
+        )
+    )
     body: dict = {k: draw(JSON) for k in draw(st.lists(st.sampled_from(API_KEYS), max_size=5, unique=True))}
     if draw(st.booleans()):
         body["manifest"] = draw(st.sampled_from([manifest_text, manifest_text[: len(manifest_text) // 2], "name = 1"]))
         body["dir"] = draw(st.sampled_from(PATH_TRICKS))
-    raw = draw(st.sampled_from([json.dumps(body).encode(), b"{not json", b"\xff\xfe", json.dumps([body]).encode(), b""]))
-    headers = draw(st.sampled_from([{}, {"Host": "evil.example"}, {"Origin": "http://evil.example"}, {"Authorization": "Bearer x"}]))
+    raw = draw(
+        st.sampled_from([json.dumps(body).encode(), b"{not json", b"\xff\xfe", json.dumps([body]).encode(), b""])
+    )
+    headers = draw(
+        st.sampled_from(
+            [{}, {"Host": "evil.example"}, {"Origin": "http://evil.example"}, {"Authorization": "Bearer x"}]
+        )
+    )
     return method, path, raw, headers
 
 
 def test_daemon_api_answers_hostile_requests_with_clean_errors(tmp_path: Path, homes, sample_model: Path) -> None:
+    from llamashare.daemon.client import start_daemon
     from llamashare.manifests.manifest import dumps
-    from llamashare.p2p.client import start_daemon
     from tests.helpers import make_release
 
     client = start_daemon(homes("n"))
@@ -195,7 +223,9 @@ def test_daemon_api_answers_hostile_requests_with_clean_errors(tmp_path: Path, h
     def one(request: tuple[str, str, bytes, dict[str, str]]) -> None:
         method, path, raw, extra = request
         headers = {"Authorization": f"Bearer {client.token}", "Content-Type": "application/json"} | extra
-        req = urllib.request.Request(client.base + path, data=raw if method != "GET" else None, method=method, headers=headers)
+        req = urllib.request.Request(
+            client.base + path, data=raw if method != "GET" else None, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 status, answer = r.status, r.read()

@@ -11,14 +11,16 @@ import pytest
 
 from llamashare.manifests import hashing
 from llamashare.manifests.hashing import Hasher
-from llamashare.p2p.torrent import BLOCK_SIZE, file_root, piece_hashes, small_file_root
+from llamashare.manifests.torrent import BLOCK_SIZE, file_root, piece_hashes, small_file_root
 
 MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, 3 * MiB + 7])
 @pytest.mark.parametrize("piece_size", [None, 16 * 1024, 1 * MiB])
-def test_matches_reference_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, piece_size: int | None) -> None:
+def test_matches_reference_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, piece_size: int | None
+) -> None:
     monkeypatch.setattr(hashing, "CHUNK_SIZE", 1 * MiB)  # several chunks in flight even for small files
     data = os.urandom(size)
     path = tmp_path / "f"
@@ -31,7 +33,7 @@ def test_matches_reference_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if piece_size is None:
         assert d.v1_pieces == d.v2_layer == d.v2_root == b""
         return
-    pieces = [data[i:i + piece_size] for i in range(0, size, piece_size)]
+    pieces = [data[i : i + piece_size] for i in range(0, size, piece_size)]
     expected = [piece_hashes(p, piece_size) for p in pieces]
     assert d.v1_pieces == b"".join(e[0] for e in expected)
     assert d.v2_layer == b"".join(e[1] for e in expected)

@@ -29,21 +29,31 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llamashare.cli import cli
 from llamashare.errors import InferenceError
+from llamashare.infer.activations import to_bf16
 from llamashare.infer.chat import Chat, render
 from llamashare.infer.model import Llama
 from llamashare.infer.model_file import ModelFile
 from llamashare.infer.perplexity import perplexity
 from llamashare.infer.sampling import Sampler, SamplingParams, candidates
 from llamashare.infer.tokenizer import GGUFTokenizer
-from llamashare.infer.activations import to_bf16
 from llamashare.quant.convert import convert
 from llamashare.quant.quantize import quantize_file
 from llamashare.sample import SampleConfig, write_sample_model
 from tests.checkpoints import write_meta
 
-TEXTS = ["Hello world", " leading space and  double  spaces", "The year 2024 had 366 days!!\n\nnew\tline",
-         "<|im_start|>user\nHi there<|im_end|>\n", "unicode: café naïve 日本語 🚀", "'s 're I'm can't won't",
-         "   ", "", "x" * 40, "def f(x):\n    return x**2  # square\n", "<s> literal </s> tags"]  # fmt: skip
+TEXTS = [
+    "Hello world",
+    " leading space and  double  spaces",
+    "The year 2024 had 366 days!!\n\nnew\tline",
+    "<|im_start|>user\nHi there<|im_end|>\n",
+    "unicode: café naïve 日本語 🚀",
+    "'s 're I'm can't won't",
+    "   ",
+    "",
+    "x" * 40,
+    "def f(x):\n    return x**2  # square\n",
+    "<s> literal </s> tags",
+]
 PROMPT = "The capital of France is"
 TINY = SampleConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4)
 
@@ -155,14 +165,27 @@ SMOLLM2_TYPES = ["Q4_1", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0"
 @pytest.mark.parametrize("preset", SMOLLM2_TYPES)
 def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as) -> None:  # type: ignore[no-untyped-def]
     first, same, how = compare_greedy(smollm2_as(preset), PROMPT)
-    print(f"SmolLM2 {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})")
+    print(
+        f"SmolLM2 {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})"
+    )
     assert first < (0.02 if preset in ("F16", "BF16") else 0.1)
     assert same >= 5  # the first tokens of a clear answer are never ties
 
 
 T = gguf.GGMLQuantizationType
-EVERY_TYPE = {"F32": T.F32, "F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_1": T.Q4_1,
-              "Q5_0": T.Q5_0, "Q5_1": T.Q5_1, "Q4_K_S": T.Q4_K, "Q5_K_S": T.Q5_K, "Q6_K": T.Q6_K}  # fmt: skip
+EVERY_TYPE = {
+    "F32": T.F32,
+    "F16": T.F16,
+    "BF16": T.BF16,
+    "Q8_0": T.Q8_0,
+    "Q4_0": T.Q4_0,
+    "Q4_1": T.Q4_1,
+    "Q5_0": T.Q5_0,
+    "Q5_1": T.Q5_1,
+    "Q4_K_S": T.Q4_K,
+    "Q5_K_S": T.Q5_K,
+    "Q6_K": T.Q6_K,
+}
 
 
 @pytest.mark.parametrize("preset", EVERY_TYPE)
@@ -225,13 +248,13 @@ def llama_cpp_perplexity(path: Path, text: str, n_ctx: int) -> float:
     add_bos = ref._model.add_bos_token()
     nll, count, first = 0.0, 0, n_ctx // 2
     for c in range(len(tokens) // n_ctx):
-        chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+        chunk = tokens[c * n_ctx : (c + 1) * n_ctx]
         if add_bos:
             chunk = [ref.token_bos(), *chunk[1:]]
         ref.reset()
         ref.eval(chunk)
-        logits = np.array(ref.scores[first:n_ctx - 1], dtype=np.float64)
-        targets = chunk[first + 1:]
+        logits = np.array(ref.scores[first : n_ctx - 1], dtype=np.float64)
+        targets = chunk[first + 1 :]
         lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         nll += float((lse - logits[np.arange(len(targets)), targets]).sum())
         count += len(targets)
@@ -245,7 +268,9 @@ def test_perplexity_within_one_percent_of_llama_cpp(preset: str, smollm2_as) -> 
     m = Llama(path, n_ctx=256)
     ours = perplexity(m, GGUFTokenizer(m.file), text, 256)
     theirs = llama_cpp_perplexity(path, text, 256)
-    print(f"SmolLM2 {preset}: perplexity {ours.ppl:.4f} ± {ours.stderr:.3f} (llama.cpp {theirs:.4f}), {ours.chunks} chunks")
+    print(
+        f"SmolLM2 {preset}: perplexity {ours.ppl:.4f} ± {ours.stderr:.3f} (llama.cpp {theirs:.4f}), {ours.chunks} chunks"
+    )
     assert ours.chunks >= 3
     assert abs(ours.ppl / theirs - 1) < 0.01
 
@@ -311,8 +336,10 @@ def test_run_prints_text_and_speeds(tiny) -> None:  # type: ignore[no-untyped-de
     result = CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "the rain", "-n", "8", "--temp", "0"])
     assert result.exit_code == 0, result.output
     assert "generation: " in result.output and "tok/s" in result.output
-    seeded = [CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "a", "-n", "12", "--seed", "3", "-q"]).output
-              for _ in range(2)]  # fmt: skip
+    seeded = [
+        CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "a", "-n", "12", "--seed", "3", "-q"]).output
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1] and seeded[0].strip()
 
 
@@ -328,8 +355,10 @@ def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> Non
     # a tensor type llamashare does not handle (IQ2_XXS): same model, one tensor's type id changed
     data = bytearray(src.read_bytes())
     t = next(t for t in gguf.GGUFReader(src).tensors if t.name == "blk.0.attn_q.weight")
-    type_at = t.field.offset + sum(p.nbytes for p in t.field.parts[:-2])  # parts: name len, name, n_dims, dims, type, offset
-    data[type_at:type_at + 4] = int(gguf.GGMLQuantizationType.IQ2_XXS).to_bytes(4, "little")
+    type_at = t.field.offset + sum(
+        p.nbytes for p in t.field.parts[:-2]
+    )  # parts: name len, name, n_dims, dims, type, offset
+    data[type_at : type_at + 4] = int(gguf.GGMLQuantizationType.IQ2_XXS).to_bytes(4, "little")
     (tmp_path / "iq2.gguf").write_bytes(bytes(data))
     (tmp_path / "cut.gguf").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     cases = {
@@ -346,8 +375,25 @@ def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> Non
 
 
 def test_ctrl_c_stops_generation_cleanly(tiny) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "llamashare", "run", str(tiny("F32")), "-p", "the", "-n", "-1",
-                             "--ignore-eos", "-c", "4096"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llamashare",
+            "run",
+            str(tiny("F32")),
+            "-p",
+            "the",
+            "-n",
+            "-1",
+            "--ignore-eos",
+            "-c",
+            "4096",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         proc.stdout.read(1)  # generating

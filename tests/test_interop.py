@@ -8,19 +8,27 @@ whose pieces are the hybrid's v1 pieces, and llamashare nodes run both torrents.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from llamashare.manifests.create import ReleaseInfo, create_release
+from llamashare.manifests.torrent import info_hash_v1, v1_companion
 from llamashare.p2p.node import FileStatus, Node, ReleaseSpec, State
-from llamashare.p2p.torrent import info_hash_v1, v1_companion
 from tests.peers import Tracker, free_port, require
 from tests.test_swarm import LOCAL, make_payload, run_until, same_bytes
 
-ARIA2 = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-         "--summary-interval=0", "--console-log-level=error", "--file-allocation=none", "--bt-stop-timeout=60"]  # fmt: skip
+ARIA2 = [
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false",
+    "--summary-interval=0",
+    "--console-log-level=error",
+    "--file-allocation=none",
+    "--bt-stop-timeout=60",
+]
 
 
 @pytest.fixture
@@ -35,8 +43,9 @@ def test_llamashare_seeds_aria2_then_aria2_seeds_llamashare(tmp_path: Path, trac
     aria2c = require("aria2c")
     src = tmp_path / "src" / "model"
     make_payload(src, {"model-00001.safetensors": 700_001, "model-00002.safetensors": 300_000, "config.json": 500})
-    m, hybrid = create_release(src, ReleaseInfo(name="model", license="MIT", trackers=((tracker.http,),)), 64 * 1024,
-                               v1_twin=True)  # fmt: skip
+    m, hybrid = create_release(
+        src, ReleaseInfo(name="model", license="MIT", trackers=((tracker.http,),)), 64 * 1024, v1_twin=True
+    )
     twin_file = tmp_path / "model.v1.torrent"
     twin_file.write_bytes(v1_companion(hybrid))
     assert m.torrent.v1_twin == info_hash_v1(twin_file.read_bytes())
@@ -49,8 +58,11 @@ def test_llamashare_seeds_aria2_then_aria2_seeds_llamashare(tmp_path: Path, trac
     try:
         origin.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
         run_until([origin], lambda: origin.releases[m.name].twin.status().is_seeding, timeout=10)
-        aria = subprocess.Popen([aria2c, *ARIA2, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(aria_dir),
-                                 str(twin_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        aria = subprocess.Popen(
+            [aria2c, *ARIA2, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(aria_dir), str(twin_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         run_until([origin], lambda: aria.poll() is not None, timeout=60)
         assert aria.returncode == 0, aria.stdout.read().decode(errors="replace")[-2000:]
         assert same_bytes(src, aria_dir / m.name, m)
@@ -60,8 +72,20 @@ def test_llamashare_seeds_aria2_then_aria2_seeds_llamashare(tmp_path: Path, trac
 
     # 2. Only aria2c seeds now; a llamashare fetch finds no hybrid peer, downloads through the
     #    twin, verifies every file against the manifest, then seeds both torrents.
-    seeder = subprocess.Popen([aria2c, *ARIA2, "--seed-ratio=0", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
-                               "--dir", str(aria_dir), str(twin_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    seeder = subprocess.Popen(
+        [
+            aria2c,
+            *ARIA2,
+            "--seed-ratio=0",
+            "--bt-seed-unverified=true",
+            f"--listen-port={free_port()}",
+            "--dir",
+            str(aria_dir),
+            str(twin_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     leech = Node(tmp_path / "leech", LOCAL)
     out = tmp_path / "out"
     try:

@@ -24,7 +24,7 @@ from llamashare.manifests.manifest import (
     parse_manifest,
     to_dict,
 )
-from llamashare.p2p.torrent import TorrentFile, build_torrent, canonical_order, file_root, read_torrent
+from llamashare.manifests.torrent import TorrentFile, build_torrent, canonical_order, file_root, read_torrent
 
 HEX64 = "ab" * 32
 
@@ -41,7 +41,9 @@ def fake_file(path: str, size: int, piece: int) -> TorrentFile:
     return TorrentFile(tuple(path.split("/")), size, bytes(20) * n, b"".join(layer), root)
 
 
-component = st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A) | st.sampled_from("-_0123456789é权"), min_size=1, max_size=12)
+component = st.text(
+    st.characters(min_codepoint=0x61, max_codepoint=0x7A) | st.sampled_from("-_0123456789é权"), min_size=1, max_size=12
+)
 rel_path = st.lists(component, min_size=1, max_size=3).map("/".join)
 hexstr = lambda n: st.text("0123456789abcdef", min_size=n, max_size=n)  # noqa: E731
 
@@ -60,7 +62,18 @@ def manifests(draw: st.DrawFn) -> Manifest:
     if sum(sizes) == 0:
         sizes[0] = 1
     tfiles = [fake_file(p, s, piece) for p, s in zip(paths, sizes)]
-    trackers = tuple(draw(st.lists(st.lists(st.sampled_from(["udp://127.0.0.1:6969/announce", "http://127.0.0.1:8000/announce"]), min_size=1, max_size=2).map(tuple), max_size=2)))
+    trackers = tuple(
+        draw(
+            st.lists(
+                st.lists(
+                    st.sampled_from(["udp://127.0.0.1:6969/announce", "http://127.0.0.1:8000/announce"]),
+                    min_size=1,
+                    max_size=2,
+                ).map(tuple),
+                max_size=2,
+            )
+        )
+    )
     data = build_torrent(name, piece, tfiles, trackers)
     meta = read_torrent(data)
     kind = draw(st.sampled_from(["full", "delta"]))
@@ -112,9 +125,14 @@ def good() -> dict:
     tfiles = [fake_file(p, 100, piece) for p in paths]
     data = build_torrent("model", piece, tfiles)
     meta = read_torrent(data)
-    m = Manifest(name="model", version="1", license="MIT", description="d",
-                 files=tuple(FileEntry(p, 100, HEX64, HEX64) for p in paths),
-                 torrent=TorrentRef(meta.info_hash_v1, meta.info_hash_v2, piece, data=data))  # fmt: skip
+    m = Manifest(
+        name="model",
+        version="1",
+        license="MIT",
+        description="d",
+        files=tuple(FileEntry(p, 100, HEX64, HEX64) for p in paths),
+        torrent=TorrentRef(meta.info_hash_v1, meta.info_hash_v2, piece, data=data),
+    )
     return to_dict(m)
 
 
@@ -181,7 +199,12 @@ HOSTILE = [
     ("torrent.v1_twin", "00" * 20, "torrent.v1_twin", "the torrent's v1 twin is"),
     ("torrent.v1_twin", "00", "torrent.v1_twin", "hex"),
     ("files.0.size", 101, "torrent", "file list differs"),
-    ("signature", {"algorithm": "rsa", "public_key": HEX64, "value": HEX64 * 2}, "signature.algorithm", "not supported"),
+    (
+        "signature",
+        {"algorithm": "rsa", "public_key": HEX64, "value": HEX64 * 2},
+        "signature.algorithm",
+        "not supported",
+    ),
     ("signature", {"algorithm": "ed25519", "public_key": "00", "value": HEX64 * 2}, "signature.public_key", "hex"),
     ("base", {"name": "llama", "manifest_sha256": HEX64}, "base", "only allowed"),
 ]
@@ -202,7 +225,9 @@ def test_good_fixture_parses(good: dict) -> None:
     assert parse_manifest(tomli_w.dumps(good)).files[1].path == "sub/b.bin"
 
 
-@pytest.mark.parametrize("data,needle", [(b"\xff\xfe", "UTF-8"), (b"name = ", "not valid TOML"), (b"", "format_version")])
+@pytest.mark.parametrize(
+    "data,needle", [(b"\xff\xfe", "UTF-8"), (b"name = ", "not valid TOML"), (b"", "format_version")]
+)
 def test_not_a_manifest(data: bytes, needle: str) -> None:
     with pytest.raises(ManifestError, match=needle):
         parse_manifest(data)
@@ -239,7 +264,11 @@ def test_fuzz_bytes_only_manifest_errors(data: bytes) -> None:
 
 
 toml_values = st.recursive(
-    st.none().map(lambda _: "x") | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=30) | st.floats(allow_nan=False),
+    st.none().map(lambda _: "x")
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=30)
+    | st.floats(allow_nan=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
@@ -278,5 +307,15 @@ def test_documented_example_is_valid() -> None:
     assert m.name == "tiny-llama" and len(m.trackers) == 2 and m.web_seeds and m.recommended_quant == "Q4_K_M"
     assert [f.path for f in m.files] == ["config.json", "model.safetensors"]
     text = path.read_text()
-    for key in ("format_version", "kind", "license", "trackers", "web_seeds", "[base]", "[torrent]", "[[files]]", "[signature]"):
+    for key in (
+        "format_version",
+        "kind",
+        "license",
+        "trackers",
+        "web_seeds",
+        "[base]",
+        "[torrent]",
+        "[[files]]",
+        "[signature]",
+    ):
         assert key in text

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
+from llamashare.daemon.client import DaemonClient, running_client
+from llamashare.daemon.home import ConfigError, Home
+from llamashare.daemon.submit import FetchOptions, seed
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.manifests.manifest import load_manifest
-from llamashare.p2p.client import DaemonClient, running_client
-from llamashare.p2p.fetch import FetchOptions, seed
-from llamashare.p2p.home import ConfigError, Home
 from llamashare.pipeline import choose_quant
 from llamashare.quant.convert import convert
 from llamashare.quant.delta import make_delta
@@ -100,8 +100,24 @@ def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory
     assert p.returncode == 0, p.stderr
     gguf_dir = Store(b.models_dir).get("mid-llama").gguf_dir
 
-    proc = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(b.root), "fetch", str(tmp_path / "mid.toml"),
-                             "--peer", peer, "--quant", "Q4_K_M", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llamashare",
+            "--home",
+            str(b.root),
+            "fetch",
+            str(tmp_path / "mid.toml"),
+            "--peer",
+            peer,
+            "--quant",
+            "Q4_K_M",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     partial = None
     deadline = time.monotonic() + 60
     while partial is None and proc.poll() is None and time.monotonic() < deadline:
@@ -141,7 +157,18 @@ def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:
     p = cli(b, "fetch", str(tmp_path / "delta.toml"), "--base", str(tmp_path / "delta.toml"), "--peer", peer, "-q")
     assert p.returncode == 2 and "is not the base" in p.stderr, p.stderr
 
-    p = cli(b, "fetch", str(tmp_path / "delta.toml"), "--base", str(tmp_path / "base.toml"), "--peer", peer, "--timeout", "60", "-q")
+    p = cli(
+        b,
+        "fetch",
+        str(tmp_path / "delta.toml"),
+        "--base",
+        str(tmp_path / "base.toml"),
+        "--peer",
+        peer,
+        "--timeout",
+        "60",
+        "-q",
+    )
     assert p.returncode == 0, p.stderr
     assert "fetch the base base-llama" in p.stderr and "apply the delta to base-llama" in p.stderr, p.stderr
     store = Store(b.models_dir)
@@ -163,7 +190,12 @@ def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_mode
     publish(sample_model, tmp_path / "sample.toml")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
-    assert cli(b, "fetch", str(tmp_path / "sample.toml"), "--peer", peer, "--quant", "F16", "--ratio", "100", "-q").returncode == 0
+    assert (
+        cli(
+            b, "fetch", str(tmp_path / "sample.toml"), "--peer", peer, "--quant", "F16", "--ratio", "100", "-q"
+        ).returncode
+        == 0
+    )
     entry = Store(b.models_dir).get("sample-llama")
     assert {r["name"] for r in DaemonClient(b).status()["releases"]} == {"sample-llama"}
 
@@ -182,7 +214,9 @@ def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_mode
     assert running_client(b) is not None  # the daemon itself keeps running
 
 
-def test_store_refuses_a_different_release_under_the_same_name_and_concurrent_commands(tmp_path: Path, sample_model: Path) -> None:
+def test_store_refuses_a_different_release_under_the_same_name_and_concurrent_commands(
+    tmp_path: Path, sample_model: Path
+) -> None:
     (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
     publish(sample_model, tmp_path / "1" / "one.toml", version="1")
     publish(sample_model, tmp_path / "2" / "two.toml", version="2")
@@ -221,8 +255,22 @@ def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes, sample_model:
     """The second command says who holds the release instead of racing the first on its files."""
     publish(sample_model, tmp_path / "sample.toml")
     b = homes("b")  # no seeder anywhere: the first fetch waits for peers, holding the release
-    first = subprocess.Popen([sys.executable, "-m", "llamashare", "--home", str(b.root), "fetch", str(tmp_path / "sample.toml"),
-                              "--timeout", "30", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llamashare",
+            "--home",
+            str(b.root),
+            "fetch",
+            str(tmp_path / "sample.toml"),
+            "--timeout",
+            "30",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         started = b.models_dir / "sample-llama" / "release.json"  # the store entry exists: the lock is held
         deadline = time.monotonic() + 20

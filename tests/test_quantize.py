@@ -13,8 +13,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
 from llamashare import fsio
+from llamashare.errors import InsufficientSpaceError, OutputExistsError, QuantizeError
 from llamashare.quant.convert import convert
 from llamashare.quant.presets import PRESETS
 from llamashare.quant.qtype import lookup
@@ -76,9 +76,10 @@ def test_dequantize_matches_ggml_and_gguf_py(name: str) -> None:
     # and arbitrary bytes (every bit pattern of the level fields), scales kept finite
     raw = np.random.default_rng(9).integers(0, 256, (64, t.type_size), dtype=np.uint8)
     for off in t.fp16_fields:
-        raw[:, off:off + 2] = np.float16(0.01) * np.arange(1, 65, dtype=np.float16)[:, None].view(np.uint8)[:, :2]
-    assert np.array_equal(t.dequantize(raw.reshape(1, -1)).ravel(),
-                          ggml_ref.dequantize(ggml_name(name), raw, 64 * t.block_size))  # fmt: skip
+        raw[:, off : off + 2] = np.float16(0.01) * np.arange(1, 65, dtype=np.float16)[:, None].view(np.uint8)[:, :2]
+    assert np.array_equal(
+        t.dequantize(raw.reshape(1, -1)).ravel(), ggml_ref.dequantize(ggml_name(name), raw, 64 * t.block_size)
+    )
 
 
 @pytest.mark.parametrize("name", LEGACY)
@@ -129,7 +130,13 @@ def test_real_weights_quantize_identically(smollm2: Path) -> None:
     every type: ours and ggml's bytes are the same."""
     reader = gguf.GGUFReader(smollm2)
     tensors = {t.name: t for t in reader.tensors}
-    picked = ["token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.15.ffn_down.weight", "blk.29.ffn_up.weight"]
+    picked = [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_v.weight",
+        "blk.15.ffn_down.weight",
+        "blk.29.ffn_up.weight",
+    ]
     for name in picked:
         t = tensors[name]
         src = lookup(t.tensor_type.name)
@@ -148,8 +155,12 @@ def test_real_weights_quantize_identically(smollm2: Path) -> None:
 
 def llama_cpp_quantize(src: Path, out: Path, preset: str, *extra: str) -> None:
     ftype = int(PRESETS[preset].ftype)
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "llamacpp_quantize.py"), str(src), str(out), str(ftype), *extra],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "llamacpp_quantize.py"), str(src), str(out), str(ftype), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -171,7 +182,9 @@ def test_file_is_byte_identical_to_llama_quantize(preset: str, k_model: Path, tm
     assert report.bytes_out < k_model.stat().st_size or preset in ("F16", "BF16")
 
 
-@pytest.mark.parametrize("preset,extra", [("Q4_K_M", ()), ("Q3_K_M", ()), ("Q2_K", ()), ("Q4_0", ()), ("Q6_K", ("--pure",))])
+@pytest.mark.parametrize(
+    "preset,extra", [("Q4_K_M", ()), ("Q3_K_M", ()), ("Q2_K", ()), ("Q4_0", ()), ("Q6_K", ("--pure",))]
+)
 def test_fallback_rules_match_llama_quantize(preset: str, extra: tuple[str, ...], tmp_path: Path) -> None:
     """The default sample's rows are 128 and 344 wide: K types fall back to Q5_0/Q8_0, and 344
     is not a multiple of 32 either, so ffn_down goes to F16 — all as llama.cpp decides."""
@@ -270,8 +283,9 @@ def test_header_reader_agrees_with_gguf_py(smollm2: Path, k_model: Path) -> None
             raw = b"".join(bytes(part) for part in f.parts)
             assert ours.raw_kv[key] == raw, key
         assert ours.value("tokenizer.ggml.tokens") == fields["tokenizer.ggml.tokens"].contents()
-        assert [(t.name, t.ne, t.ggml_type, ours.data_start + t.offset) for t in ours.tensors] == \
-            [(t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), t.data_offset) for t in theirs.tensors]  # fmt: skip
+        assert [(t.name, t.ne, t.ggml_type, ours.data_start + t.offset) for t in ours.tensors] == [
+            (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), t.data_offset) for t in theirs.tensors
+        ]
 
 
 def test_header_reader_refuses_damaged_files(k_model: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from llamashare.daemon.home import Home
 from llamashare.errors import KeyFileError, OutputExistsError, SignatureError
 from llamashare.manifests.manifest import dumps, parse_manifest
 from llamashare.manifests.signing import (
@@ -19,7 +20,6 @@ from llamashare.manifests.signing import (
     sign_manifest,
     verify_signature,
 )
-from llamashare.p2p.home import Home
 from tests.helpers import cli, make_release
 
 
@@ -88,7 +88,8 @@ def test_bad_private_key_files(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (tmp_path / "ec.key").write_bytes(pem)
     with pytest.raises(KeyFileError, match="not an ed25519"):
         load_private_key(tmp_path / "ec.key")
@@ -104,7 +105,9 @@ def test_trusted_publishers_pin_releases_by_name(signed, sample_model: Path) -> 
     assert check_publisher(unsigned, {"llama-*": key}) is None  # the pin is for other names
     with pytest.raises(SignatureError, match=r"refusing 'sample-llama': it is not signed, but only ed25519:"):
         check_publisher(unsigned, {"sample-*": key})
-    with pytest.raises(SignatureError, match=rf"is signed by ed25519:{key}, but only ed25519:{other} \(for 'sample-\*'\)"):
+    with pytest.raises(
+        SignatureError, match=rf"is signed by ed25519:{key}, but only ed25519:{other} \(for 'sample-\*'\)"
+    ):
         check_publisher(m, {"sample-*": other})
     altered = replace(m, license="MIT")
     with pytest.raises(SignatureError, match="does not match its contents"):

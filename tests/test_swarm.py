@@ -8,8 +8,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -37,7 +37,9 @@ def make_payload(root: Path, sizes: dict[str, int]) -> None:
 
 
 def release_with_tracker(root: Path, tracker: Tracker, piece_size: int = 64 * 1024, url: str | None = None) -> Manifest:
-    m, _ = create_release(root, ReleaseInfo(name=root.name, license="MIT", trackers=((url or tracker.http,),)), piece_size)
+    m, _ = create_release(
+        root, ReleaseInfo(name=root.name, license="MIT", trackers=((url or tracker.http,),)), piece_size
+    )
     tracker.allow(m.torrent.info_hash_v1, m.torrent.info_hash_v2)
     return m
 
@@ -86,8 +88,10 @@ def test_one_seeder_three_leechers_through_tracker(tmp_path: Path, tracker: Trac
         uploaded = seeder.status()[0]["uploaded"]
         shared = sum(n.status()[0]["uploaded"] for n in leechers)
         assert 0 < uploaded < 2.5 * m.total_size and shared > 0.5 * m.total_size
-        print(f"swarm of 3 done in {elapsed:.2f}s; seeder uploaded {uploaded / m.total_size:.2f}x the release, "
-              f"leechers {shared / m.total_size:.2f}x")  # fmt: skip
+        print(
+            f"swarm of 3 done in {elapsed:.2f}s; seeder uploaded {uploaded / m.total_size:.2f}x the release, "
+            f"leechers {shared / m.total_size:.2f}x"
+        )
     finally:
         for n in nodes:
             n.close()
@@ -100,16 +104,22 @@ def test_ratio_target_stops_seeding_and_keeps_files(tmp_path: Path) -> None:
     origin = Node(tmp_path / "origin", LOCAL)
     origin.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
     middle = Node(tmp_path / "middle", LOCAL)
-    middle.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "mid"), ratio=0.5,
-                              peers=(f"127.0.0.1:{origin.listen_port}",)))  # fmt: skip
+    middle.add(
+        m,
+        ReleaseSpec(name=m.name, save_dir=str(tmp_path / "mid"), ratio=0.5, peers=(f"127.0.0.1:{origin.listen_port}",)),
+    )
     nodes = [origin, middle]
     try:
         run_until(nodes, lambda: middle.releases[m.name].state is State.SEEDING)
         origin.remove(m.name)  # the only source left for the next leecher is `middle`
         leech = Node(tmp_path / "leech", LOCAL)
         nodes.append(leech)
-        leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=10.0,
-                                 peers=(f"127.0.0.1:{middle.listen_port}",)))  # fmt: skip
+        leech.add(
+            m,
+            ReleaseSpec(
+                name=m.name, save_dir=str(tmp_path / "out"), ratio=10.0, peers=(f"127.0.0.1:{middle.listen_port}",)
+            ),
+        )
         run_until(nodes, lambda: middle.releases[m.name].state is State.DONE, timeout=60)
         status = middle.status()[0]
         assert status["state"] == "done seeding" and status["ratio"] >= 0.5
@@ -194,7 +204,7 @@ class LyingPeer:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def start(self, num_pieces: int) -> "LyingPeer":
+    def start(self, num_pieces: int) -> LyingPeer:
         self.num_pieces = num_pieces
         self.thread.start()
         return self
@@ -217,7 +227,10 @@ class LyingPeer:
                 return
             # Same info-hash back, no extensions; a fresh peer id.
             conn.sendall(bytes([19]) + b"BitTorrent protocol" + bytes(8) + hello[28:48] + b"-LIAR0-" + os.urandom(13))
-            bits = bytearray(b"\xff" * (self.num_pieces // 8) + (bytes([(0xFF << (8 - self.num_pieces % 8)) & 0xFF]) if self.num_pieces % 8 else b""))
+            bits = bytearray(
+                b"\xff" * (self.num_pieces // 8)
+                + (bytes([(0xFF << (8 - self.num_pieces % 8)) & 0xFF]) if self.num_pieces % 8 else b"")
+            )
             conn.sendall(struct.pack(">IB", 1 + len(bits), 5) + bits)  # bitfield: "I have it all"
             conn.sendall(struct.pack(">IB", 1, 1))  # unchoke
             while not self.stop.is_set():
@@ -264,8 +277,15 @@ def test_peer_lying_about_its_pieces_does_not_stall_the_fetch(tmp_path: Path) ->
     liar = LyingPeer().start(m.total_size // (64 * 1024))
     leech = Node(tmp_path / "leech", LOCAL)
     # The liar first, so it is connected and unchoking before the honest seed is.
-    leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=100.0,
-                             peers=(f"127.0.0.1:{liar.port}", f"127.0.0.1:{honest.listen_port}")))  # fmt: skip
+    leech.add(
+        m,
+        ReleaseSpec(
+            name=m.name,
+            save_dir=str(tmp_path / "out"),
+            ratio=100.0,
+            peers=(f"127.0.0.1:{liar.port}", f"127.0.0.1:{honest.listen_port}"),
+        ),
+    )
     try:
         took = run_until([honest, leech], lambda: leech.releases[m.name].state is State.SEEDING, timeout=90)
         assert liar.connections >= 1 and liar.requests > 0  # it was believed and asked...
@@ -290,9 +310,12 @@ def test_file_failing_the_manifest_hash_is_never_reported_done(tmp_path: Path) -
     lying = replace(m, files=tuple(replace(f, blake3="0" * 64) if f.path == "bad.bin" else f for f in m.files))
     seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
     seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
-    leech.add(lying, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), peers=(f"127.0.0.1:{seeder.listen_port}",)))
+    leech.add(
+        lying, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), peers=(f"127.0.0.1:{seeder.listen_port}",))
+    )
     seen: set[FileStatus] = set()
     try:
+
         def done() -> bool:
             seen.add(leech.releases[m.name].files["bad.bin"])
             return leech.releases[m.name].state is State.ERROR
@@ -309,17 +332,36 @@ def test_file_failing_the_manifest_hash_is_never_reported_done(tmp_path: Path) -
 
 def test_include_fetches_only_matching_files(tmp_path: Path) -> None:
     src = tmp_path / "src" / "model"
-    make_payload(src, {"model-1.safetensors": 300_000, "model-2.safetensors": 200_000, "pytorch_model.bin": 400_000, "config.json": 99})
+    make_payload(
+        src,
+        {
+            "model-1.safetensors": 300_000,
+            "model-2.safetensors": 200_000,
+            "pytorch_model.bin": 400_000,
+            "config.json": 99,
+        },
+    )
     m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 16 * 1024)
     seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
     seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
     out = tmp_path / "out"
-    r = leech.add(m, ReleaseSpec(name=m.name, save_dir=str(out), include=("*.safetensors", "config.json"),
-                                 peers=(f"127.0.0.1:{seeder.listen_port}",)))  # fmt: skip
+    r = leech.add(
+        m,
+        ReleaseSpec(
+            name=m.name,
+            save_dir=str(out),
+            include=("*.safetensors", "config.json"),
+            peers=(f"127.0.0.1:{seeder.listen_port}",),
+        ),
+    )
     try:
         run_until([seeder, leech], lambda: r.state is State.SEEDING)
         assert r.files["pytorch_model.bin"] is FileStatus.SKIPPED
-        assert {p for p, st in r.files.items() if st is FileStatus.VERIFIED} == {"model-1.safetensors", "model-2.safetensors", "config.json"}
+        assert {p for p, st in r.files.items() if st is FileStatus.VERIFIED} == {
+            "model-1.safetensors",
+            "model-2.safetensors",
+            "config.json",
+        }
         assert r.selected_size == 300_000 + 200_000 + 99
         assert not (out / "pytorch_model.bin").exists() or (out / "pytorch_model.bin").stat().st_blocks == 0
         assert (out / "model-2.safetensors").read_bytes() == (src / "model-2.safetensors").read_bytes()
@@ -382,9 +424,9 @@ def test_web_seed_alone_completes_a_fetch(tmp_path: Path, http_mirror: tuple[str
 def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: tuple[str, Path], homes) -> None:
     """A mirror serving one bad byte: libtorrent rejects the piece, that file never becomes
     verified, and llamashare's own check of the output calls it a wrong hash."""
+    from llamashare.daemon.client import DaemonClient
+    from llamashare.daemon.submit import FetchError, FetchOptions, fetch, release_status
     from llamashare.manifests.verify import verify_release
-    from llamashare.p2p.client import DaemonClient
-    from llamashare.p2p.fetch import FetchError, FetchOptions, fetch, release_status
 
     url, mirror = http_mirror
     src = mirror / "model"
@@ -411,8 +453,16 @@ def test_seed_time_target_stops_seeding_and_a_new_target_resumes_it(tmp_path: Pa
     m, _ = create_release(src, ReleaseInfo(name="model", license="MIT"), 16 * 1024)
     seeder, leech = Node(tmp_path / "s", LOCAL), Node(tmp_path / "l", LOCAL)
     seeder.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
-    r = leech.add(m, ReleaseSpec(name=m.name, save_dir=str(tmp_path / "out"), ratio=None, seed_time=1.5,
-                                 peers=(f"127.0.0.1:{seeder.listen_port}",)))  # fmt: skip
+    r = leech.add(
+        m,
+        ReleaseSpec(
+            name=m.name,
+            save_dir=str(tmp_path / "out"),
+            ratio=None,
+            seed_time=1.5,
+            peers=(f"127.0.0.1:{seeder.listen_port}",),
+        ),
+    )
     try:
         run_until([seeder, leech], lambda: r.state is State.SEEDING)
         run_until([seeder, leech], lambda: r.state is State.DONE, timeout=30)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamashare.errors import TorrentError
-from llamashare.p2p import torrent as T
+from llamashare.manifests import torrent as T
 from tests.helpers import libtorrent_reference, make_release
 
 KiB = 1024
@@ -81,7 +81,7 @@ def test_piece_hashes_pad_short_pieces() -> None:
     data = os.urandom(20_000)
     v1, v2 = T.piece_hashes(data, 32 * KiB)
     assert v1 == hashlib.sha1(data + bytes(32 * KiB - 20_000)).digest()
-    leaves = [hashlib.sha256(data[:16 * KiB]).digest(), hashlib.sha256(data[16 * KiB:]).digest()]
+    leaves = [hashlib.sha256(data[: 16 * KiB]).digest(), hashlib.sha256(data[16 * KiB :]).digest()]
     assert v2 == hashlib.sha256(leaves[0] + leaves[1]).digest()
 
 
@@ -97,12 +97,17 @@ def test_piece_hashes_refuse_oversized_piece() -> None:
 
 def test_small_file_root_is_not_padded_to_piece() -> None:
     data = os.urandom(3 * 16 * KiB)  # three leaves → tree of four
-    leaves = [hashlib.sha256(data[i:i + 16 * KiB]).digest() for i in range(0, len(data), 16 * KiB)] + [bytes(32)]
-    top = hashlib.sha256(hashlib.sha256(leaves[0] + leaves[1]).digest() + hashlib.sha256(leaves[2] + leaves[3]).digest())
+    leaves = [hashlib.sha256(data[i : i + 16 * KiB]).digest() for i in range(0, len(data), 16 * KiB)] + [bytes(32)]
+    top = hashlib.sha256(
+        hashlib.sha256(leaves[0] + leaves[1]).digest() + hashlib.sha256(leaves[2] + leaves[3]).digest()
+    )
     assert T.small_file_root(data) == top.digest()
 
 
-@pytest.mark.parametrize("size,ok", [(16 * KiB, True), (4 * 1024 * KiB, True), (8 * KiB, False), (48 * KiB, False), (128 * 1024 * KiB, False)])
+@pytest.mark.parametrize(
+    "size,ok",
+    [(16 * KiB, True), (4 * 1024 * KiB, True), (8 * KiB, False), (48 * KiB, False), (128 * 1024 * KiB, False)],
+)
 def test_piece_size_rules(size: int, ok: bool) -> None:
     assert T.is_valid_piece_size(size) is ok
 
@@ -124,8 +129,11 @@ def test_build_refuses_unordered_files() -> None:
 def test_trackers_and_web_seeds_are_written(tmp_path: Path) -> None:
     folder = tmp_path / "rel"
     _write(folder, {"a": 1000})
-    m, data = make_release(folder, trackers=(("udp://127.0.0.1:1/announce",), ("http://127.0.0.1:2/announce",)),
-                           web_seeds=("http://127.0.0.1:3/rel/",))  # fmt: skip
+    m, data = make_release(
+        folder,
+        trackers=(("udp://127.0.0.1:1/announce",), ("http://127.0.0.1:2/announce",)),
+        web_seeds=("http://127.0.0.1:3/rel/",),
+    )
     import libtorrent as lt
 
     ti = lt.torrent_info(data)
@@ -137,7 +145,9 @@ def test_trackers_and_web_seeds_are_written(tmp_path: Path) -> None:
     assert (m.torrent.info_hash_v1, m.torrent.info_hash_v2) == (m2.torrent.info_hash_v1, m2.torrent.info_hash_v2)
 
 
-@pytest.mark.parametrize("data,needle", [(b"garbage", "invalid torrent"), (b"d4:infoi3ee", "invalid torrent"), (b"", "invalid torrent")])
+@pytest.mark.parametrize(
+    "data,needle", [(b"garbage", "invalid torrent"), (b"d4:infoi3ee", "invalid torrent"), (b"", "invalid torrent")]
+)
 def test_read_torrent_rejects_junk(data: bytes, needle: str) -> None:
     with pytest.raises(TorrentError, match=needle):
         T.read_torrent(data)

@@ -12,9 +12,10 @@ import sys
 import types
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,11 @@ def save_pth(path: Path, state: dict[str, np.ndarray], payload: Any = None) -> N
     arrays = {name: np.ascontiguousarray(a) for name, a in state.items()}
     with _fake_torch() as fake:
         buf = io.BytesIO()
-        obj = payload if payload is not None else OrderedDict((n, _TensorRecord(fake, str(i), a)) for i, (n, a) in enumerate(arrays.items()))
+        obj = (
+            payload
+            if payload is not None
+            else OrderedDict((n, _TensorRecord(fake, str(i), a)) for i, (n, a) in enumerate(arrays.items()))
+        )
         _Pickler(buf, protocol=2).dump(obj)
     archive = path.stem
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:

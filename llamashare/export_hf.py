@@ -15,8 +15,9 @@ manifest of the result can be committed and checked.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -27,12 +28,21 @@ from llamashare.quant import safetensors_io
 
 #: GGUF tensor name (after "blk.N.") → Hugging Face name (after "model.layers.N.").
 LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}  # fmt: skip
-GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                "output.weight": "lm_head.weight"}  # fmt: skip
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 #: tokenizer.json pre-tokenizers for llama.cpp's pre-tokenizer names (the inverse of quant.vocab's detection).
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
@@ -67,8 +77,11 @@ def export_hf(src: Path, out: Path, on_tensor: Callable[[str], None] | None = No
     c = mf.config
     pre = mf.meta("tokenizer.ggml.pre", "default")
     if mf.meta("tokenizer.ggml.model") != "gpt2" or pre not in PRE_TOKENIZERS:
-        raise CheckpointError(f"only byte-level BPE vocabularies with pre-tokenizer {', '.join(PRE_TOKENIZERS)} can be "
-                              f"exported (this one: {mf.meta('tokenizer.ggml.model')}/{pre})", src)  # fmt: skip
+        raise CheckpointError(
+            f"only byte-level BPE vocabularies with pre-tokenizer {', '.join(PRE_TOKENIZERS)} can be "
+            f"exported (this one: {mf.meta('tokenizer.ggml.model')}/{pre})",
+            src,
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     def producer(name: str) -> Callable[[], np.ndarray]:
@@ -83,12 +96,18 @@ def export_hf(src: Path, out: Path, on_tensor: Callable[[str], None] | None = No
         return make
 
     names = sorted(mf.tensors, key=hf_name)
-    tensors = [(hf_name(n), "BF16", tuple(mf.tensors[n].ne[::-1]), producer(n)) for n in names if n != "rope_freqs.weight"]
+    tensors = [
+        (hf_name(n), "BF16", tuple(mf.tensors[n].ne[::-1]), producer(n)) for n in names if n != "rope_freqs.weight"
+    ]
     if "rope_freqs.weight" in mf.tensors:
         raise CheckpointError("Llama 3.1-style rope frequency factors cannot be exported yet", src)
     safetensors_io.write(out / "model.safetensors", tensors, metadata={"format": "pt"})
-    docs = {"config.json": _config(mf), "generation_config.json": _generation_config(mf),
-            "tokenizer.json": _tokenizer(mf, pre), "tokenizer_config.json": _tokenizer_config(mf)}  # fmt: skip
+    docs = {
+        "config.json": _config(mf),
+        "generation_config.json": _generation_config(mf),
+        "tokenizer.json": _tokenizer(mf, pre),
+        "tokenizer_config.json": _tokenizer_config(mf),
+    }
     written = [out / "model.safetensors"]
     for name, doc in docs.items():
         (out / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -105,12 +124,21 @@ def _config(mf: ModelFile) -> dict[str, Any]:
     c = mf.config
     ids = _special_ids(mf)
     doc: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": c.n_embd, "intermediate_size": c.n_ff, "num_hidden_layers": c.n_layer,
-        "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head_kv, "vocab_size": c.n_vocab,
-        "max_position_embeddings": c.n_ctx_train, "rms_norm_eps": _eps(c.rms_eps), "rope_theta": c.rope_theta,
-        "tie_word_embeddings": "output.weight" not in mf.tensors, "torch_dtype": "bfloat16",
-    }  # fmt: skip
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": c.n_embd,
+        "intermediate_size": c.n_ff,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_head_kv,
+        "vocab_size": c.n_vocab,
+        "max_position_embeddings": c.n_ctx_train,
+        "rms_norm_eps": _eps(c.rms_eps),
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": "output.weight" not in mf.tensors,
+        "torch_dtype": "bfloat16",
+    }
     if c.rope_freq_scale != 1.0:
         doc["rope_scaling"] = {"type": "linear", "factor": 1.0 / c.rope_freq_scale}
     for key, name in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
@@ -127,27 +155,52 @@ def _generation_config(mf: ModelFile) -> dict[str, Any]:
 def _tokenizer(mf: ModelFile, pre: str) -> dict[str, Any]:
     tokens: list[str] = list(mf.meta("tokenizer.ggml.tokens"))  # type: ignore[arg-type]
     types: list[int] = list(mf.meta("tokenizer.ggml.token_type"))  # type: ignore[arg-type]
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": types[i] == gguf.TokenType.CONTROL}
-             for i, t in enumerate(tokens) if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)]  # fmt: skip
+    added = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": types[i] == gguf.TokenType.CONTROL,
+        }
+        for i, t in enumerate(tokens)
+        if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
+    ]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
         "pre_tokenizer": PRE_TOKENIZERS[pre],
         "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": list(mf.meta("tokenizer.ggml.merges"))},  # type: ignore[arg-type]
-    }  # fmt: skip
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": list(mf.meta("tokenizer.ggml.merges")),
+        },  # type: ignore[arg-type]
+    }
 
 
 def _tokenizer_config(mf: ModelFile) -> dict[str, Any]:
     tokens: list[str] = mf.meta("tokenizer.ggml.tokens")  # type: ignore[assignment]
     ids = _special_ids(mf)
-    doc: dict[str, Any] = {"add_bos_token": bool(mf.meta("tokenizer.ggml.add_bos_token", False)),
-                           "add_eos_token": bool(mf.meta("tokenizer.ggml.add_eos_token", False)),
-                           "clean_up_tokenization_spaces": False, "model_max_length": mf.config.n_ctx_train,
-                           "tokenizer_class": "GPT2Tokenizer"}  # fmt: skip
+    doc: dict[str, Any] = {
+        "add_bos_token": bool(mf.meta("tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(mf.meta("tokenizer.ggml.add_eos_token", False)),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": mf.config.n_ctx_train,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
     for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")):
         if key in ids:
             doc[name] = tokens[ids[key]]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from llamashare.daemon.client import DaemonClient, start_daemon
+from llamashare.daemon.home import Home
 from llamashare.errors import LlamashareError, VerificationError
 from llamashare.manifests.manifest import Manifest, dumps
 from llamashare.manifests.verify import verify_release
-from llamashare.p2p.client import DaemonClient, start_daemon
-from llamashare.p2p.home import Home
 
 POLL = 0.2
 FINISHED = ("seeding", "done seeding", "complete", "paused")
@@ -55,11 +55,21 @@ def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bo
     if not seed_forever:
         check_writable(opts.directory)
     client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
-    client.call("POST", "/releases", {
-        "manifest": dumps(manifest), "dir": str(opts.directory.resolve()), "ratio": opts.ratio,
-        "seed_time": opts.seed_time, "no_seed": opts.no_seed, "seed_forever": seed_forever,
-        "include": list(opts.include), "peers": list(opts.peers), "initial_seeding": opts.initial_seeding,
-    })  # fmt: skip
+    client.call(
+        "POST",
+        "/releases",
+        {
+            "manifest": dumps(manifest),
+            "dir": str(opts.directory.resolve()),
+            "ratio": opts.ratio,
+            "seed_time": opts.seed_time,
+            "no_seed": opts.no_seed,
+            "seed_forever": seed_forever,
+            "include": list(opts.include),
+            "peers": list(opts.peers),
+            "initial_seeding": opts.initial_seeding,
+        },
+    )
     return client
 
 
@@ -83,13 +93,17 @@ def fetch(home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callabl
         if status["state"] in FINISHED and status["verified"] == status["selected"]:
             return status
         if status["state"] == "paused":
-            raise FetchError(f"{manifest.name}: paused by the user ({status['verified']} of {status['selected']} "
-                             "files verified); fetch it again to resume")  # fmt: skip
+            raise FetchError(
+                f"{manifest.name}: paused by the user ({status['verified']} of {status['selected']} "
+                "files verified); fetch it again to resume"
+            )
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
             why = f" (last tracker error: {status['tracker_error']})" if status["tracker_error"] else ""
-            raise FetchError(f"{manifest.name}: not complete after {opts.timeout:.0f}s, "
-                             f"{status['verified']} of {status['selected']} files verified, {status['peers']} peers{why}; "
-                             "the daemon keeps trying (llamashare status)")  # fmt: skip
+            raise FetchError(
+                f"{manifest.name}: not complete after {opts.timeout:.0f}s, "
+                f"{status['verified']} of {status['selected']} files verified, {status['peers']} peers{why}; "
+                "the daemon keeps trying (llamashare status)"
+            )
         time.sleep(POLL)
 
 
@@ -98,8 +112,11 @@ def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> dict:
     reports = verify_release(manifest, opts.directory)
     bad = [r for r in reports if not r.ok]
     if bad:
-        raise VerificationError(f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}"
-                                + (f" ({bad[0].detail})" if bad[0].detail else "")
-                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""), reports)  # fmt: skip
+        raise VerificationError(
+            f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}"
+            + (f" ({bad[0].detail})" if bad[0].detail else "")
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""),
+            reports,
+        )
     client = _submit(home, manifest, opts, seed_forever=True)
     return release_status(client, manifest.name)

@@ -77,10 +77,12 @@ class Home:
     def models_dir(self) -> Path:
         """The local model store: one folder per release (see llamashare.store)."""
         configured = self.config().models_dir
-        return self.root / Path(configured).expanduser() if configured else self.root / "models"  # relative: to the home
+        return (
+            self.root / Path(configured).expanduser() if configured else self.root / "models"
+        )  # relative: to the home
 
     @classmethod
-    def local_node(cls, root: Path, extra_config: str = "") -> "Home":
+    def local_node(cls, root: Path, extra_config: str = "") -> Home:
         """A fresh home for a loopback-only node on any free port (demo, tests, benchmarks)."""
         home = cls(root)
         home.root.mkdir(parents=True, exist_ok=True)
@@ -104,13 +106,24 @@ class Home:
             if key == "publishers":
                 values[key] = self._publishers(value)
                 continue
-            kind = {"ratio": (int, float), "seed_time": (int, float), "local_only": bool, "models_dir": str,
-                    "default_quant": str}.get(key, int)  # fmt: skip
+            kind = {
+                "ratio": (int, float),
+                "seed_time": (int, float),
+                "local_only": bool,
+                "models_dir": str,
+                "default_quant": str,
+            }.get(key, int)
             if kind is str:
                 if not isinstance(value, str) or not value.strip():
                     raise ConfigError(f"{self.config_file}: {key} must be a non-empty string")
-            elif isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is not bool and value < 0):
-                raise ConfigError(f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}")
+            elif (
+                isinstance(value, bool) != (kind is bool)
+                or not isinstance(value, kind)
+                or (kind is not bool and value < 0)
+            ):
+                raise ConfigError(
+                    f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}"
+                )
             values[key] = value
         return Config(**values)
 
@@ -119,11 +132,11 @@ class Home:
         from llamashare.manifests.signing import parse_public_key
 
         if not isinstance(table, dict):
-            raise ConfigError(f"{self.config_file}: [publishers] must be a table of \"name-glob\" = \"ed25519:<hex>\"")
+            raise ConfigError(f'{self.config_file}: [publishers] must be a table of "name-glob" = "ed25519:<hex>"')
         out = {}
         for pattern, key in table.items():
             if not isinstance(key, str):
-                raise ConfigError(f"{self.config_file}: publishers.{pattern} must be a string \"ed25519:<hex>\"")
+                raise ConfigError(f'{self.config_file}: publishers.{pattern} must be a string "ed25519:<hex>"')
             try:
                 out[pattern] = parse_public_key(key)
             except KeyFileError as exc:

@@ -4,7 +4,7 @@ they open, the live overview the page shows, and the page's own files.
 Served by the same aiohttp app as the JSON API, under the same Host/Origin rules (see api.py);
 every control on the page is a call to the documented API, so the page can do nothing the API
 cannot. Nothing is fetched from the internet: the page, its script and its style ship in
-``p2p/web/`` and charts are drawn on a canvas by that script.
+``llamashare/daemon/web/`` and charts are drawn on a canvas by that script.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import json
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -38,8 +39,16 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 #: The daemon's states, as the page names them (``checking`` is libtorrent reading the files).
-SHOWN_STATE = {"downloading": "fetching", "checking": "verifying", "verifying": "verifying", "seeding": "seeding",
-               "done seeding": "done seeding", "paused": "paused", "error": "error", "complete": "ready"}  # fmt: skip
+SHOWN_STATE = {
+    "downloading": "fetching",
+    "checking": "verifying",
+    "verifying": "verifying",
+    "seeding": "seeding",
+    "done seeding": "done seeding",
+    "paused": "paused",
+    "error": "error",
+    "complete": "ready",
+}
 STEP_STATE = {"convert": "converting", "quantize": "quantizing"}
 
 
@@ -92,11 +101,14 @@ class RateHistory:
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
 
     def add(self, now: float, releases: list[dict]) -> None:
-        self.samples.append({
-            "t": round(now, 1),
-            "up": sum(r["upload_rate"] for r in releases), "down": sum(r["download_rate"] for r in releases),
-            "releases": {r["name"]: [r["upload_rate"], r["download_rate"]] for r in releases},
-        })  # fmt: skip
+        self.samples.append(
+            {
+                "t": round(now, 1),
+                "up": sum(r["upload_rate"] for r in releases),
+                "down": sum(r["download_rate"] for r in releases),
+                "releases": {r["name"]: [r["upload_rate"], r["download_rate"]] for r in releases},
+            }
+        )
 
 
 class StoreView:
@@ -125,8 +137,13 @@ class StoreView:
             self._manifests[entry.name] = cached
         record = entry.record()
         ggufs = [{"file": p.name, "size": p.stat().st_size, "step": step} for step, p in entry.ggufs().items()]
-        return {**cached[1], "ggufs": ggufs, "default_gguf": record.get("default"), "activity": entry.activity(),
-                "store_dir": str(entry.root)}  # fmt: skip
+        return {
+            **cached[1],
+            "ggufs": ggufs,
+            "default_gguf": record.get("default"),
+            "activity": entry.activity(),
+            "store_dir": str(entry.root),
+        }
 
 
 def overview(releases: list[dict], stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,15 +152,34 @@ def overview(releases: list[dict], stored: dict[str, dict[str, Any]]) -> list[di
     rows = []
     for r in releases:
         s = stored.get(r["name"], {})
-        rows.append({**r, "ggufs": s.get("ggufs", []), "default_gguf": s.get("default_gguf"),
-                     "activity": s.get("activity"), "daemon_state": r["state"], "in_daemon": True,
-                     "state": _headline(r["state"], s)})  # fmt: skip
+        rows.append(
+            {
+                **r,
+                "ggufs": s.get("ggufs", []),
+                "default_gguf": s.get("default_gguf"),
+                "activity": s.get("activity"),
+                "daemon_state": r["state"],
+                "in_daemon": True,
+                "state": _headline(r["state"], s),
+            }
+        )
     for name, s in sorted(stored.items()):
         if any(r["name"] == name for r in releases):
             continue
-        rows.append({"name": name, "version": s["version"], "license": s["license"], "size": s["size"],
-                     "ggufs": s["ggufs"], "default_gguf": s["default_gguf"], "activity": s["activity"],
-                     "daemon_state": None, "in_daemon": False, "state": _headline(None, s)})  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "version": s["version"],
+                "license": s["license"],
+                "size": s["size"],
+                "ggufs": s["ggufs"],
+                "default_gguf": s["default_gguf"],
+                "activity": s["activity"],
+                "daemon_state": None,
+                "in_daemon": False,
+                "state": _headline(None, s),
+            }
+        )
     return rows
 
 
@@ -188,9 +224,12 @@ class Dashboard:
         releases = self.status()
         stored = self.store.entries() if self.store is not None else {}
         doc: dict[str, Any] = {
-            "node": self.info, "time": time.time(), "releases": overview(releases, stored),
-            "up": sum(r["upload_rate"] for r in releases), "down": sum(r["download_rate"] for r in releases),
-        }  # fmt: skip
+            "node": self.info,
+            "time": time.time(),
+            "releases": overview(releases, stored),
+            "up": sum(r["upload_rate"] for r in releases),
+            "down": sum(r["download_rate"] for r in releases),
+        }
         if history:
             doc["history"] = list(self.history.samples)
         return doc
@@ -219,8 +258,11 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.Response:
         session = self.logins.redeem(request.query.get("token", ""))
         if session is None:
-            return message_page(403, "This login link was used already or has expired",
-                                "Run <code>llamashare dashboard</code> for a new one.")  # fmt: skip
+            return message_page(
+                403,
+                "This login link was used already or has expired",
+                "Run <code>llamashare dashboard</code> for a new one.",
+            )
         response = web.HTTPSeeOther("/", headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
         response.set_cookie(self.cookie, session, max_age=int(SESSION_TTL), path="/", httponly=True, samesite="Strict")
         return response
@@ -244,7 +286,7 @@ class Dashboard:
                 first = False
                 try:
                     await asyncio.wait_for(self.closing.wait(), EVERY)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         except ConnectionResetError:  # the page was closed
             pass
@@ -256,8 +298,10 @@ DASHBOARD_KEY = web.AppKey("dashboard", Dashboard)
 
 def message_page(status: int, title: str, body_html: str) -> web.Response:
     """A small HTML page for the browser (not signed in, used link); ``body_html`` is ours, not input."""
-    html = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>llamashare · {title}</title>'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<link rel="stylesheet" href="/static/dashboard.css"></head><body class="message"><main><h1>{title}</h1>'
-            f"<p>{body_html}</p></main></body></html>")  # fmt: skip
+    html = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>llamashare · {title}</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="stylesheet" href="/static/dashboard.css"></head><body class="message"><main><h1>{title}</h1>'
+        f"<p>{body_html}</p></main></body></html>"
+    )
     return web.Response(status=status, text=html, content_type="text/html", headers=PAGE_HEADERS)

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from llamashare.daemon.home import Home
 from llamashare.errors import LlamashareError
-from llamashare.p2p.home import Home
 
 
 class DaemonError(LlamashareError):
@@ -30,13 +30,19 @@ class DaemonClient:
             self.info = json.loads(home.info_file.read_text())
             self.token = home.token_file.read_text().strip()
         except (OSError, ValueError):
-            raise DaemonError(f"no daemon is running for {home.root} (start one with: llamashare daemon start)") from None
+            raise DaemonError(
+                f"no daemon is running for {home.root} (start one with: llamashare daemon start)"
+            ) from None
         self.base = f"http://127.0.0.1:{self.info['api_port']}/api/v1"
 
     def call(self, method: str, path: str, body: dict | None = None, timeout: float = 30) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -86,8 +92,13 @@ def running_client(home: Home) -> DaemonClient | None:
     return client
 
 
-def start_daemon(home: Home, listen_port: int | None = None, api_port: int | None = None,
-                 local_only: bool = False, timeout: float = 30) -> DaemonClient:  # fmt: skip
+def start_daemon(
+    home: Home,
+    listen_port: int | None = None,
+    api_port: int | None = None,
+    local_only: bool = False,
+    timeout: float = 30,
+) -> DaemonClient:
     """Start a detached daemon for ``home`` (if none runs) and wait until its API answers."""
     client = running_client(home)
     if client is not None:

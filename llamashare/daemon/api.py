@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.errors import LlamashareError
 from llamashare.manifests.manifest import parse_manifest
-from llamashare.p2p.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.p2p.node import Node, ReleaseConflict, ReleaseSpec
 from llamashare.store import Store
 
@@ -54,8 +54,9 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
-def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict,
-             store: Store | None = None) -> web.Application:  # fmt: skip
+def make_app(
+    node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict, store: Store | None = None
+) -> web.Application:
     """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks);
     ``store`` is where releases added without a folder go (and what the dashboard lists)."""
     dashboard = Dashboard(node.status, store, info, port)
@@ -74,7 +75,9 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
         public = request.path == "/login" or request.path.startswith("/static/")
         if not (by_token or by_cookie or public):
             if request.path == "/":
-                return message_page(401, "Not signed in", "Open the link that <code>llamashare dashboard</code> prints.")
+                return message_page(
+                    401, "Not signed in", "Open the link that <code>llamashare dashboard</code> prints."
+                )
             if sent is None:
                 return _error(401, "no credentials: send the token in daemon.token as 'Authorization: Bearer …'")
             return _error(403, "wrong token (see daemon.token in the llamashare home)")
@@ -170,13 +173,15 @@ def make_app(node: Node, token: str, port: int, on_shutdown: Callable[[], None],
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[DASHBOARD_KEY] = dashboard
     app.add_routes(dashboard.routes())
-    app.add_routes([
-        web.get("/api/v1/status", status),
-        web.post("/api/v1/releases", add),
-        web.patch("/api/v1/releases/{name}", patch),
-        web.delete("/api/v1/releases/{name}", delete),
-        web.post("/api/v1/shutdown", shutdown),
-    ])  # fmt: skip
+    app.add_routes(
+        [
+            web.get("/api/v1/status", status),
+            web.post("/api/v1/releases", add),
+            web.patch("/api/v1/releases/{name}", patch),
+            web.delete("/api/v1/releases/{name}", delete),
+            web.post("/api/v1/shutdown", shutdown),
+        ]
+    )
     return app
 
 

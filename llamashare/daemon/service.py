@@ -21,11 +21,11 @@ import time
 from aiohttp import web
 
 from llamashare import __version__
+from llamashare.daemon.api import make_app
+from llamashare.daemon.dashboard import DASHBOARD_KEY
+from llamashare.daemon.home import Home
 from llamashare.errors import LlamashareError
 from llamashare.fsio import atomic_write
-from llamashare.p2p.api import make_app
-from llamashare.p2p.dashboard import DASHBOARD_KEY
-from llamashare.p2p.home import Home
 from llamashare.p2p.node import Node
 from llamashare.p2p.settings import NetworkOptions
 from llamashare.store import Store
@@ -40,7 +40,9 @@ class DaemonRunningError(LlamashareError):
     """Another daemon already owns this home."""
 
 
-def run_daemon(home: Home, listen_port: int | None = None, api_port: int | None = None, local_only: bool | None = None) -> None:
+def run_daemon(
+    home: Home, listen_port: int | None = None, api_port: int | None = None, local_only: bool | None = None
+) -> None:
     """Run in the foreground until SIGTERM/SIGINT or an API shutdown."""
     home.root.mkdir(parents=True, exist_ok=True)
     lock = open(home.lock_file, "a+")
@@ -48,7 +50,9 @@ def run_daemon(home: Home, listen_port: int | None = None, api_port: int | None 
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise DaemonRunningError(f"a daemon is already running for {home.root}") from None
-    logging.basicConfig(filename=home.log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        filename=home.log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = home.config()
     net = NetworkOptions(
         listen_port=cfg.listen_port if listen_port is None else listen_port,
@@ -98,15 +102,27 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", api_port))
     port = sock.getsockname()[1]
-    info = {"pid": os.getpid(), "api_port": port, "listen_port": node.listen_port, "version": __version__,
-            "home": str(home.root), "started_at": time.time()}  # fmt: skip
+    info = {
+        "pid": os.getpid(),
+        "api_port": port,
+        "listen_port": node.listen_port,
+        "version": __version__,
+        "home": str(home.root),
+        "started_at": time.time(),
+    }
     app = make_app(node, token, port, request_stop, info, Store(home.models_dir))
     dashboard = app[DASHBOARD_KEY]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     atomic_write(home.info_file, json.dumps(info).encode())
-    log.info("daemon %s up: api 127.0.0.1:%d, listen port %d, restored %s", __version__, port, node.listen_port, restored or "nothing")
+    log.info(
+        "daemon %s up: api 127.0.0.1:%d, listen port %d, restored %s",
+        __version__,
+        port,
+        node.listen_port,
+        restored or "nothing",
+    )
     last_resume = last_sample = time.monotonic()
     try:
         while not stop.is_set():
@@ -121,7 +137,7 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
                 last_sample = now
             try:
                 await asyncio.wait_for(tick.wait(), POLL_EVERY)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await asyncio.sleep(MIN_POLL_GAP)
     finally:

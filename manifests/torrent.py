@@ -25,8 +25,8 @@ parse (and so validate) untrusted torrent bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import libtorrent as lt
 
