@@ -24,9 +24,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from measure import measure, warm_page_cache
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.measure import measure, warm_page_cache  # noqa: E402
 
 CONTENDERS = {
     "copy": """

@@ -21,10 +21,14 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
-from measure import measure, warm_page_cache
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.measure import measure, warm_page_cache  # noqa: E402
 
 PIECE = 4 * 1024 * 1024
 

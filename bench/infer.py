@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import measure, warm_page_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.measure import measure, warm_page_cache  # noqa: E402
 
 PRESETS = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
 

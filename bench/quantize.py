@@ -22,14 +22,20 @@ import importlib.util
 import os
 import platform
 import sys
-import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
-from measure import measure, warm_page_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.measure import measure, warm_page_cache  # noqa: E402
+
+T = TypeVar("T")
 
 TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 LEGACY = set(TYPES[:5])
@@ -57,8 +63,9 @@ def real_rows(n_rows: int) -> np.ndarray:
     return np.concatenate(rows)[:n_rows]
 
 
-def best(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def best(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """The fastest of ``repeats`` (at least one) calls of ``fn``, and what the last returned."""
+    times: list[float] = []
     for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
@@ -71,16 +78,8 @@ def ggml_threads(ggml_type: int, x: np.ndarray, threads: int) -> np.ndarray:
     from tests import ggml_ref
 
     parts = np.array_split(np.arange(x.shape[0]), threads)
-    outs: list[np.ndarray | None] = [None] * threads
-
-    def run(i: int) -> None:
-        outs[i] = ggml_ref.quantize(ggml_type, x[parts[i]])
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    with ThreadPoolExecutor(threads) as pool:
+        outs = list(pool.map(lambda rows: ggml_ref.quantize(ggml_type, x[rows]), parts))
     return np.concatenate(outs)
 
 
@@ -97,14 +96,16 @@ def kernels(x: np.ndarray, repeats: int) -> list[str]:
     ]
     for name in TYPES:
         t = lookup(name)
-        t2, ours = best(lambda t=t: t.quantize(x, threads=2), repeats)
-        t1, _ = best(lambda t=t: t.quantize(x, threads=1), repeats)
-        tc, ref = best(lambda t=t: ggml_ref.quantize(int(t.ggml), x), repeats)
+        t2, ours = best(partial(t.quantize, x, threads=2), repeats)
+        t1, _ = best(partial(t.quantize, x, threads=1), repeats)
+        tc, ref = best(partial(ggml_ref.quantize, int(t.ggml), x), repeats)
         assert np.array_equal(ours, ref), f"{name}: not byte-identical to ggml"
-        tg = best(lambda t=t: gguf.quants.quantize(x, t.ggml), repeats)[0] if name in LEGACY else None
+        tg: float | None
         if name in LEGACY:
+            tg = best(partial(gguf.quants.quantize, x, t.ggml), repeats)[0]
             goal = f"≥ 3× gguf-py: {'met' if tg / t2 >= 3 else 'NOT met'}"
         else:
+            tg = None
             goal = f"≥ 0.25× llama.cpp 1t: {'met' if tc / t2 >= 0.25 else 'NOT met'}"
         gp = f"{mb / tg:>9.0f}" if tg else f"{'—':>9}"
         vs_g = f"{tg / t2:>11.2f}" if tg else f"{'—':>11}"

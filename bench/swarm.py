@@ -92,10 +92,10 @@ def llamashare_fetch(
                 continue
             st = release_status(c, m.name)
             now = time.monotonic()
-            trace.setdefault(f"leecher {i + 1}", []).append((round(now - start, 3), st["done"] / max(1, st["size"])))
-            if last_byte[i] is None and st["done"] >= st["size"]:
+            trace.setdefault(f"leecher {i + 1}", []).append((round(now - start, 3), st.done / max(1, st.size)))
+            if last_byte[i] is None and st.done >= st.size:
                 last_byte[i] = now
-            if st["verified"] == st["selected"] and st["state"] in ("seeding", "done seeding"):
+            if st.verified == st.selected and st.state in ("seeding", "done seeding"):
                 verified[i] = now
                 last_byte[i] = last_byte[i] or now
         time.sleep(0.02)

@@ -42,9 +42,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llamashare.daemon.client import DaemonClient, DaemonError, start_daemon, stop_daemon  # noqa: E402
+from llamashare.daemon.client import DaemonClient, start_daemon, stop_daemon  # noqa: E402
 from llamashare.daemon.home import Home  # noqa: E402
 from llamashare.daemon.submit import FetchOptions, release_status, seed  # noqa: E402
+from llamashare.errors import DaemonError  # noqa: E402
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
 from llamashare.manifests.manifest import Manifest  # noqa: E402
 from tests.peers import Tracker  # noqa: E402
@@ -175,7 +176,7 @@ def run_swarm(
         time.sleep(2.5)  # libtorrent adds to its byte counters once a second: let them settle
         origin_st = release_status(origin_client, m.name)
         finals = [release_status(log.client, m.name) for log in logs]
-        hash_failures = sum(st["hash_failures"] for st in finals)
+        hash_failures = sum(st.hash_failures for st in finals)
         bad = _independent_check(m, outs)
         return SwarmReport(
             nodes=nodes,
@@ -214,10 +215,10 @@ def _poll(log: NodeLog, m: Manifest, start: float, restarts: ThreadPoolExecutor)
         st = release_status(log.client, m.name)
     except DaemonError:
         return
-    log.last_done = st["done"]
-    if st["state"] == "error":
+    log.last_done = st.done
+    if st.state == "error":
         raise SystemExit(f"{log.home.root.name}: {st['error']}")
-    if st["verified"] == st["selected"] and st["state"] in ("seeding", "done seeding"):
+    if st.verified == st.selected and st.state in ("seeding", "done seeding"):
         log.finished = time.monotonic() - start
 
 
@@ -228,8 +229,8 @@ def _restart(log: NodeLog, m: Manifest) -> DaemonClient:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         st = release_status(client, m.name)
-        if st["state"] != "checking":
-            log.lost += max(0, log.done_at_kill - st["done"])
+        if st.state != "checking":
+            log.lost += max(0, log.done_at_kill - st.done)
             return client
         time.sleep(0.02)
     raise SystemExit(f"{log.home.root.name}: still checking its files 60 s after a restart")
@@ -241,7 +242,7 @@ def _kill(log: NodeLog, m: Manifest, restart_at: float) -> None:
     What it has is read just before the kill, to compare with what it has after the restart."""
     st = release_status(log.client, m.name)
     kill_and_reap(int(log.client.info["pid"]))
-    log.done_at_kill = st["done"]
+    log.done_at_kill = st.done
     log.client, log.restart_at = None, restart_at
     log.kills += 1
 

@@ -57,9 +57,10 @@ class Chat:
         self, model: Llama, tok: GGUFTokenizer, sampler: Sampler, system: str | None = None, template: str | None = None
     ) -> None:
         self.model, self.tok, self.sampler = model, tok, sampler
-        self.template = template or model.file.meta("tokenizer.chat_template")
-        if not isinstance(self.template, str) or not self.template:
+        found = template or model.file.meta("tokenizer.chat_template")
+        if not isinstance(found, str) or not found:
             raise InferenceError(f"{model.file.path}: has no chat template (tokenizer.chat_template); use -p instead")
+        self.template = found
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
 
     def say(self, text: str, n_predict: int, emit: Callable[[str], None]) -> Stats:
@@ -74,3 +75,30 @@ class Chat:
         finally:
             self.messages.append({"role": "assistant", "content": "".join(reply)})
         return stats
+
+
+def converse(
+    session: Chat,
+    first: str | None,
+    read: Callable[[], str | None],
+    n_predict: int,
+    emit: Callable[[str], None],
+    report: Callable[[Stats], None],
+) -> None:
+    """The interactive loop of ``run --chat``: ``first`` (if given), then each line ``read``
+    returns, until it returns None or an empty line. Ctrl-C stops one reply, not the chat."""
+    text = first
+    while True:
+        if text is None:
+            text = read()
+        if text is None or not text.strip():
+            return
+        try:
+            stats = session.say(text, n_predict, emit)
+        except KeyboardInterrupt:
+            emit("\n")
+            text = None
+            continue
+        emit("\n")
+        report(stats)
+        text = None

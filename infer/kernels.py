@@ -43,7 +43,7 @@ def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
 
 
 @njit(**_inline)
-def _row_q8_0(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q8_0(row, x, xs, half):
     """34-byte blocks: float16 d, 32 int8 codes; value = d·q."""
     acc = V.zero()
     for b in range(x.shape[0] // 32):
@@ -56,7 +56,7 @@ def _row_q8_0(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _dot_nibbles(row, at, x, j):  # type: ignore[no-untyped-def]
+def _dot_nibbles(row, at, x, j):
     """16 bytes of nibbles at ``at`` (value i low, value i+16 high) · x[j:j+32], in lanes."""
     s = V.mul(V.field(row, at, 0, 15), V.floats(x, j))
     s = V.fma(V.field(row, at + 8, 0, 15), V.floats(x, j + 8), s)
@@ -65,7 +65,7 @@ def _dot_nibbles(row, at, x, j):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q4_0(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q4_0(row, x, xs, half):
     """18-byte blocks: float16 d, 16 bytes of nibbles (value i low, i+16 high); value = d·(q-8)."""
     acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
@@ -77,7 +77,7 @@ def _row_q4_0(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q4_1(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q4_1(row, x, xs, half):
     """20-byte blocks: float16 d and m, 16 bytes of nibbles; value = d·q + m."""
     acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
@@ -88,7 +88,7 @@ def _row_q4_1(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _fifth_bits(row, at):  # type: ignore[no-untyped-def]
+def _fifth_bits(row, at):
     """The little-endian uint32 of Q5 fifth bits (bit i belongs to value i)."""
     return (
         np.uint32(row[at])
@@ -99,7 +99,7 @@ def _fifth_bits(row, at):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _dot_q5(row, at, qh, x, j):  # type: ignore[no-untyped-def]
+def _dot_q5(row, at, qh, x, j):
     """16 bytes of nibbles at ``at`` plus the 32 fifth bits in ``qh`` · x[j:j+32], in lanes."""
     sixteen = V.splat(16)
     s = V.zero()
@@ -110,7 +110,7 @@ def _dot_q5(row, at, qh, x, j):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q5_0(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q5_0(row, x, xs, half):
     """22-byte blocks: float16 d, 4 bytes of fifth bits, 16 bytes of nibbles; value = d·(q-16)."""
     acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
@@ -122,7 +122,7 @@ def _row_q5_0(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q5_1(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q5_1(row, x, xs, half):
     """24-byte blocks: float16 d and m, fifth bits, nibbles; value = d·q + m."""
     acc, off = V.zero(), F32(0)
     for b in range(x.shape[0] // 32):
@@ -133,7 +133,7 @@ def _row_q5_1(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _scale_min_k4(row, at, k):  # type: ignore[no-untyped-def]
+def _scale_min_k4(row, at, k):
     """ggml's get_scale_min_k4: sub-block k's 6-bit scale and min from the 12 bytes at ``at``."""
     if k < 4:
         return F32(row[at + k] & 63), F32(row[at + k + 4] & 63)
@@ -143,7 +143,7 @@ def _scale_min_k4(row, at, k):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _dot_k(row, at, high, qh, bit, x, j):  # type: ignore[no-untyped-def]
+def _dot_k(row, at, high, qh, bit, x, j):
     """32 codes · x[j:j+32], in lanes: nibble ``high`` (0 low, 1 high) of the 32 bytes at ``at``,
     plus (when ``qh`` ≥ 0) bit ``bit`` of the 32 bytes at ``qh`` as the fifth bit (Q5_K)."""
     s = V.zero()
@@ -156,7 +156,7 @@ def _dot_k(row, at, high, qh, bit, x, j):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q45_k(row, x, xs, half, size, qh, qs):  # type: ignore[no-untyped-def]
+def _row_q45_k(row, x, xs, half, size, qh, qs):
     """Q4_K (144-byte super-blocks of 256: float16 d and dmin, 12 bytes of 6-bit scales and mins,
     128 bytes of nibbles, each 32 bytes holding sub-block 2c low and 2c+1 high; value =
     d·sc·q - dmin·m) and Q5_K (176 bytes: the same with 32 bytes of fifth bits at ``qh`` — bit
@@ -175,17 +175,17 @@ def _row_q45_k(row, x, xs, half, size, qh, qs):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_q4_k(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q4_k(row, x, xs, half):
     return _row_q45_k(row, x, xs, half, 144, -1, 16)
 
 
 @njit(**_inline)
-def _row_q5_k(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q5_k(row, x, xs, half):
     return _row_q45_k(row, x, xs, half, 176, 16, 48)
 
 
 @njit(**_inline)
-def _row_q6_k(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_q6_k(row, x, xs, half):
     """210-byte super-blocks: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales (one per
     16 values), float16 d; value = d·scale·(q-32). Each half of 128 values is four quarters of
     32: quarter k takes nibble k//2 of ql[k%2·32 + i] and bits 2k..2k+1 of qh[i]."""
@@ -210,12 +210,12 @@ def _row_q6_k(row, x, xs, half):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _halves(row, at, brain):  # type: ignore[no-untyped-def]
+def _halves(row, at, brain):
     return V.bhalves(row, at) if brain else V.halves(row, at)
 
 
 @njit(**_inline)
-def _row_halves(row, x, brain):  # type: ignore[no-untyped-def]
+def _row_halves(row, x, brain):
     """F16 (``brain`` false) and BF16 rows, 2 bytes per value. Each 32 values sum in their own
     lanes before joining ``acc``, so additions to it do not wait on one another."""
     acc = V.zero()
@@ -231,12 +231,12 @@ def _row_halves(row, x, brain):  # type: ignore[no-untyped-def]
 
 
 @njit(**_inline)
-def _row_f16(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_f16(row, x, xs, half):
     return _row_halves(row, x, False)
 
 
 @njit(**_inline)
-def _row_bf16(row, x, xs, half):  # type: ignore[no-untyped-def]
+def _row_bf16(row, x, xs, half):
     return _row_halves(row, x, True)
 
 
@@ -245,61 +245,61 @@ _parallel = {"parallel": True, "fastmath": True, "cache": True}
 
 
 @njit(**_parallel)
-def _mv_q8_0(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q8_0(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q8_0(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q4_0(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q4_0(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q4_0(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q4_1(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q4_1(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q4_1(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q5_0(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q5_0(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q5_0(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q5_1(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q5_1(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q5_1(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q4_k(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q4_k(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q4_k(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q5_k(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q5_k(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q5_k(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_q6_k(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_q6_k(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_q6_k(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_f16(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_f16(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_f16(w[r], x, xs, half)
 
 
 @njit(**_parallel)
-def _mv_bf16(w, x, xs, half, out):  # type: ignore[no-untyped-def]
+def _mv_bf16(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         out[r] = _row_bf16(w[r], x, xs, half)
 

@@ -93,7 +93,7 @@ def rope_tables(cfg: Config, n_ctx: int, freq_factors: np.ndarray | None) -> tup
     theta_scale = F32(cfg.rope_theta) ** F32(-2.0 / cfg.head_dim)
     steps = np.full((n_ctx, half), theta_scale, dtype=F32)
     steps[:, 0] = np.arange(n_ctx, dtype=F32)
-    theta = np.cumprod(steps, axis=1, dtype=F32)
+    theta: np.ndarray = np.cumprod(steps, axis=1, dtype=F32)
     if freq_factors is not None:
         theta = theta / freq_factors.astype(F32)
     theta = F32(cfg.rope_freq_scale) * theta
@@ -131,13 +131,14 @@ class KVCache:
 class Llama:
     """A loaded model: weights in memory (see weights.py) and a KV cache of ``n_ctx`` positions."""
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, weights: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike[str], n_ctx: int | None = None, weights: str = "auto") -> None:
         self.file = mf = ModelFile(path)
         self.cfg = cfg = mf.config
         self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
         if self.n_ctx < 1:
             raise InferenceError(f"context size must be at least 1 (got {self.n_ctx})")
-        kind = _auto_kind(mf) if weights == "auto" else {"f32": Dense, "streamed": Streamed}.get(weights)
+        kinds: dict[str, type[Dense] | type[Streamed]] = {"f32": Dense, "streamed": Streamed}
+        kind = _auto_kind(mf) if weights == "auto" else kinds.get(weights)
         if kind is None:
             raise InferenceError(f"unknown weight representation {weights!r} (auto, f32, streamed)")
         self.weights_kind = "f32" if kind is Dense else "streamed"

@@ -8,6 +8,7 @@ checked here, before any weight is touched, so a wrong file fails in one line at
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class Config:
 class ModelFile:
     """The header of ``path`` plus typed access to its tensors (nothing is read until asked)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.header: GGUFHeader = read_header(self.path)
         self.tensors: dict[str, TensorInfo] = {t.name: t for t in self.header.tensors}
@@ -70,8 +71,14 @@ class ModelFile:
                 raise self._fail(f"metadata key {arch}.{key} is missing or not a positive number ({v!r})")
             return v
 
+        def number(key: str, default: int | float) -> int | float:
+            v = self.meta(f"{arch}.{key}", default)
+            if not isinstance(v, (int, float)):
+                raise self._fail(f"metadata key {arch}.{key} is not a number ({v!r})")
+            return v
+
         n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-        n_head_kv = int(self.meta(f"{arch}.attention.head_count_kv", n_head))
+        n_head_kv = int(number("attention.head_count_kv", n_head))
         if n_embd % n_head or n_head_kv <= 0 or n_head % n_head_kv:
             raise self._fail(f"{n_head} heads ({n_head_kv} for keys/values) do not divide a width of {n_embd}")
         head_dim = n_embd // n_head
@@ -81,14 +88,14 @@ class ModelFile:
             if self.meta(f"{arch}.{key}", head_dim) != head_dim:
                 raise self._fail(f"{arch}.{key} differs from the head size {head_dim}; not supported")
         scaling = self.meta(f"{arch}.rope.scaling.type", "none")
-        factor = float(self.meta(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
+        factor = float(number("rope.scaling.factor", 0.0) or 0.0)
         if scaling not in ("none", "linear") and factor not in (0.0, 1.0):
             raise self._fail(f"rope scaling {scaling!r} is not supported (only linear)")
         n_layer = int(need("block_count"))
         if 9 * n_layer > len(self.tensors):  # before anything is sized by it: a damaged count is not a model
             raise self._fail(f"metadata says {n_layer} layers, but the file has only {len(self.tensors)} tensors")
         tokens = self.meta("tokenizer.ggml.tokens")
-        n_vocab = len(tokens) if isinstance(tokens, list) else int(self.meta(f"{arch}.vocab_size", 0))
+        n_vocab = len(tokens) if isinstance(tokens, list) else int(number("vocab_size", 0))
         return Config(
             n_vocab=n_vocab,
             n_embd=n_embd,
@@ -97,9 +104,9 @@ class ModelFile:
             n_head=n_head,
             n_head_kv=n_head_kv,
             rms_eps=float(need("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(self.meta(f"{arch}.rope.freq_base", 10000.0)),
+            rope_theta=float(number("rope.freq_base", 10000.0)),
             rope_freq_scale=1.0 / factor if scaling == "linear" and factor > 0 else 1.0,
-            n_ctx_train=int(self.meta(f"{arch}.context_length", 2048)),
+            n_ctx_train=int(number("context_length", 2048)),
         )
 
     def _check_tensors(self) -> None:

@@ -38,7 +38,7 @@ F8 = _F8Type()
 
 @register_model(_F8Type)
 class _F8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, dmm, fe_type) -> None:
         super().__init__(dmm, fe_type, _VEC)
 
 
@@ -51,7 +51,7 @@ def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
     )
 
 
-def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Value:  # type: ignore[no-untyped-def]
+def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Value:
     """Eight ``elem`` values from element ``i`` of array ``arr`` (of a uint8 array: byte ``i``),
     as an LLVM vector."""
     data = context.make_array(arrty)(context, builder, arr).data
@@ -60,50 +60,50 @@ def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Valu
 
 
 @intrinsic
-def zero(typingctx):  # type: ignore[no-untyped-def]
+def zero(typingctx):
     """Eight zeros."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return ir.Constant(_VEC, [0.0] * LANES)
 
     return F8(), codegen
 
 
 @intrinsic
-def splat(typingctx, x):  # type: ignore[no-untyped-def]
+def splat(typingctx, x):
     """A number in all eight lanes."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
 
     return F8(x), codegen
 
 
 @intrinsic
-def floats(typingctx, a, i):  # type: ignore[no-untyped-def]
+def floats(typingctx, a, i):
     """a[i:i+8] of a float32 array."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return _load(context, builder, sig.args[0], args[0], args[1], _FLOAT, 4)
 
     return F8(a, i), codegen
 
 
 @intrinsic
-def int8s(typingctx, a, i):  # type: ignore[no-untyped-def]
+def int8s(typingctx, a, i):
     """a[i:i+8] of a uint8 array read as signed bytes."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return builder.sitofp(_load(context, builder, sig.args[0], args[0], args[1], ir.IntType(8), 1), _VEC)
 
     return F8(a, i), codegen
 
 
 @intrinsic
-def halves(typingctx, a, i):  # type: ignore[no-untyped-def]
+def halves(typingctx, a, i):
     """Eight little-endian float16 values from byte i of a uint8 array (F16C's vcvtph2ps on x86)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         raw = _load(context, builder, sig.args[0], args[0], args[1], ir.IntType(16), 1)
         return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), LANES)), _VEC)
 
@@ -111,10 +111,10 @@ def halves(typingctx, a, i):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def bhalves(typingctx, a, i):  # type: ignore[no-untyped-def]
+def bhalves(typingctx, a, i):
     """Eight little-endian bfloat16 values from byte i of a uint8 array: the top half of a float32."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         raw = _load(context, builder, sig.args[0], args[0], args[1], ir.IntType(16), 1)
         wide = builder.zext(raw, ir.VectorType(_I32, LANES))
         return builder.bitcast(builder.shl(wide, ir.Constant(ir.VectorType(_I32, LANES), [16] * LANES)), _VEC)
@@ -123,21 +123,21 @@ def bhalves(typingctx, a, i):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def through_half(typingctx, x):  # type: ignore[no-untyped-def]
+def through_half(typingctx, x):
     """A float32 rounded to float16 (nearest, ties to even; inf past 65504) and back: LLVM's
     fptrunc/fpext, one instruction each on x86 with F16C and on ARMv8."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), _FLOAT)
 
     return types.float32(types.float32), codegen
 
 
 @intrinsic
-def field(typingctx, a, i, shift, mask):  # type: ignore[no-untyped-def]
+def field(typingctx, a, i, shift, mask):
     """(a[i:i+8] >> shift) & mask of a uint8 array: nibbles, 2-bit and 1-bit fields of packed codes."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         byte = ir.IntType(8)
         b = _load(context, builder, sig.args[0], args[0], args[1], byte, 1)
         s = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8))
@@ -148,10 +148,10 @@ def field(typingctx, a, i, shift, mask):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def lane_bits(typingctx, word, first):  # type: ignore[no-untyped-def]
+def lane_bits(typingctx, word, first):
     """Bits first..first+7 of a 32-bit word, lane k holding bit first+k (Q5_0/Q5_1 fifth bits)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         w = _splat(builder, context.cast(builder, args[0], sig.args[0], types.uint32))
         at = builder.add(
             _splat(builder, context.cast(builder, args[1], sig.args[1], types.uint32)),
@@ -163,10 +163,10 @@ def lane_bits(typingctx, word, first):  # type: ignore[no-untyped-def]
     return F8(word, first), codegen
 
 
-def _binary(op: str, doc: str):  # type: ignore[no-untyped-def]
+def _binary(op: str, doc: str):
     @intrinsic
-    def f(typingctx, a, b):  # type: ignore[no-untyped-def]
-        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def f(typingctx, a, b):
+        def codegen(context, builder, sig, args):
             return getattr(builder, op)(args[0], args[1], flags=_FAST)
 
         return F8(F8, F8), codegen
@@ -181,20 +181,20 @@ mul = _binary("fmul", "a · b, lane by lane.")
 
 
 @intrinsic
-def fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]
+def fma(typingctx, a, b, c):
     """a · b + c, lane by lane (one fused instruction where the CPU has it)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         return builder.fadd(builder.fmul(args[0], args[1], flags=_FAST), args[2], flags=_FAST)
 
     return F8(F8, F8, F8), codegen
 
 
 @intrinsic
-def total(typingctx, a):  # type: ignore[no-untyped-def]
+def total(typingctx, a):
     """The sum of the eight lanes (halving: 4 + 4, 2 + 2, 1 + 1)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         v, n = args[0], LANES
         while n > 1:
             n //= 2

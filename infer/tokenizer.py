@@ -78,6 +78,8 @@ class GGUFTokenizer:
             raise InferenceError(f"{mf.path}: has no tokenizer.ggml.tokens vocabulary")
         n = len(tokens)
         types = meta("tokenizer.ggml.token_type") or [NORMAL] * n
+        if not isinstance(types, list):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.token_type is not an array (a {type(types).__name__})")
         if len(types) != n:
             raise InferenceError(f"{mf.path}: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
         self.tokens: list[str] = tokens
@@ -110,12 +112,14 @@ class GGUFTokenizer:
 
     # -- building ------------------------------------------------------------------------------
 
-    def _byte_level_bpe(self, mf: ModelFile, pre: str) -> Tokenizer:
-        if pre not in PRE_TOKENIZERS:
+    def _byte_level_bpe(self, mf: ModelFile, pre: object) -> Tokenizer:
+        if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
             raise InferenceError(
                 f"{mf.path}: BPE pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_TOKENIZERS)}"
             )
         merges = mf.meta("tokenizer.ggml.merges") or []
+        if not isinstance(merges, list):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.merges is not an array (a {type(merges).__name__})")
         pairs = [tuple(m.split(" ", 1)) for m in merges if " " in m]
         bpe = Tokenizer(models.BPE(vocab=self.token_to_id, merges=pairs, ignore_merges=pre in _IGNORE_MERGES))
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
@@ -126,6 +130,8 @@ class GGUFTokenizer:
 
     def _sentencepiece_bpe(self, mf: ModelFile) -> Tokenizer:
         scores = mf.meta("tokenizer.ggml.scores") or [0.0] * self.n_vocab
+        if not isinstance(scores, list):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.scores is not an array (a {type(scores).__name__})")
         vocab = self.token_to_id
         merges = []  # (score of the merged piece, its id, left, right)
         for piece, i in vocab.items():

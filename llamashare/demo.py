@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llamashare.daemon.client import DaemonClient, stop_daemon
+from llamashare.daemon.client import DaemonClient, running_client, stop_daemon
 from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, seed
 from llamashare.errors import LlamashareError, VerificationError
@@ -51,22 +51,24 @@ def demo_manifest() -> Manifest:
     return parse_manifest(resource.read_bytes(), f"manifests/{RELEASE}.toml")
 
 
-def run_demo(workdir: Path | None, echo: Callable[[str], None] = print, quiet: bool = False) -> None:
+def run_demo(home: Home, workdir: Path | None, echo: Callable[[str], None] = print, quiet: bool = False) -> None:
+    """Publish from a temporary node A (in ``workdir``, else a temporary folder) and fetch into
+    ``home``: the user's own node, so what the demo fetched stays in their store afterwards."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="llamashare-demo-") as tmp:
-            _run(Path(tmp), echo, quiet)
+            _run(home, Path(tmp), echo, quiet)
         return
-    _run(workdir, echo, quiet)
+    _run(home, workdir, echo, quiet)
 
 
-def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
+def _run(b: Home, work: Path, echo: Callable[[str], None], quiet: bool) -> None:
     from llamashare.export_hf import export_hf
 
     start = time.perf_counter()
     log = StepLog(echo, quiet)
     gguf_file, manifest = smollm2_gguf(), demo_manifest()
     published = work / "publisher" / RELEASE
-    for old in (published, work / "node-a", work / "node-b"):
+    for old in (published, work / "node-a"):
         if old.exists():
             shutil.rmtree(old)
     with log.step(f"rebuild the publisher's Hugging Face folder from {gguf_file.name} → {published}"):
@@ -87,26 +89,36 @@ def _run(work: Path, echo: Callable[[str], None], quiet: bool) -> None:
                 reports,
             )
         log.note(f"license {manifest.license}; publisher recommends {manifest.recommended_quant}")
-    a, b = Home.local_node(work / "node-a"), Home.local_node(work / "node-b")
+    a = Home.local_node(work / "node-a")
+    # Node B is the user's node. If its daemon is not running, the demo starts it loopback-only
+    # (nothing of the demo leaves this machine) and stops it again at the end, so the user's
+    # daemon is never left in local-only mode; `llamashare dashboard` or `daemon start` brings
+    # it back with the home's own settings, seeding what the demo fetched.
+    b_was_running = running_client(b) is not None
     try:
         with log.step(f"node A ({a.root}) seeds the release on 127.0.0.1"):
             seed(a, manifest, FetchOptions(directory=published))
             peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
             log.note(f"node A listens on {peer}; no DHT, no trackers: node B is told this address")
-        outcome = fetch_release(
-            b, manifest, FetchOptions(directory=Path(), peers=(peer,), timeout=600), BuildOptions(), log
-        )
-        uploaded = next(r["uploaded"] for r in DaemonClient(a).status()["releases"] if r["name"] == RELEASE)
-        log.note(f"node A uploaded {human_size(uploaded)}; node B keeps seeding what it fetched")
+        opts = FetchOptions(directory=Path(), peers=(peer,), timeout=600, local_only=True, listen_port=0)
+        outcome = fetch_release(b, manifest, opts, BuildOptions(quant=manifest.recommended_quant), log)
+        seeder = DaemonClient(a).status().release(RELEASE)
+        uploaded = seeder.uploaded if seeder is not None else 0
+        log.note(f"node A uploaded {human_size(uploaded)}")
     finally:
-        for home in (a, b):
-            stop_daemon(home)
+        stop_daemon(a)
+        if not b_was_running:
+            stop_daemon(b)
     if outcome.gguf is None:
         raise LlamashareError(f"demo: node B built no GGUF from {outcome.entry.source_dir}")
     _answer(outcome.gguf, log)
     echo(
         f"demo finished in {time.perf_counter() - start:.0f} s: published, seeded, fetched over BitTorrent, "
-        f"verified, converted, quantized and run. Node B's store: {outcome.entry.root}"
+        f"verified, converted, quantized and run.\n"
+        f"{RELEASE} is now in your node's store ({outcome.entry.root}). Next:\n"
+        f"  llamashare list\n"
+        f'  llamashare run {RELEASE} -p "Tell me a joke" --chat\n'
+        f"  llamashare dashboard      (starts your daemon, which seeds it; then llamashare status)"
     )
 
 

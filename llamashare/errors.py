@@ -141,3 +141,40 @@ class InferenceError(LlamashareError, ValueError):
     truncated file, a prompt longer than the context."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(LlamashareError, ValueError):
+    """The home's config.toml (or a flag standing in for it) is malformed: names the key."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ReleaseError(LlamashareError):
+    """The swarm engine cannot add or continue a release (bad peer address, unknown name, storage error)."""
+
+
+class ReleaseConflict(ReleaseError):
+    """The release clashes with what is already there: same name in the node, or a file in the way."""
+
+
+class StatusFormatError(LlamashareError, ValueError):
+    """The daemon sent a status this version cannot read (another llamashare version?)."""
+
+
+class DaemonError(LlamashareError):
+    """The daemon is not running, did not start, or refused a request (message says why)."""
+
+
+class DaemonRunningError(LlamashareError):
+    """Another daemon already owns this home."""
+
+
+class StoreError(LlamashareError):
+    """The store cannot do what was asked: unknown release, a different release under the same
+    name, another command working on it, a folder that is not the store's."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class FetchError(LlamashareError):
+    """The release could not be fetched (error state, timeout)."""

@@ -76,7 +76,7 @@ def export_hf(src: Path, out: Path, on_tensor: Callable[[str], None] | None = No
     mf = ModelFile(src)
     c = mf.config
     pre = mf.meta("tokenizer.ggml.pre", "default")
-    if mf.meta("tokenizer.ggml.model") != "gpt2" or pre not in PRE_TOKENIZERS:
+    if mf.meta("tokenizer.ggml.model") != "gpt2" or not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         raise CheckpointError(
             f"only byte-level BPE vocabularies with pre-tokenizer {', '.join(PRE_TOKENIZERS)} can be "
             f"exported (this one: {mf.meta('tokenizer.ggml.model')}/{pre})",
@@ -113,6 +113,14 @@ def export_hf(src: Path, out: Path, on_tensor: Callable[[str], None] | None = No
         (out / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(out / name)
     return written
+
+
+def _array(mf: ModelFile, key: str) -> list[Any]:
+    """The GGUF array ``key`` (its element type is the file's to say, hence ``Any``)."""
+    value = mf.meta(key)
+    if not isinstance(value, list):
+        raise CheckpointError(f"has no {key} array", mf.path)
+    return value
 
 
 def _special_ids(mf: ModelFile) -> dict[str, int]:
@@ -153,8 +161,8 @@ def _generation_config(mf: ModelFile) -> dict[str, Any]:
 
 
 def _tokenizer(mf: ModelFile, pre: str) -> dict[str, Any]:
-    tokens: list[str] = list(mf.meta("tokenizer.ggml.tokens"))  # type: ignore[arg-type]
-    types: list[int] = list(mf.meta("tokenizer.ggml.token_type"))  # type: ignore[arg-type]
+    tokens: list[str] = _array(mf, "tokenizer.ggml.tokens")
+    types: list[int] = _array(mf, "tokenizer.ggml.token_type")
     added = [
         {
             "id": i,
@@ -186,13 +194,13 @@ def _tokenizer(mf: ModelFile, pre: str) -> dict[str, Any]:
             "fuse_unk": False,
             "byte_fallback": False,
             "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": list(mf.meta("tokenizer.ggml.merges")),
-        },  # type: ignore[arg-type]
+            "merges": _array(mf, "tokenizer.ggml.merges"),
+        },
     }
 
 
 def _tokenizer_config(mf: ModelFile) -> dict[str, Any]:
-    tokens: list[str] = mf.meta("tokenizer.ggml.tokens")  # type: ignore[assignment]
+    tokens: list[str] = _array(mf, "tokenizer.ggml.tokens")
     ids = _special_ids(mf)
     doc: dict[str, Any] = {
         "add_bos_token": bool(mf.meta("tokenizer.ggml.add_bos_token", False)),

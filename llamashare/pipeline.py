@@ -17,14 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from llamashare import __version__
+from llamashare.daemon.client import running_client
 from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, fetch
+from llamashare.errors import DaemonError, StoreError
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
 from llamashare.manifests.signing import check_publisher
+from llamashare.p2p.status import ReleaseStatus
 from llamashare.quant.presets import Preset, preset
-from llamashare.store import Entry, Store, StoreError
+from llamashare.store import Entry, Store
 from llamashare.ui import StepLog, human_size
 
 #: What fetch quantizes to when neither the user nor the publisher says: llama.cpp's and
@@ -45,7 +49,7 @@ class BuildOptions:
 @dataclass(frozen=True)
 class Outcome:
     entry: Entry
-    status: dict  # the daemon's final status of the release
+    status: ReleaseStatus  # the daemon's final status of the release
     gguf: Path | None  # the runnable file, if the flow went that far
 
 
@@ -77,10 +81,18 @@ def fetch_release(
     """Fetch ``manifest`` into the store (files in ``source`` if given), then build its GGUF."""
     _check_trust(home, manifest, build, log)
     store = Store(home.models_dir)
+    new = not store.entry(manifest.name).exists()
     entry = store.add(manifest, source)
     with store.lock(entry):
         base = _base(home, store, manifest, opts, build, log)
-        status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
+        try:
+            status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
+        except DaemonError:
+            # The daemon refused the release (a file in the way, another release of that name):
+            # nothing was fetched for it, so the store forgets the entry this call made.
+            if new:
+                store.remove(entry, keep_source=False)
+            raise
         if not build.convert:
             return Outcome(entry, status, None)
         chosen = choose_quant(build.quant, home.config().default_quant, manifest)
@@ -99,7 +111,7 @@ def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepL
         log.note(f"{manifest.name}: signature ok, signed by ed25519:{signer}")
 
 
-def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> dict:
+def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> ReleaseStatus:
     title = (
         f"fetch {what}{manifest.name} {manifest.version} ({human_size(manifest.total_size)}, license "
         f"{manifest.license.splitlines()[0]}) over BitTorrent into {opts.directory}"
@@ -107,8 +119,8 @@ def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, 
     with log.step(title), log.follow(manifest.name) as view:
         status = fetch(home, manifest, opts, view.update)
     log.note(
-        f"{status['verified']} of {status['selected']} files verified against the manifest (BLAKE3, size); "
-        f"the daemon is {status['state']}"
+        f"{status.verified} of {status.selected} files verified against the manifest (BLAKE3, size); "
+        f"the daemon is {status.state}"
     )
     return status
 
@@ -263,3 +275,27 @@ class ActivityBar:
 
     def describe(self, text: str) -> None:
         self.bar.describe(text)
+
+
+@dataclass(frozen=True)
+class Removed:
+    name: str
+    size_before: int  # bytes on disk before removal
+    stopped_seeding: bool
+    kept: list[Path]  # folders kept on request (--keep-source)
+    foreign: list[Path]  # files in its folders that llamashare did not write: left alone
+
+
+def remove_release(home: Home, name: str, keep_source: bool) -> Removed:
+    """``rm``: stop seeding NAME (if this node's daemon runs it), then delete what the store
+    wrote for it, under the release's lock so no fetch of it is running meanwhile."""
+    store = Store(home.models_dir)
+    entry = store.get(name)
+    with store.lock(entry):
+        client = running_client(home)
+        stopped = client is not None and client.status().release(name) is not None
+        if client is not None and stopped:
+            client.call("DELETE", f"/releases/{quote(name, safe='')}")
+        size = entry.size_on_disk()
+        removal = store.remove(entry, keep_source)
+    return Removed(name, size, stopped, removal.kept, removal.foreign)

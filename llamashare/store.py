@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,16 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamashare.errors import LlamashareError, ManifestError
+import blake3
+
+from llamashare.errors import ManifestError, StoreError, UnsafePathError
 from llamashare.fsio import atomic_write, safe_join
-from llamashare.manifests.manifest import Manifest, check_name, dumps, load_manifest, manifest_id
-
-
-class StoreError(LlamashareError):
-    """The store cannot do what was asked: unknown release, a different release under the same
-    name, another command working on it."""
-
-    exit_code = 2
+from llamashare.manifests.manifest import FileEntry, Manifest, check_name, dumps, load_manifest, manifest_id
 
 
 @dataclass(frozen=True)
@@ -218,7 +212,8 @@ class Store:
     def add(self, manifest: Manifest, source: Path | None = None) -> Entry:
         """Record ``manifest`` (files to be fetched into ``source``, default the entry's own
         ``source/``). The same release again is a no-op; another release under the same name
-        is refused rather than mixed with it."""
+        is refused rather than mixed with it, and so is a folder at the entry's place that the
+        store did not make (it is never adopted, so ``rm`` can never delete what is in it)."""
         entry = self.entry(manifest.name)
         if entry.exists():
             have = entry.manifest()
@@ -232,8 +227,15 @@ class Store:
                     f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}"
                 )
             return entry
+        strangers = _foreign_files(entry.root)
+        if strangers:
+            raise StoreError(
+                f"{entry.root} already exists and is not a release of this store (it holds {strangers[0]}"
+                f"{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}); "
+                "move it away or set another models_dir"
+            )
         entry.root.mkdir(parents=True, exist_ok=True)
-        doc = {
+        doc: dict[str, Any] = {
             "steps": {},
             "license": manifest.license,
             "version": manifest.version,
@@ -267,23 +269,104 @@ class Store:
         finally:
             os.close(fd)
 
-    def remove(self, entry: Entry, keep_source: bool) -> list[Path]:
-        """Delete a release from the store; return what was kept. With an outside source folder
-        only the release's own files are deleted there, never anything else."""
+    def remove(self, entry: Entry, keep_source: bool) -> Removal:
+        """Delete a release from the store: only what the store wrote (its records, the GGUF
+        files its steps made) and, unless ``keep_source``, the release's own source files —
+        each one only if it still is the manifest's file (its size; and, outside the store's own
+        folder, its BLAKE3, since a user's file of the same size may sit there). Anything else
+        stays where it is and is reported."""
         manifest, source, owned = entry.manifest(), entry.source_dir, entry.owns_source
-        kept: list[Path] = []
+        removal = Removal()
+        steps = entry.record()["steps"]
+        outputs = {raw.get("output") for raw in steps.values() if isinstance(raw, dict)}
         entry.manifest_path.unlink()  # first: from here on the store no longer lists it
-        if keep_source or not owned:
-            for child in entry.root.iterdir():
-                if child.name != "source":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if keep_source:
-                kept.append(source)
-            elif not owned:
-                for f in manifest.files:
-                    safe_join(source, f.path).unlink(missing_ok=True)
-            if not any(entry.root.iterdir()):
-                entry.root.rmdir()
+        for name in ("release.json", "activity.json", ".lock"):
+            (entry.root / name).unlink(missing_ok=True)
+        for name in sorted(n for n in outputs if isinstance(n, str) and "/" not in n):
+            for path in (entry.gguf_dir / name, entry.gguf_dir / f"{name}.partial"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+        if keep_source:
+            removal.kept.append(source)
         else:
-            shutil.rmtree(entry.root)
-        return kept
+            for f in manifest.files:
+                try:
+                    path = safe_join(source, f.path)
+                except UnsafePathError:
+                    continue
+                if _is_release_file(path, f, check_hash=not owned):
+                    path.unlink()
+                    removal.deleted_bytes += f.size
+                elif path.exists():
+                    removal.foreign.append(path)
+            if owned:
+                _prune_empty(source, stop=entry.root)
+            else:  # a user's folder: only the release's own subfolders, once empty
+                parents = {
+                    source.joinpath(*Path(f.path).parts[:i])
+                    for f in manifest.files
+                    for i in range(1, len(Path(f.path).parts))
+                }
+                for folder in sorted(parents, key=lambda d: len(d.parts), reverse=True):
+                    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                        folder.rmdir()
+        _prune_empty(entry.gguf_dir, stop=entry.root)
+        _prune_empty(entry.root, stop=self.root)
+        if entry.root.exists():
+            removal.foreign += [entry.root / rel for rel in _foreign_files(entry.root)]
+        return removal
+
+
+@dataclass
+class Removal:
+    """What ``Store.remove`` left: folders kept on request, files it did not write."""
+
+    kept: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)  # not the release's (another size or hash): untouched
+    deleted_bytes: int = 0
+
+
+#: What the store itself may leave in an entry's folder before the entry exists (a lock).
+_OWN_LEFTOVERS = {".lock"}
+
+
+def _foreign_files(root: Path) -> list[str]:
+    """Files under ``root`` (relative, sorted) other than the store's own leftovers."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if not p.is_dir() and p.relative_to(root).as_posix() not in _OWN_LEFTOVERS
+    )
+
+
+def _is_release_file(path: Path, entry: FileEntry, check_hash: bool) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.size:
+            return False
+        if not check_hash:
+            return True
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        with path.open("rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest() == entry.blake3
+    except OSError:
+        return False
+
+
+def _prune_empty(folder: Path, stop: Path) -> None:
+    """Remove empty folders under and including ``folder``, never ``stop`` or above it."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    if folder.resolve() != stop.resolve():
+        try:
+            folder.rmdir()
+        except OSError:
+            pass

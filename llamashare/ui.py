@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -46,7 +48,7 @@ def byte_progress(description: str, total: int, quiet: bool = False) -> Iterator
 
 
 class ByteBar:
-    def __init__(self, bar: Progress, task: object) -> None:
+    def __init__(self, bar: Progress, task: TaskID) -> None:
         self._bar, self._task = bar, task
 
     def advance(self, nbytes: int) -> None:
@@ -85,18 +87,36 @@ def fetch_view(name: str, quiet: bool = False) -> Iterator[FetchView]:
         yield FetchView(bar, task)
 
 
+class Transfer(Protocol):
+    """What a fetch line shows of a release (the swarm's ReleaseStatus has these; the terminal
+    layer does not import the swarm)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def peers(self) -> int: ...
+    @property
+    def verified(self) -> int: ...
+    @property
+    def selected(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+
+
 class FetchView:
-    def __init__(self, bar: Progress, task: object) -> None:
+    def __init__(self, bar: Progress, task: TaskID) -> None:
         self._bar, self._task = bar, task
 
-    def update(self, s: dict) -> None:
+    def update(self, s: Transfer) -> None:
         self._bar.update(
             self._task,
-            total=s["size"],
-            completed=s["done"],
-            peers=s["peers"],
-            files=f"{s['verified']}/{s['selected']}",
-            state=s["state"],
+            total=s.size,
+            completed=s.done,
+            peers=s.peers,
+            files=f"{s.verified}/{s.selected}",
+            state=str(s.state),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from llamashare.manifests.manifest import (
     check_relative_path,
     dumps,
     from_dict,
+    load_manifest,
+    manifest_id,
     to_dict,
 )
 from llamashare.manifests.torrent import (
@@ -56,7 +59,7 @@ class ReleaseInfo:
     recommended_quant: str | None = None
 
 
-def list_release_files(root: Path, exclude: set[Path] = frozenset()) -> list[tuple[str, int]]:
+def list_release_files(root: Path, exclude: AbstractSet[Path] = frozenset()) -> list[tuple[str, int]]:
     """(relative POSIX path, size) of every regular file under ``root``, in torrent order.
 
     Symlinks and special files are refused rather than followed: a release must be exactly the
@@ -101,7 +104,7 @@ def create_release(
     root: Path,
     info: ReleaseInfo,
     piece_size: int | None = None,
-    exclude: set[Path] = frozenset(),
+    exclude: AbstractSet[Path] = frozenset(),
     progress: Progress | None = None,
     on_file: Callable[[str, int], None] | None = None,
     embed_torrent: bool = True,
@@ -176,3 +179,10 @@ def write_release(manifest: Manifest, torrent: bytes, manifest_path: Path, force
         atomic_write(path, data)
     atomic_write(manifest_path, dumps(manifest).encode("utf-8"))
     return list(outputs)
+
+
+def base_ref(base_manifest: Path, name: str | None = None) -> BaseRef:
+    """How a delta release pins its base: the base's name (``name`` overrides it) and the
+    SHA-256 of the base's canonical manifest, so a fetcher can tell the exact base apart."""
+    parent = load_manifest(base_manifest)
+    return BaseRef(name or parent.name, manifest_id(parent))

@@ -50,6 +50,21 @@ class FileEntry:
     blake3: str
     sha256: str
 
+    def mismatch(self, size: int, blake3: str | None, sha256: str | None = None) -> str | None:
+        """Why a file of ``size`` bytes with these digests is not this entry's file, or None
+        if it is. The one definition of "verified", for ``fetch`` (BLAKE3 while it downloads)
+        and ``verify``/``seed`` (BLAKE3 and SHA-256): a digest not given is not compared."""
+        if size != self.size:
+            return f"{size} bytes, expected {self.size}"
+        bad = [
+            name
+            for name, got in (("blake3", blake3), ("sha256", sha256))
+            if got is not None and got != getattr(self, name)
+        ]
+        if bad:
+            return f"{' and '.join(bad)} differ; got blake3 {(blake3 or '?')[:16]}…, expected {self.blake3[:16]}…"
+        return None
+
 
 @dataclass(frozen=True)
 class TorrentRef:
@@ -352,13 +367,13 @@ def _parse_torrent(table: Mapping[str, Any], torrent_dir: Path | None) -> Torren
         raise ManifestError(
             "torrent.file", f"{name!r} must be a plain file name ending in .torrent, beside the manifest"
         )
-    data = None
+    sibling: bytes | None = None
     if torrent_dir is not None:
         try:
-            data = (torrent_dir / name).read_bytes()
+            sibling = (torrent_dir / name).read_bytes()
         except OSError as exc:
             raise ManifestError("torrent.file", f"{name!r} cannot be read: {exc.strerror}") from None
-    return TorrentRef(v1, v2, piece_size, data=data, file=name, v1_twin=twin)
+    return TorrentRef(v1, v2, piece_size, data=sibling, file=name, v1_twin=twin)
 
 
 def _parse_trackers(value: Any) -> tuple[tuple[str, ...], ...]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import libtorrent as lt
 
@@ -230,16 +231,24 @@ def v1_companion(hybrid: bytes) -> bytes:
     the pad files as zero-filled files under ``.pad/``. Trackers and web seeds are kept.
     """
     try:
-        top = lt.bdecode(hybrid)
-        info = top[b"info"]
+        top = _bdict(lt.bdecode(hybrid))
+        info = _bdict(top[b"info"])
         twin_info = {k: info[k] for k in (b"files", b"name", b"piece length", b"pieces")}
     except (TypeError, KeyError, RuntimeError):
         raise TorrentError("not a hybrid torrent: cannot derive its v1 twin") from None
-    twin: dict = {b"info": twin_info}
+    twin: dict[bytes, Any] = {b"info": twin_info}
     for key in (b"announce", b"announce-list", b"url-list"):
         if key in top:
             twin[key] = top[key]
     return lt.bencode(twin)
+
+
+def _bdict(value: object) -> dict[bytes, Any]:
+    """A bdecoded dictionary (libtorrent decodes keys as bytes); TypeError for any other value,
+    as indexing it would raise."""
+    if not isinstance(value, dict):
+        raise TypeError(f"not a bencoded dictionary: {type(value).__name__}")
+    return value
 
 
 def info_hash_v1(torrent: bytes) -> str:

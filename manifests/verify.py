@@ -58,10 +58,8 @@ def check_file(hasher: Hasher, root: Path, entry: FileEntry, progress: Progress 
         return FileReport(entry, FileState.UNREADABLE, exc.strerror or str(exc))
     if digest.size != entry.size:
         return FileReport(entry, FileState.WRONG_SIZE, f"changed to {digest.size} bytes while reading")
-    bad = [name for name in ("blake3", "sha256") if getattr(digest, name) != getattr(entry, name)]
-    if bad:
-        return FileReport(entry, FileState.WRONG_HASH, f"{' and '.join(bad)} differ; got blake3 {digest.blake3[:16]}…")
-    return FileReport(entry, FileState.OK)
+    why = entry.mismatch(digest.size, digest.blake3, digest.sha256)
+    return FileReport(entry, FileState.WRONG_HASH, why) if why else FileReport(entry, FileState.OK)
 
 
 def verify_release(manifest: Manifest, root: Path, progress: Progress | None = None) -> list[FileReport]:

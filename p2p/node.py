@@ -22,7 +22,6 @@ verification runs on the node's own worker threads and reports back through :met
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import json
 import logging
@@ -30,49 +29,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import blake3
 import libtorrent as lt
 
-from llamashare.errors import LlamashareError
+from llamashare.errors import LlamashareError, ReleaseConflict, ReleaseError
 from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
 from llamashare.manifests.torrent import v1_companion
 from llamashare.p2p.settings import NetworkOptions, session_settings
+from llamashare.p2p.status import FileStatus, ReleaseStatus, State
 
 log = logging.getLogger("llamashare.node")
 
 #: How long the downloading torrent must have had no peers, while the other one of a hybrid/twin
 #: pair has some, before the other one takes over the download.
 SWITCH_AFTER = 3.0
-
-
-class ReleaseError(LlamashareError):
-    """A release cannot be added or continued (bad peer address, unknown name, storage error)."""
-
-
-class ReleaseConflict(ReleaseError):
-    """The release clashes with what is already there: same name in the node, or a file in the way."""
-
-
-class State(enum.StrEnum):
-    CHECKING = "checking"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    SEEDING = "seeding"
-    DONE = "done seeding"  # target reached: stopped, files kept
-    PAUSED = "paused"  # stopped by the user until resumed (kept across restarts)
-    COMPLETE = "complete"  # verified, not seeding (--no-seed)
-    ERROR = "error"
-
-
-class FileStatus(enum.StrEnum):
-    PENDING = "pending"  # downloading, its BLAKE3 cursor following
-    VERIFIED = "verified"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # not selected by --include
 
 
 @dataclass
@@ -162,13 +137,8 @@ class FileCursor:
             size = self.path.stat().st_size
         except OSError as exc:
             return f"cannot read {self.path}: {exc.strerror or exc}"
-        if size != self.entry.size:
-            return f"{self.entry.path}: {size} bytes on disk, expected {self.entry.size}"
-        if self.digest != self.entry.blake3:
-            return (
-                f"{self.entry.path}: BLAKE3 {self.digest[:16]}… differs from the manifest's {self.entry.blake3[:16]}…"
-            )
-        return None
+        why = self.entry.mismatch(size, self.digest or "")
+        return f"{self.entry.path}: {why}" if why else None
 
 
 @dataclass
@@ -236,7 +206,8 @@ class Node:
         self.state_dir = state_dir
         (state_dir / "releases").mkdir(parents=True, exist_ok=True)
         self.net = net
-        self.session = lt.session(session_settings(net))
+        # The binding takes a settings dict (its stubs list only settings_pack and session_params).
+        self.session = lt.session(session_settings(net))  # type: ignore[call-overload]
         self.session.add_extension("smart_ban")  # ban peers whose data fails the hash check
         if net.upload_rate_limit or net.download_rate_limit:
             # libtorrent exempts LAN/loopback peers from rate limits by default; a user who sets a
@@ -337,8 +308,9 @@ class Node:
     ) -> Release:
         """Add the release's torrent(s) from their resume data, or from the manifest when there is
         none (``None``) or it was unreadable (``False``: then what is on disk is checked)."""
-        atp = resume if resume else lt.load_torrent_buffer(manifest.torrent.data)
+        atp = resume if isinstance(resume, lt.add_torrent_params) else lt.load_torrent_buffer(_torrent(manifest))
         ti = atp.ti
+        assert ti is not None  # loaded from the manifest's torrent or from resume data holding it
         fs = ti.layout()
         # Files land at DIR/<path>, not DIR/<torrent name>/<path>: the release folder is DIR.
         prefix = manifest.name + "/"
@@ -375,7 +347,11 @@ class Node:
             selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED),
         )
         if manifest.torrent.v1_twin is not None:
-            twin_atp = twin_resume if twin_resume else lt.load_torrent_buffer(v1_companion(manifest.torrent.data))
+            twin_atp = (
+                twin_resume
+                if isinstance(twin_resume, lt.add_torrent_params)
+                else lt.load_torrent_buffer(v1_companion(_torrent(manifest)))
+            )
             # Until a fetch needs it, the twin only announces and seeds what it has (priority 0).
             watching = priorities if spec.seed_forever else [0] * len(priorities)
             release.twin = self._add_torrent(twin_atp, spec, renamed, watching, True, seeded)
@@ -669,7 +645,10 @@ class Node:
         if now - release.seen_checked_at < 1.0:
             return
         release.seen_checked_at = now
-        pieces = release.active.torrent_file().num_pieces()
+        info = release.active.torrent_file()
+        if info is None:  # metadata always comes with the manifest; never None here
+            return
+        pieces = info.num_pieces()
         for h in release.handles:
             for peer in h.get_peer_info():
                 if peer.flags & lt.peer_info.seed:
@@ -703,12 +682,13 @@ class Node:
         of re-reading gigabytes in a re-check. Its transfer totals carry over."""
         for twin in (False, True):
             old = release.twin if twin else release.handle
-            if all(old.have_piece(p) for p in release.piece_to_file):
+            if old is None or all(old.have_piece(p) for p in release.piece_to_file):
                 continue
             st = old.status()
-            data = release.manifest.torrent.data
+            data = _torrent(release.manifest)
             atp = lt.load_torrent_buffer(v1_companion(data) if twin else data)
             atp.total_uploaded, atp.total_downloaded = st.all_time_upload, st.all_time_download
+            assert atp.ti is not None
             have = [p in release.piece_to_file for p in range(atp.ti.num_pieces())]
             self.session.remove_torrent(old)
             new = self._add_torrent(atp, release.spec, release.renamed, release.priorities, True, have)
@@ -746,48 +726,45 @@ class Node:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> list[dict]:
+    def status(self) -> list[ReleaseStatus]:
         out = []
         for name, r in sorted(self.releases.items()):
             statuses = [h.status() for h in r.handles]
             st = statuses[r.via_twin]
-            files = {k: v.value for k, v in r.files.items()}
             out.append(
-                {
-                    "name": name,
-                    "version": r.manifest.version,
-                    "license": r.manifest.license.splitlines()[0],
-                    "dir": r.spec.save_dir,
-                    "state": r.state.value,
-                    "error": r.error,
-                    "tracker_error": r.tracker_error,
-                    "size": r.selected_size,
-                    "done": st.total_wanted_done,
-                    "progress": st.progress,
+                ReleaseStatus(
+                    name=name,
+                    version=r.manifest.version,
+                    license=r.manifest.license.splitlines()[0],
+                    dir=r.spec.save_dir,
+                    state=r.state,
+                    error=r.error,
+                    tracker_error=r.tracker_error,
+                    size=r.selected_size,
+                    done=st.total_wanted_done,
+                    progress=st.progress,
                     # libtorrent's rate is an average that decays for seconds after the last byte; a
                     # seed downloads nothing, so it says 0 rather than a made-up trickle.
-                    "download_rate": sum(s.download_payload_rate for s in statuses if not s.is_seeding),
-                    "upload_rate": sum(s.upload_payload_rate for s in statuses),
-                    "downloaded": r.downloaded_bytes,
-                    "uploaded": r.uploaded_bytes,
-                    "ratio": self.ratio(r),
-                    "ratio_target": None if r.spec.seed_forever else r.spec.ratio,
-                    "seed_time": r.spec.seed_time,
-                    "seeded_seconds": round(r.seeded_seconds, 1),
-                    "paused": r.spec.paused,
-                    "seed_forever": r.spec.seed_forever,
-                    "initial_seeding": r.initial_seeding,
-                    "peers": sum(s.num_peers for s in statuses),
-                    "seeds": sum(s.num_seeds for s in statuses),
-                    "via": "v1 twin" if r.via_twin else "hybrid",
-                    "hash_failures": r.hash_failures,
-                    "banned_peers": sorted(r.banned),
-                    "files": files,
-                    "verified": sum(v == "verified" for v in files.values()),
-                    "selected": sum(v != "skipped" for v in files.values()),
-                    "info_hash_v1": r.manifest.torrent.info_hash_v1,
-                    "v1_twin": r.manifest.torrent.v1_twin,
-                }
+                    download_rate=sum(s.download_payload_rate for s in statuses if not s.is_seeding),
+                    upload_rate=sum(s.upload_payload_rate for s in statuses),
+                    downloaded=r.downloaded_bytes,
+                    uploaded=r.uploaded_bytes,
+                    ratio=self.ratio(r),
+                    ratio_target=None if r.spec.seed_forever else r.spec.ratio,
+                    seed_time=r.spec.seed_time,
+                    seeded_seconds=round(r.seeded_seconds, 1),
+                    paused=r.spec.paused,
+                    seed_forever=r.spec.seed_forever,
+                    initial_seeding=r.initial_seeding,
+                    peers=sum(s.num_peers for s in statuses),
+                    seeds=sum(s.num_seeds for s in statuses),
+                    via="v1 twin" if r.via_twin else "hybrid",
+                    hash_failures=r.hash_failures,
+                    banned_peers=tuple(sorted(r.banned)),
+                    files=dict(r.files),
+                    info_hash_v1=r.manifest.torrent.info_hash_v1,
+                    v1_twin=r.manifest.torrent.v1_twin,
+                )
             )
         return out
 
@@ -804,8 +781,16 @@ def _read_resume(path: Path) -> lt.add_torrent_params | None | bool:
         return False
 
 
-def _seconds(duration: object) -> float:
-    return duration.total_seconds() if hasattr(duration, "total_seconds") else float(duration)
+def _seconds(duration: timedelta | float) -> float:
+    """libtorrent reports durations as timedelta in some builds and as seconds in others."""
+    return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+
+
+def _torrent(manifest: Manifest) -> bytes:
+    """The release's .torrent bytes (a manifest loaded for a node always carries them)."""
+    if manifest.torrent.data is None:
+        raise ReleaseError(f"{manifest.name}: the manifest carries no torrent (load it with its .torrent beside it)")
+    return manifest.torrent.data
 
 
 def _selected(entry: FileEntry, include: tuple[str, ...]) -> bool:

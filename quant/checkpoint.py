@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from llamashare.errors import CheckpointError
 from llamashare.quant import safetensors_io
-from llamashare.quant.torch_pickle import TorchArchive
+from llamashare.quant.torch_pickle import LazyTensor, TorchArchive
 
 #: Hugging Face architectures llamashare converts, all of which llama.cpp runs as ``llama``.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -158,7 +159,7 @@ def _open_hf(root: Path) -> Checkpoint:
         for name, ref in safetensors_io.read_header(path).items():
             if weight_map is not None and weight_map.get(name) != shard:
                 continue  # the index is authoritative about which shard holds a tensor
-            tensors[name] = Tensor(name, ref.shape, ref.dtype, lambda ref=ref: safetensors_io.load(ref))
+            tensors[name] = Tensor(name, ref.shape, ref.dtype, partial(safetensors_io.load, ref))
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
@@ -218,12 +219,11 @@ def meta_split_axis(name: str) -> int | None:
 
 def _open_meta(root: Path) -> Checkpoint:
     config = read_json(root / "params.json")
-    files = sorted(
-        (p for p in root.iterdir() if _RANK_FILE.match(p.name)), key=lambda p: int(_RANK_FILE.match(p.name)[1])
-    )
+    ranked = sorted((int(m[1]), p) for p in root.iterdir() if (m := _RANK_FILE.match(p.name)))
+    files = [p for _, p in ranked]
     if not files:
         raise CheckpointError("has params.json but no consolidated.NN.pth", root)
-    ranks = [int(_RANK_FILE.match(p.name)[1]) for p in files]
+    ranks = [rank for rank, _ in ranked]
     if ranks != list(range(len(files))):
         raise CheckpointError(
             f"model-parallel shards must be consolidated.00 … {len(files) - 1:02d}; found ranks {ranks}", root
@@ -249,14 +249,14 @@ def _open_meta(root: Path) -> Checkpoint:
                     raise CheckpointError(f"tensor {name}: shard shapes do not line up on axis {axis}", root)
                 shape[axis] += p.shape[axis]
         if axis is None:
-            tensors[name] = Tensor(name, tuple(shape), t0.dtype, lambda t0=t0: np.ascontiguousarray(t0.load()))
+            tensors[name] = Tensor(name, tuple(shape), t0.dtype, partial(_contiguous, t0))
         else:
             tensors[name] = Tensor(
                 name,
                 tuple(shape),
                 t0.dtype,
-                lambda parts=parts, axis=axis: np.concatenate([p.load() for p in parts], axis=axis),
-                rows=lambda a, b, parts=parts, axis=axis: _joined_rows(parts, axis, a, b),
+                partial(_joined, parts, axis),
+                rows=partial(_joined_rows, parts, axis),
             )
     params = meta_params(config, tensors, root)
     return Checkpoint(
@@ -264,7 +264,16 @@ def _open_meta(root: Path) -> Checkpoint:
     )
 
 
-def _joined_rows(parts: list, axis: int, start: int, stop: int) -> np.ndarray:
+def _contiguous(t: LazyTensor) -> np.ndarray:
+    return np.ascontiguousarray(t.load())
+
+
+def _joined(parts: list[LazyTensor], axis: int) -> np.ndarray:
+    """Shards joined along ``axis``."""
+    return np.concatenate([p.load() for p in parts], axis=axis)
+
+
+def _joined_rows(parts: list[LazyTensor], axis: int, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of shards joined along ``axis``, reading only those rows."""
     if axis == 1:
         return np.concatenate([p.load()[start:stop] for p in parts], axis=1)

@@ -281,9 +281,10 @@ def _write_gguf(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
+    assert writer.fout is not None and writer.path is not None  # set by write_header_to_file
     fout = writer.fout[0]
     align = writer.data_alignment
-    check_free_space(Path(writer.path).parent, sum(-(-t.nbytes // align) * align + align for t in tensors))
+    check_free_space(writer.path.parent, sum(-(-t.nbytes // align) * align + align for t in tensors))
     written = 0
     for t in tensors:
         if on_tensor:

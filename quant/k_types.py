@@ -22,7 +22,7 @@ QK_K = 256
 GROUP_MAX_EPS = F32(1e-15)
 
 
-def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _divide(a: np.ndarray | np.float32, b: np.ndarray) -> np.ndarray:
     """a/b where b != 0, else 0 — for columns whose result the C code never computes."""
     out = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=F32)
     np.divide(a, b, out=out, where=b != 0)

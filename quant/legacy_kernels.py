@@ -25,13 +25,13 @@ _jit = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always")
-def _inverse(d):  # type: ignore[no-untyped-def]
+def _inverse(d):
     """``d ? 1.0f/d : 0.0f``"""
     return F32(1) / d if d != F32(0) else F32(0)
 
 
 @njit(inline="always")
-def _roundf(x):  # type: ignore[no-untyped-def]
+def _roundf(x):
     """C ``roundf`` (half away from zero) for |x| < 2³¹: trunc(x) + trunc(2·(x - trunc(x))),
     every step exact in float32."""
     t = np.int32(x)
@@ -39,7 +39,7 @@ def _roundf(x):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _signed_absmax(b):  # type: ignore[no-untyped-def]
+def _signed_absmax(b):
     """The first value of largest magnitude (0.0 if all are zero), as the C loop finds it."""
     amax = F32(0)
     mx = F32(0)
@@ -51,7 +51,7 @@ def _signed_absmax(b):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _min_max(b):  # type: ignore[no-untyped-def]
+def _min_max(b):
     lo = F32(np.inf)  # C starts from ±FLT_MAX; the first finite value replaces either alike
     hi = F32(-np.inf)
     for v in b:
@@ -63,7 +63,7 @@ def _min_max(b):  # type: ignore[no-untyped-def]
 
 
 @njit(**_jit)
-def q8_0(x, out, d):  # type: ignore[no-untyped-def]
+def q8_0(x, out, d):
     """34-byte blocks: d = max|x|/127, q = roundf(x/d) (codes at bytes 2..33)."""
     for n in range(x.shape[0]):
         b = x[n]
@@ -78,20 +78,20 @@ def q8_0(x, out, d):  # type: ignore[no-untyped-def]
 
 
 @njit(**_jit)
-def q4_0(x, out, d):  # type: ignore[no-untyped-def]
+def q4_0(x, out, d):
     """18-byte blocks: d = (signed absmax)/-8, q = min(15, (int8)(x/d + 8.5))."""
     for n in range(x.shape[0]):
         b = x[n]
         d[n] = _signed_absmax(b) / F32(-8)
         inv = _inverse(d[n])
         for j in range(16):
-            lo = min(15, np.int32(b[j] * inv + F32(8.5)))
-            hi = min(15, np.int32(b[j + 16] * inv + F32(8.5)))
+            lo = min(np.int32(15), np.int32(b[j] * inv + F32(8.5)))
+            hi = min(np.int32(15), np.int32(b[j + 16] * inv + F32(8.5)))
             out[n, 2 + j] = np.uint8(lo | (hi << 4))
 
 
 @njit(**_jit)
-def q4_1(x, out, d, m):  # type: ignore[no-untyped-def]
+def q4_1(x, out, d, m):
     """20-byte blocks: d = (max-min)/15, m = min, q = min(15, (int8)((x-m)/d + 0.5))."""
     for n in range(x.shape[0]):
         b = x[n]
@@ -100,13 +100,13 @@ def q4_1(x, out, d, m):  # type: ignore[no-untyped-def]
         m[n] = lo
         inv = _inverse(d[n])
         for j in range(16):
-            a = min(15, np.int32((b[j] - lo) * inv + F32(0.5)))
-            c = min(15, np.int32((b[j + 16] - lo) * inv + F32(0.5)))
+            a = min(np.int32(15), np.int32((b[j] - lo) * inv + F32(0.5)))
+            c = min(np.int32(15), np.int32((b[j + 16] - lo) * inv + F32(0.5)))
             out[n, 4 + j] = np.uint8(a | (c << 4))
 
 
 @njit(inline="always")
-def _put_q5(out, n, at, codes):  # type: ignore[no-untyped-def]
+def _put_q5(out, n, at, codes):
     """Five-bit codes → fifth bits (little-endian uint32 at ``at``) and nibbles after them."""
     qh = np.uint32(0)
     for j in range(16):
@@ -119,7 +119,7 @@ def _put_q5(out, n, at, codes):  # type: ignore[no-untyped-def]
 
 
 @njit(**_jit)
-def q5_0(x, out, d):  # type: ignore[no-untyped-def]
+def q5_0(x, out, d):
     """22-byte blocks: d = (signed absmax)/-16, q = min(31, (int8)(x/d + 16.5))."""
     codes = np.empty(32, np.int32)
     for n in range(x.shape[0]):
@@ -127,12 +127,12 @@ def q5_0(x, out, d):  # type: ignore[no-untyped-def]
         d[n] = _signed_absmax(b) / F32(-16)
         inv = _inverse(d[n])
         for j in range(32):
-            codes[j] = min(31, np.int32(b[j] * inv + F32(16.5)))
+            codes[j] = min(np.int32(31), np.int32(b[j] * inv + F32(16.5)))
         _put_q5(out, n, 2, codes)
 
 
 @njit(**_jit)
-def q5_1(x, out, d, m):  # type: ignore[no-untyped-def]
+def q5_1(x, out, d, m):
     """24-byte blocks: d = (max-min)/31, m = min, q = (uint8)((x-m)/d + 0.5) (no clamp in C)."""
     codes = np.empty(32, np.int32)
     for n in range(x.shape[0]):

@@ -156,8 +156,13 @@ def _in_chunks(work: Callable[[int, int], None], n: int, block_size: int, thread
         return
     if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - sizing a private pool
         _POOL = ThreadPoolExecutor(max_workers=max(threads, os.cpu_count() or 1), thread_name_prefix="quant")
+
+    def every_nth(k: int) -> None:
+        for a, b in spans[k::threads]:
+            work(a, b)
+
     # one task per thread, each taking every threads-th chunk: few futures, balanced work
-    tasks = [_POOL.submit(lambda k=k: [work(a, b) for a, b in spans[k::threads]]) for k in range(threads)]
+    tasks = [_POOL.submit(every_nth, k) for k in range(threads)]
     for t in tasks:
         t.result()
 

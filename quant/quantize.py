@@ -79,9 +79,16 @@ def _model(h: GGUFHeader) -> Model:
     n_layer = h.value(f"{arch}.block_count")
     if not isinstance(n_layer, int):
         raise QuantizeError(f"{h.path}: no {arch}.block_count key")
-    n_head = int(h.value(f"{arch}.attention.head_count", 0) or 0)
-    n_head_kv = int(h.value(f"{arch}.attention.head_count_kv", n_head) or 0)
-    return Model(n_layer, n_head, n_head_kv, int(h.value(f"{arch}.expert_count", 0) or 0))
+
+    def count(key: str, default: int) -> int:
+        v = h.value(f"{arch}.{key}", default) or 0
+        if not isinstance(v, (int, float)):
+            raise QuantizeError(f"{h.path}: {arch}.{key} is not a number")
+        return int(v)
+
+    n_head = count("attention.head_count", 0)
+    n_head_kv = count("attention.head_count_kv", n_head)
+    return Model(n_layer, n_head, n_head_kv, count("expert_count", 0))
 
 
 def _plan(h: GGUFHeader, p: Preset, pure: bool, allow_requantize: bool) -> list[TensorPlan]:

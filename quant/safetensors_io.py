@@ -152,4 +152,4 @@ def write(
             array = np.ascontiguousarray(array, dtype=DTYPES[dtype])
             if array.shape != tuple(shape):
                 raise CheckpointError(f"tensor {name!r} has shape {array.shape}, expected {tuple(shape)}", path)
-            f.write(memoryview(array).cast("B"))
+            f.write(array.data.cast("B"))

@@ -85,7 +85,9 @@ def _sentencepiece(path: Path, root: Path) -> Vocab:
         sp.LoadFromFile(str(path))
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(f"is not a SentencePiece model: {exc}", path) from None
-    tokens, scores, types = [], [], []
+    tokens: list[str] = []
+    scores: list[float] = []
+    types: list[int] = []  # gguf.TokenType values
     for i in range(sp.vocab_size()):
         kind = gguf.TokenType.NORMAL
         if sp.IsUnknown(i):
@@ -133,7 +135,8 @@ def _bpe(path: Path) -> Vocab:
         if item.get("special"):
             special.add(int(item["id"]))
     size = max(by_id) + 1
-    tokens, types = [], []
+    tokens: list[str] = []
+    types: list[int] = []  # gguf.TokenType values
     for i in range(size):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")

@@ -98,7 +98,7 @@ def write_meta(root: Path, hf_root: Path, ranks: int = 2, dtype: type = np.float
         meta[f"layers.{layer}.{parts[hf_part]}.weight"] = array
     root.mkdir(parents=True)
     for r in range(ranks):
-        shard = {}
+        shard: dict[str, np.ndarray] = {}
         for name, array in meta.items():
             axis = meta_split_axis(name)
             shard[name] = (array if axis is None else np.split(array, ranks, axis=axis)[r]).astype(dtype)

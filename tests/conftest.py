@@ -13,6 +13,7 @@ import pytest
 from llamashare.daemon.client import running_client, stop_daemon
 from llamashare.daemon.home import Home
 from llamashare.sample import SampleConfig, write_sample_model
+from tests.helpers import Homes
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,7 @@ def smollm2() -> Path:
 
 
 @pytest.fixture
-def homes(tmp_path: Path) -> Iterator:
+def homes(tmp_path: Path) -> Iterator[Homes]:
     """Make node homes; every daemon started in them is stopped (or killed) afterwards."""
     made: list[Home] = []
 

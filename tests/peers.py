@@ -94,6 +94,7 @@ class Tracker:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                assert self.proc.stderr is not None  # stderr=PIPE
                 raise RuntimeError(f"opentracker exited: {self.proc.stderr.read().decode(errors='replace')}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()

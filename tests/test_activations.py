@@ -4,6 +4,8 @@ expressions. Equal value for value, not merely close."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,9 @@ def test_round_half_is_numpys_float16_cast() -> None:
 
 
 @pytest.mark.parametrize(("qtype", "reference", "block"), [("q8_0", numpy_q8_0, 32), ("q4_k", numpy_q8_k, 256)])
-def test_block_rounding_is_ggmls_quantizer(qtype: str, reference, block: int) -> None:  # type: ignore[no-untyped-def]
+def test_block_rounding_is_ggmls_quantizer(
+    qtype: str, reference: Callable[[np.ndarray], np.ndarray], block: int
+) -> None:
     x = hard_values(30000)
     x = x[: x.size // block * block].reshape(-1, block)
     x[3] = 0  # a zero block: scale 0, no division by it

@@ -6,6 +6,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -22,8 +23,8 @@ from tests.torch_format import save_pth
 CFG = SampleConfig()
 
 
-def read_gguf(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray], dict[str, str]]:
-    """(metadata, tensors as float32 in NumPy order, tensor types) of a GGUF file."""
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+    """(metadata (gguf-py's decoded values), tensors as float32 in NumPy order, tensor types) of a GGUF file."""
     r = gguf.GGUFReader(path)
     meta = {k: f.contents() for k, f in r.fields.items()}
     tensors, types = {}, {}

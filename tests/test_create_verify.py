@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llamashare.errors import OutputExistsError, SourceDirError
 from llamashare.manifests.create import ReleaseInfo, create_release, list_release_files, write_release
 from llamashare.manifests.manifest import load_manifest
-from llamashare.manifests.verify import FileState, extra_files, verify_release
+from llamashare.manifests.verify import FileReport, FileState, extra_files, verify_release
 from tests.helpers import make_release
 
 
-def states(reports) -> dict[str, FileState]:
+def states(reports: list[FileReport]) -> dict[str, FileState]:
     return {r.entry.path: r.state for r in reports}
 
 
@@ -110,7 +111,7 @@ def test_unreadable_source_file_is_a_clear_error(sample_model: Path, monkeypatch
     # Root (as in CI) reads anything, so make the read itself fail as EACCES would.
     real_open = open
 
-    def deny(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def deny(path: Any, *args: Any, **kwargs: Any) -> Any:  # stands in for builtins.open
         if str(path).endswith("config.json"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)

@@ -15,8 +15,9 @@ from llamashare.daemon.client import DaemonClient, start_daemon, stop_daemon
 from llamashare.daemon.dashboard import LOGIN_TTL, SESSION_TTL, Logins, RateHistory, overview
 from llamashare.daemon.submit import FetchOptions, fetch, release_status, seed
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
+from llamashare.p2p.status import ReleaseStatus, State
 from llamashare.store import Store
-from tests.helpers import cli
+from tests.helpers import Homes, cli
 from tests.test_swarm import make_payload
 
 # ------------------------------------------------------------------ pure parts
@@ -43,8 +44,8 @@ def test_rate_history_keeps_the_last_samples() -> None:
         history.add(
             float(t),
             [
-                {"name": "a", "upload_rate": t, "download_rate": 2 * t},
-                {"name": "b", "upload_rate": 1, "download_rate": 0},
+                _daemon_row("a", "seeding", up=t, down=2 * t),
+                _daemon_row("b", "seeding", up=1, down=0),
             ],
         )
     assert [s["t"] for s in history.samples] == [2.0, 3.0, 4.0]
@@ -52,8 +53,39 @@ def test_rate_history_keeps_the_last_samples() -> None:
     assert history.samples[-1]["releases"]["a"] == [4, 8]
 
 
-def _daemon_row(name: str, state: str) -> dict:
-    return {"name": name, "state": state, "upload_rate": 0, "download_rate": 0}
+def _daemon_row(name: str, state: str, up: int = 0, down: int = 0) -> ReleaseStatus:
+    """A release as the node reports it, with only what the test varies set."""
+    return ReleaseStatus(
+        name=name,
+        version="1",
+        license="MIT",
+        dir="/x",
+        state=State(state),
+        error=None,
+        tracker_error=None,
+        size=5,
+        done=5,
+        progress=1.0,
+        download_rate=down,
+        upload_rate=up,
+        downloaded=0,
+        uploaded=0,
+        ratio=0.0,
+        ratio_target=1.0,
+        seed_time=None,
+        seeded_seconds=0.0,
+        paused=False,
+        seed_forever=False,
+        initial_seeding=False,
+        peers=0,
+        seeds=0,
+        via="hybrid",
+        hash_failures=0,
+        banned_peers=(),
+        files={},
+        info_hash_v1="0" * 40,
+        v1_twin=None,
+    )
 
 
 def test_overview_merges_daemon_and_store_and_names_one_state() -> None:
@@ -140,7 +172,7 @@ def sign_in(client: DaemonClient) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_sign_in_and_what_a_cookie_may_do(homes) -> None:
+def test_sign_in_and_what_a_cookie_may_do(homes: Homes) -> None:
     home = homes("n")
     client = start_daemon(home)
     root = client.base.removesuffix("/api/v1")
@@ -188,7 +220,7 @@ def test_sign_in_and_what_a_cookie_may_do(homes) -> None:
 
 
 @pytest.mark.slow
-def test_pause_resume_and_add_into_the_store(tmp_path: Path, homes) -> None:
+def test_pause_resume_and_add_into_the_store(tmp_path: Path, homes: Homes) -> None:
     src = tmp_path / "publisher" / "rel"
     make_payload(src, {"w.bin": 1_500_000, "config.json": 300})
     m, torrent = create_release(src, ReleaseInfo(name="rel", license="MIT"), 64 * 1024)
@@ -206,7 +238,7 @@ def test_pause_resume_and_add_into_the_store(tmp_path: Path, homes) -> None:
     assert status == 201, body
     entry = Store(node.models_dir).get("rel")
     deadline = time.monotonic() + 60
-    while release_status(client, "rel")["state"] != "seeding" and time.monotonic() < deadline:
+    while release_status(client, "rel").state != "seeding" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert (entry.source_dir / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
     row = json.loads(request(root + "/api/v1/overview", headers=auth)[2])["releases"][0]
@@ -215,25 +247,25 @@ def test_pause_resume_and_add_into_the_store(tmp_path: Path, homes) -> None:
     # Pause: saved, so a restarted daemon keeps it paused; resume hands it back to seeding.
     assert request(root + "/api/v1/releases/rel", "PATCH", {"paused": "yes"}, auth)[0] == 400
     assert request(root + "/api/v1/releases/rel", "PATCH", {"paused": True}, auth)[0] == 200
-    assert release_status(client, "rel")["state"] == "paused"
+    assert release_status(client, "rel").state == "paused"
     stop_daemon(node)
     client = start_daemon(node)
     time.sleep(0.5)
-    assert release_status(client, "rel")["state"] == "paused" and release_status(client, "rel")["paused"]
+    assert release_status(client, "rel").state == "paused" and release_status(client, "rel").paused
     client.call("PATCH", "/releases/rel", {"paused": False})
     deadline = time.monotonic() + 30
-    while release_status(client, "rel")["state"] != "seeding" and time.monotonic() < deadline:
+    while release_status(client, "rel").state != "seeding" and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert release_status(client, "rel")["state"] == "seeding"
+    assert release_status(client, "rel").state == "seeding"
 
     # A fetch that meets a paused release says so; fetching again resumes it.
     client.call("PATCH", "/releases/rel", {"paused": True})
     st = fetch(node, m, FetchOptions(directory=entry.source_dir, timeout=30))  # asking again = resume
-    assert st["state"] in ("seeding", "done seeding") and not st["paused"]
+    assert st.state in ("seeding", "done seeding") and not st.paused
 
 
 @pytest.mark.slow
-def test_events_stream_history_then_updates_and_shows_running_steps(tmp_path: Path, homes) -> None:
+def test_events_stream_history_then_updates_and_shows_running_steps(tmp_path: Path, homes: Homes) -> None:
     src = tmp_path / "rel"
     make_payload(src, {"w.bin": 100_000})
     m, torrent = create_release(src, ReleaseInfo(name="rel", license="MIT"), 16 * 1024)

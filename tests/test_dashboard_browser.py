@@ -129,15 +129,15 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(
         browser.find_element(By.CSS_SELECTOR, 'article[data-name="sample-llama"] .apply').click()
         wait_for("done seeding on the page", lambda: card_text(browser, "sample-llama", "state") == "done seeding", 60)
         st = release_status(DaemonClient(node_a), "sample-llama")
-        assert st["state"] == "done seeding" and st["ratio_target"] == target
-        assert target <= st["ratio"] < target + 0.25, st["ratio"]  # it stopped at the target, not at b's end
-        assert release_status(client_b, "sample-llama")["progress"] < 1  # b is left waiting: a stopped
+        assert st.state == "done seeding" and st.ratio_target == target
+        assert target <= st.ratio < target + 0.25, st.ratio  # it stopped at the target, not at b's end
+        assert release_status(client_b, "sample-llama").progress < 1  # b is left waiting: a stopped
 
         # Pause and resume through the page.
         pause = browser.find_element(By.CSS_SELECTOR, 'article[data-name="sample-llama"] .pause')
         pause.click()
         wait_for("paused", lambda: card_text(browser, "sample-llama", "state") == "paused")
-        assert release_status(DaemonClient(node_a), "sample-llama")["paused"] is True
+        assert release_status(DaemonClient(node_a), "sample-llama").paused is True
         pause.click()
         wait_for("resumed", lambda: card_text(browser, "sample-llama", "state") == "done seeding")
 
@@ -145,7 +145,7 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(
         browser.find_element(By.CSS_SELECTOR, 'article[data-name="sample-llama"] .remove').click()
         browser.switch_to.alert.accept()
         wait_for("removed from the daemon", lambda: "not in the daemon" in card_text(browser, "sample-llama", "step"))
-        assert DaemonClient(node_a).status()["releases"] == []
+        assert DaemonClient(node_a).status().releases == []
 
         # Add it back by pasting its manifest: the files are there, so it is verified and seeds.
         browser.find_element(By.CSS_SELECTOR, "#add summary").click()

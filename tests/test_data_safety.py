@@ -11,7 +11,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from llamashare.daemon.submit import FetchOptions, release_status, seed
 from llamashare.manifests.manifest import load_manifest
 from llamashare.manifests.verify import verify_release
 from llamashare.store import Store
-from tests.helpers import cli
+from tests.helpers import Homes, cli
 from tests.test_pipeline import publish, seeder
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def small_disk(mountpoint: Path, size: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
 
 
-def file_limit(nbytes: int):
+def file_limit(nbytes: int) -> Callable[[], None]:
     """preexec_fn: writes past ``nbytes`` fail with EFBIG, as on a disk that fills up mid-write."""
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
 
@@ -54,14 +54,16 @@ def last_line(p: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture
-def f16(tmp_path: Path, homes, sample_model: Path) -> Path:
+def f16(tmp_path: Path, homes: Homes, sample_model: Path) -> Path:
     out = tmp_path / "sample.F16.gguf"
     p = cli(homes("x"), "convert", str(sample_model), "-o", str(out), "-q")
     assert p.returncode == 0, p.stderr
     return out
 
 
-def test_a_disk_too_small_is_refused_before_writing(tmp_path: Path, homes, sample_model: Path, f16: Path) -> None:
+def test_a_disk_too_small_is_refused_before_writing(
+    tmp_path: Path, homes: Homes, sample_model: Path, f16: Path
+) -> None:
     home = homes("x")
     with small_disk(tmp_path / "small", f16.stat().st_size // 2) as disk:
         p = cli(home, "convert", str(sample_model), "-o", str(disk / "out.gguf"), "-q")
@@ -74,7 +76,7 @@ def test_a_disk_too_small_is_refused_before_writing(tmp_path: Path, homes, sampl
 
 @pytest.mark.parametrize("step", ["convert", "quantize"])
 def test_a_write_failing_halfway_leaves_no_file_and_keeps_the_old_output(
-    tmp_path: Path, homes, sample_model: Path, f16: Path, step: str
+    tmp_path: Path, homes: Homes, sample_model: Path, f16: Path, step: str
 ) -> None:
     home = homes("x")
     out = tmp_path / "out" / "model.gguf"
@@ -109,7 +111,7 @@ def without_root_rights() -> None:
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2  # <linux/prctl.h>, <linux/capability.h>
 
 
-def test_a_folder_without_write_permission(tmp_path: Path, homes, f16: Path) -> None:
+def test_a_folder_without_write_permission(tmp_path: Path, homes: Homes, f16: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0o555)
@@ -123,7 +125,7 @@ def test_a_folder_without_write_permission(tmp_path: Path, homes, f16: Path) -> 
 
 
 def test_fetch_whose_convert_runs_out_of_room_keeps_the_release_and_the_rerun_finishes(
-    tmp_path: Path, homes, sample_model: Path
+    tmp_path: Path, homes: Homes, sample_model: Path
 ) -> None:
     publish(sample_model, tmp_path / "sample.toml", recommended_quant="Q8_0")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
@@ -152,10 +154,12 @@ def test_fetch_whose_convert_runs_out_of_room_keeps_the_release_and_the_rerun_fi
     p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--peer", peer, "--timeout", "60", "-q")
     assert p.returncode == 0, p.stderr
     assert sorted(entry.ggufs()) == ["convert:f16", "quantize:Q8_0"]
-    assert release_status(DaemonClient(b), "sample-llama")["downloaded"] <= 1.05 * m.total_size
+    assert release_status(DaemonClient(b), "sample-llama").downloaded <= 1.05 * m.total_size
 
 
-def test_daemon_killed_while_writing_state_restarts_with_everything(tmp_path: Path, homes, sample_model: Path) -> None:
+def test_daemon_killed_while_writing_state_restarts_with_everything(
+    tmp_path: Path, homes: Homes, sample_model: Path
+) -> None:
     """SIGKILL at random moments while the daemon rewrites a release's spec as fast as it can
     (every target change is an atomic write); after each restart every release is back, intact."""
     publish(sample_model, tmp_path / "sample.toml")
@@ -167,11 +171,11 @@ def test_daemon_killed_while_writing_state_restarts_with_everything(tmp_path: Pa
     sent: list[float] = []
     for _ in range(kills):
         client = start_daemon(a)
-        assert [r["name"] for r in client.status()["releases"]] == ["sample-llama"]
+        assert [r.name for r in client.status().releases] == ["sample-llama"]
         st = release_status(client, "sample-llama")
-        assert st["state"] in ("checking", "seeding") and st["seed_forever"]
+        assert st.state in ("checking", "seeding") and st.seed_forever
         if sent:
-            assert st["ratio_target"] is None  # a publisher's release stays seed-forever...
+            assert st.ratio_target is None  # a publisher's release stays seed-forever...
         deadline = time.monotonic() + rng.uniform(0.2, 0.8)
         while time.monotonic() < deadline:  # ...while its targets are rewritten over and over
             sent.append(round(rng.uniform(1, 9), 3))
@@ -182,7 +186,7 @@ def test_daemon_killed_while_writing_state_restarts_with_everything(tmp_path: Pa
     st = release_status(client, "sample-llama")
     spec = (a.state_dir / "releases" / "sample-llama" / "spec.json").read_text()
     assert f'"ratio": {sent[-1]}' in spec or any(f'"ratio": {r}' in spec for r in sent[-3:])
-    assert st["verified"] == st["selected"]
+    assert st.verified == st.selected
     print(f"{kills} SIGKILLs during {len(sent)} state writes: the release came back every time")
 
     # What a non-atomic writer would have left: a torn resume file and a stray temp file. The
@@ -195,9 +199,9 @@ def test_daemon_killed_while_writing_state_restarts_with_everything(tmp_path: Pa
     (folder / ".spec.json.x1y2.incomplete").write_text('{"name": "sample-ll')
     client = start_daemon(a)
     deadline = time.monotonic() + 30
-    while release_status(client, "sample-llama")["state"] == "checking" and time.monotonic() < deadline:
+    while release_status(client, "sample-llama").state == "checking" and time.monotonic() < deadline:
         time.sleep(0.1)
     st = release_status(client, "sample-llama")
-    assert st["state"] == "seeding" and st["verified"] == st["selected"], st
+    assert st.state == "seeding" and st.verified == st.selected, st
     assert not list(folder.glob(".*.incomplete"))
     assert "resume data unreadable" in a.log_file.read_text()

@@ -242,7 +242,7 @@ def test_daemon_api_answers_hostile_requests_with_clean_errors(tmp_path: Path, h
     one()
     TRIED["daemon API requests"] = [sum(codes.values()), sum(n for c, n in codes.items() if c >= 400)]
     print(f"daemon API: {sum(codes.values())} hostile requests, answers by status: {dict(sorted(codes.items()))}")
-    assert client.status()["node"]["pid"]  # still up and answering
+    assert client.status().node["pid"]  # still up and answering
 
 
 def test_report_cases_tried() -> None:

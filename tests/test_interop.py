@@ -15,7 +15,8 @@ import pytest
 
 from llamashare.manifests.create import ReleaseInfo, create_release
 from llamashare.manifests.torrent import info_hash_v1, v1_companion
-from llamashare.p2p.node import FileStatus, Node, ReleaseSpec, State
+from llamashare.p2p.node import Node, ReleaseSpec
+from llamashare.p2p.status import FileStatus, State
 from tests.peers import Tracker, free_port, require
 from tests.test_swarm import LOCAL, make_payload, run_until, same_bytes
 
@@ -57,16 +58,19 @@ def test_llamashare_seeds_aria2_then_aria2_seeds_llamashare(tmp_path: Path, trac
     aria_dir = tmp_path / "aria"
     try:
         origin.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
-        run_until([origin], lambda: origin.releases[m.name].twin.status().is_seeding, timeout=10)
+        twin = origin.releases[m.name].twin
+        assert twin is not None  # the manifest pins a v1 twin
+        run_until([origin], lambda: twin.status().is_seeding, timeout=10)
         aria = subprocess.Popen(
             [aria2c, *ARIA2, "--seed-time=0", f"--listen-port={free_port()}", "--dir", str(aria_dir), str(twin_file)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
         run_until([origin], lambda: aria.poll() is not None, timeout=60)
+        assert aria.stdout is not None  # stdout=PIPE
         assert aria.returncode == 0, aria.stdout.read().decode(errors="replace")[-2000:]
         assert same_bytes(src, aria_dir / m.name, m)
-        assert origin.status()[0]["uploaded"] >= m.total_size
+        assert origin.status()[0].uploaded >= m.total_size
     finally:
         origin.close()
 
@@ -96,7 +100,7 @@ def test_llamashare_seeds_aria2_then_aria2_seeds_llamashare(tmp_path: Path, trac
         assert same_bytes(src, out, m)
         # The hybrid torrent, which downloaded nothing, now has every piece too.
         run_until([leech], lambda: all(h.status().is_seeding for h in r.handles), timeout=10)
-        assert leech.status()[0]["via"] == "v1 twin"
+        assert leech.status()[0].via == "v1 twin"
     finally:
         leech.close()
         seeder.terminate()

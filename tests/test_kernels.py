@@ -64,7 +64,7 @@ def test_real_weights(smollm2: Path) -> None:
     for tname in ("blk.3.ffn_down.weight", "blk.20.ffn_down.weight"):  # 576 rows of 1536
         t = tensors[tname]
         w = lookup(t.tensor_type.name).dequantize(np.asarray(t.data)[:96])
-        x = rng.standard_normal(w.shape[1]).astype(np.float32)
+        x = rng.standard_normal(int(w.shape[1])).astype(np.float32)
         for name in TYPES:
             check(name, w, x)
 

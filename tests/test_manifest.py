@@ -18,6 +18,7 @@ from llamashare.manifests.manifest import (
     Manifest,
     TorrentRef,
     canonical_bytes,
+    check_relative_path,
     dumps,
     load_manifest,
     manifest_id,
@@ -41,9 +42,18 @@ def fake_file(path: str, size: int, piece: int) -> TorrentFile:
     return TorrentFile(tuple(path.split("/")), size, bytes(20) * n, b"".join(layer), root)
 
 
+def portable(comp: str) -> bool:
+    """Whether a manifest accepts ``comp`` as a path component (not, e.g., Windows' reserved "con")."""
+    try:
+        check_relative_path(comp, "path")
+    except ManifestError:
+        return False
+    return True
+
+
 component = st.text(
     st.characters(min_codepoint=0x61, max_codepoint=0x7A) | st.sampled_from("-_0123456789é权"), min_size=1, max_size=12
-)
+).filter(portable)
 rel_path = st.lists(component, min_size=1, max_size=3).map("/".join)
 hexstr = lambda n: st.text("0123456789abcdef", min_size=n, max_size=n)  # noqa: E731
 

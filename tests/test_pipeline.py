@@ -5,6 +5,7 @@ removal while seeding."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,16 +17,17 @@ import pytest
 from gguf import GGUFReader
 
 from llamashare.daemon.client import DaemonClient, running_client
-from llamashare.daemon.home import ConfigError, Home
+from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, seed
+from llamashare.errors import ConfigError, StoreError
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.manifests.manifest import load_manifest
 from llamashare.pipeline import choose_quant
 from llamashare.quant.convert import convert
 from llamashare.quant.delta import make_delta
 from llamashare.sample import SampleConfig, write_sample_model
-from llamashare.store import Store, StoreError
-from tests.helpers import cli
+from llamashare.store import Store
+from tests.helpers import Homes, cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +38,7 @@ def publish(folder: Path, manifest_path: Path, **info: object) -> None:
     write_release(m, torrent, manifest_path)
 
 
-def seeder(homes, *releases: tuple[Path, Path]) -> str:
+def seeder(homes: Homes, *releases: tuple[Path, Path]) -> str:
     """Node A seeds each (manifest, folder); returns its HOST:PORT for --peer."""
     a = homes("a")
     for manifest_path, folder in releases:
@@ -44,7 +46,7 @@ def seeder(homes, *releases: tuple[Path, Path]) -> str:
     return f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
 
 
-def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes, sample_model: Path) -> None:
+def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
     publish(sample_model, tmp_path / "sample.toml", recommended_quant="Q8_0")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
@@ -65,7 +67,7 @@ def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("skipped") == 2 and "convert" in p.stderr and "quantize" in p.stderr, p.stderr
     assert {p.name: p.stat().st_mtime_ns for p in entry.gguf_dir.iterdir()} == stamps
-    state = {r["name"]: r["state"] for r in DaemonClient(b).status()["releases"]}
+    state = {r.name: r.state for r in DaemonClient(b).status().releases}
     assert state["sample-llama"] in ("seeding", "done seeding")
 
     # Another quantization is one more step; the F16 conversion is reused.
@@ -89,7 +91,9 @@ def test_fetch_builds_and_runs_then_rerun_skips_every_step(tmp_path: Path, homes
     assert p.returncode == 0 and p.stderr.count("skipped") == 1 and "quantize to Q8_0 (" in p.stderr, p.stderr
 
 
-def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory) -> None:
+def test_killed_mid_step_rerun_completes(
+    tmp_path: Path, homes: Homes, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     # Big enough (~100 MB of float32) that converting and quantizing take a moment to interrupt.
     model = tmp_path / "mid-llama"
     write_sample_model(model, SampleConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, shards=2))
@@ -139,7 +143,7 @@ def test_killed_mid_step_rerun_completes(tmp_path: Path, homes, tmp_path_factory
     assert p.returncode == 0, p.stderr
 
 
-def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:
+def test_delta_release_end_to_end(tmp_path: Path, homes: Homes) -> None:
     base, target, delta = tmp_path / "base-llama", tmp_path / "target", tmp_path / "delta-llama"
     write_sample_model(base, SampleConfig(vocab_size=512, seed=1))
     write_sample_model(target, SampleConfig(vocab_size=513, seed=2))  # one added token, as Vicuna's 32001
@@ -174,6 +178,7 @@ def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:
     store = Store(b.models_dir)
     assert {e.name for e in store.entries()} == {"base-llama", "delta-llama"}
     built = store.get("delta-llama").best_gguf()
+    assert built is not None
     direct = tmp_path / "target.gguf"
     convert(target, direct, "f16")
     ours = {t.name: np.asarray(t.data, dtype=np.float32) for t in GGUFReader(built).tensors}
@@ -186,7 +191,7 @@ def test_delta_release_end_to_end(tmp_path: Path, homes) -> None:
     assert p.returncode == 0 and "skipped" in p.stderr, p.stderr
 
 
-def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_model: Path) -> None:
+def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
     publish(sample_model, tmp_path / "sample.toml")
     peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
     b = homes("b")
@@ -197,11 +202,11 @@ def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_mode
         == 0
     )
     entry = Store(b.models_dir).get("sample-llama")
-    assert {r["name"] for r in DaemonClient(b).status()["releases"]} == {"sample-llama"}
+    assert {r.name for r in DaemonClient(b).status().releases} == {"sample-llama"}
 
     p = cli(b, "rm", "sample-llama", "--keep-source")
     assert p.returncode == 0 and "stopped seeding sample-llama" in p.stdout, p.stdout + p.stderr
-    assert DaemonClient(b).status()["releases"] == []
+    assert DaemonClient(b).status().releases == []
     assert (entry.source_dir / "config.json").is_file() and not entry.gguf_dir.exists() and not entry.exists()
     assert "is empty" in cli(b, "list").stdout
 
@@ -217,7 +222,8 @@ def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes, sample_mode
 def test_store_refuses_a_different_release_under_the_same_name_and_concurrent_commands(
     tmp_path: Path, sample_model: Path
 ) -> None:
-    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
     publish(sample_model, tmp_path / "1" / "one.toml", version="1")
     publish(sample_model, tmp_path / "2" / "two.toml", version="2")
     store = Store(tmp_path / "models")
@@ -251,7 +257,7 @@ def test_config_sets_store_and_quantization_defaults(tmp_path: Path, sample_mode
         home.config()
 
 
-def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes, sample_model: Path) -> None:
+def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
     """The second command says who holds the release instead of racing the first on its files."""
     publish(sample_model, tmp_path / "sample.toml")
     b = homes("b")  # no seeder anywhere: the first fetch waits for peers, holding the release
@@ -285,3 +291,57 @@ def test_two_fetches_of_one_release_at_once(tmp_path: Path, homes, sample_model:
         first.wait(20)
     p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--timeout", "2", "-q")  # the lock went with the process
     assert "another llamashare command" not in p.stderr and "not complete after 2s" in p.stderr, p.stderr
+
+
+def test_refused_fetch_leaves_no_store_entry_and_rm_cannot_touch_the_users_file(
+    tmp_path: Path, homes: Homes, sample_model: Path
+) -> None:
+    """A file of the user's at a target path (same size, other bytes) makes fetch refuse; the
+    store then has no entry, so a later ``rm`` has nothing to delete, and the file is intact."""
+    publish(sample_model, tmp_path / "sample.toml")
+    peer = seeder(homes, (tmp_path / "sample.toml", sample_model))
+    b = homes("b")
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    victim = load_manifest(tmp_path / "sample.toml").files[-1]
+    (mine / victim.path).parent.mkdir(parents=True, exist_ok=True)
+    theirs = bytes(reversed((sample_model / victim.path).read_bytes())) + b"!"  # other content
+    (mine / victim.path).write_bytes(theirs[: victim.size])
+    p = cli(b, "fetch", str(tmp_path / "sample.toml"), "--dir", str(mine), "--peer", peer, "--timeout", "30", "-q")
+    assert p.returncode != 0 and "in the way" in p.stderr, p.stderr
+    assert Store(b.models_dir).entries() == []
+    r = cli(b, "rm", "sample-llama")
+    assert r.returncode == 2 and "no release 'sample-llama'" in r.stderr
+    assert (mine / victim.path).read_bytes() == theirs[: victim.size]
+
+
+def test_store_never_adopts_a_folder_it_did_not_make(tmp_path: Path, sample_model: Path) -> None:
+    publish(sample_model, tmp_path / "sample.toml")
+    store = Store(tmp_path / "models")
+    own = tmp_path / "models" / "sample-llama" / "my-own-weights.bin"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"user data" * 1000)
+    with pytest.raises(StoreError, match="is not a release of this store .*my-own-weights.bin"):
+        store.add(load_manifest(tmp_path / "sample.toml"))
+    assert own.read_bytes() == b"user data" * 1000 and store.entries() == []
+
+
+def test_rm_deletes_only_the_releases_own_matching_files(tmp_path: Path, sample_model: Path) -> None:
+    """In a --dir outside the store, a release file the user replaced (same size, other bytes)
+    and files the manifest never listed stay; the release's own files and records go."""
+    publish(sample_model, tmp_path / "sample.toml")
+    m = load_manifest(tmp_path / "sample.toml")
+    outside = tmp_path / "outside"
+    shutil.copytree(sample_model, outside)
+    changed = outside / m.files[0].path
+    changed.write_bytes(bytes(reversed(changed.read_bytes())))
+    (outside / "notes.txt").write_text("mine")
+    store = Store(tmp_path / "models")
+    entry = store.add(m, outside)
+    (entry.gguf_dir).mkdir()
+    (entry.gguf_dir / "hand-made.gguf").write_bytes(b"GGUF mine")  # no step record: not the store's
+    removal = store.remove(entry, keep_source=False)
+    assert changed.exists() and (outside / "notes.txt").read_text() == "mine"
+    assert all(not (outside / f.path).exists() for f in m.files[1:])
+    assert changed in removal.foreign and (entry.gguf_dir / "hand-made.gguf") in removal.foreign
+    assert (entry.gguf_dir / "hand-made.gguf").read_bytes() == b"GGUF mine" and store.entries() == []

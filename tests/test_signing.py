@@ -11,7 +11,7 @@ import pytest
 
 from llamashare.daemon.home import Home
 from llamashare.errors import KeyFileError, OutputExistsError, SignatureError
-from llamashare.manifests.manifest import dumps, parse_manifest
+from llamashare.manifests.manifest import Manifest, dumps, parse_manifest
 from llamashare.manifests.signing import (
     check_publisher,
     generate_keypair,
@@ -20,11 +20,14 @@ from llamashare.manifests.signing import (
     sign_manifest,
     verify_signature,
 )
-from tests.helpers import cli, make_release
+from tests.helpers import Homes, cli, make_release
+
+#: A signed manifest of the sample model, its signer's public key (hex) and the folder of its key file.
+Signed = tuple[Manifest, str, Path]
 
 
 @pytest.fixture
-def signed(sample_model: Path, tmp_path: Path):
+def signed(sample_model: Path, tmp_path: Path) -> Signed:
     m, _ = make_release(sample_model)
     _, public = generate_keypair(tmp_path / "k.key")
     return sign_manifest(m, load_private_key(tmp_path / "k.key")), parse_public_key(public), tmp_path
@@ -40,14 +43,14 @@ def test_key_files_modes_and_refusal_to_overwrite(tmp_path: Path) -> None:
     assert text2 != text
 
 
-def test_signature_survives_toml_round_trip(signed) -> None:
+def test_signature_survives_toml_round_trip(signed: Signed) -> None:
     m, key, _ = signed
     again = parse_manifest(dumps(m))
     assert verify_signature(again, key) == key
     assert verify_signature(again) == key
 
 
-def test_altered_manifest_is_refused(signed) -> None:
+def test_altered_manifest_is_refused(signed: Signed) -> None:
     m, key, _ = signed
     tampered = replace(m, files=(replace(m.files[0], blake3="0" * 64),) + m.files[1:])
     with pytest.raises(SignatureError, match="does not match"):
@@ -56,7 +59,7 @@ def test_altered_manifest_is_refused(signed) -> None:
         verify_signature(replace(m, license="proprietary"))  # even with no key pinned
 
 
-def test_pinned_key_refuses_unsigned_and_other_signers(signed) -> None:
+def test_pinned_key_refuses_unsigned_and_other_signers(signed: Signed) -> None:
     m, key, tmp = signed
     with pytest.raises(SignatureError, match="not signed"):
         verify_signature(m.unsigned(), key)
@@ -95,7 +98,7 @@ def test_bad_private_key_files(tmp_path: Path) -> None:
         load_private_key(tmp_path / "ec.key")
 
 
-def test_trusted_publishers_pin_releases_by_name(signed, sample_model: Path) -> None:
+def test_trusted_publishers_pin_releases_by_name(signed: Signed, sample_model: Path) -> None:
     m, key, tmp = signed
     _, other = generate_keypair(tmp / "other.key")
     other = parse_public_key(other)
@@ -116,7 +119,7 @@ def test_trusted_publishers_pin_releases_by_name(signed, sample_model: Path) -> 
         check_publisher(altered, {})  # a signature that is there must hold, pinned or not
 
 
-def test_fetch_refuses_an_unpinned_signer_before_downloading(signed, tmp_path: Path, homes) -> None:
+def test_fetch_refuses_an_unpinned_signer_before_downloading(signed: Signed, tmp_path: Path, homes: Homes) -> None:
     m, key, tmp = signed
     home = homes("node").root  # (stops any daemon a failing check would have started)
     (home / "config.toml").write_text(f'[publishers]\n"sample-*" = "ed25519:{key}"\n')

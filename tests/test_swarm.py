@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from llamashare.errors import ReleaseError
 from llamashare.manifests.create import ReleaseInfo, create_release
 from llamashare.manifests.manifest import Manifest
-from llamashare.p2p.node import FileStatus, Node, ReleaseError, ReleaseSpec, State
+from llamashare.p2p.node import Node, ReleaseSpec
 from llamashare.p2p.settings import NetworkOptions
+from llamashare.p2p.status import FileStatus, State
+from tests.helpers import Homes
 from tests.peers import Tracker
 
 LOCAL = NetworkOptions(listen_port=0, listen_host="127.0.0.1", local_only=True)
@@ -82,11 +85,11 @@ def test_one_seeder_three_leechers_through_tracker(tmp_path: Path, tracker: Trac
             assert same_bytes(src, tmp_path / f"out{i}", m)
             assert r.tracker_error is None
         # Leechers traded pieces among themselves: the seeder uploaded less than 3 full copies.
-        run_until(nodes, lambda: seeder.status()[0]["uploaded"] > 0, timeout=10)  # counters tick each second
+        run_until(nodes, lambda: seeder.status()[0].uploaded > 0, timeout=10)  # counters tick each second
         time.sleep(1.1)
         run_until(nodes, lambda: True)
-        uploaded = seeder.status()[0]["uploaded"]
-        shared = sum(n.status()[0]["uploaded"] for n in leechers)
+        uploaded = seeder.status()[0].uploaded
+        shared = sum(n.status()[0].uploaded for n in leechers)
         assert 0 < uploaded < 2.5 * m.total_size and shared > 0.5 * m.total_size
         print(
             f"swarm of 3 done in {elapsed:.2f}s; seeder uploaded {uploaded / m.total_size:.2f}x the release, "
@@ -122,7 +125,7 @@ def test_ratio_target_stops_seeding_and_keeps_files(tmp_path: Path) -> None:
         )
         run_until(nodes, lambda: middle.releases[m.name].state is State.DONE, timeout=60)
         status = middle.status()[0]
-        assert status["state"] == "done seeding" and status["ratio"] >= 0.5
+        assert status.state == "done seeding" and status.ratio >= 0.5
         assert middle.releases[m.name].handle.status().paused
         assert same_bytes(src, tmp_path / "mid", m)  # files kept
     finally:
@@ -421,11 +424,12 @@ def test_web_seed_alone_completes_a_fetch(tmp_path: Path, http_mirror: tuple[str
         leech.close()
 
 
-def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: tuple[str, Path], homes) -> None:
+def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: tuple[str, Path], homes: Homes) -> None:
     """A mirror serving one bad byte: libtorrent rejects the piece, that file never becomes
     verified, and llamashare's own check of the output calls it a wrong hash."""
     from llamashare.daemon.client import DaemonClient
-    from llamashare.daemon.submit import FetchError, FetchOptions, fetch, release_status
+    from llamashare.daemon.submit import FetchOptions, fetch, release_status
+    from llamashare.errors import FetchError
     from llamashare.manifests.verify import verify_release
 
     url, mirror = http_mirror
@@ -441,8 +445,8 @@ def test_damaged_web_seed_bytes_are_never_verified(tmp_path: Path, http_mirror: 
     st = release_status(DaemonClient(node), "model")
     # (config.json is good but may never arrive: after the failed piece libtorrent may stop
     # asking that mirror, and there is no other source. Verified it is only if it is right.)
-    assert st["files"]["a.safetensors"] != "verified" and st["hash_failures"] > 0
-    if st["files"]["config.json"] == "verified":
+    assert st.files["a.safetensors"] != "verified" and st.hash_failures > 0
+    if st.files["config.json"] == "verified":
         assert (tmp_path / "out" / "config.json").read_bytes() == (src / "config.json").read_bytes()
     assert {r.entry.path: r.state.value for r in verify_release(m, tmp_path / "out")}["a.safetensors"] == "wrong hash"
 

@@ -25,8 +25,9 @@ STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "Ha
 @contextmanager
 def _fake_torch() -> Iterator[types.SimpleNamespace]:
     assert "torch" not in sys.modules, "tests write checkpoints without torch"
-    torch = types.ModuleType("torch")
-    utils = types.ModuleType("torch._utils")
+    # stand-in modules, their attributes set here (hence Any)
+    torch: Any = types.ModuleType("torch")
+    utils: Any = types.ModuleType("torch._utils")
 
     def _rebuild_tensor_v2(*args: Any) -> None: ...
 
@@ -81,6 +82,7 @@ def save_pth(path: Path, state: dict[str, np.ndarray], payload: Any = None) -> N
         _Pickler(buf, protocol=2).dump(obj)
     archive = path.stem
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        assert z.fp is not None  # open for writing
         z.writestr(f"{archive}/data.pkl", buf.getvalue())
         for i, a in enumerate(arrays.values()):
             info = zipfile.ZipInfo(f"{archive}/data/{i}")

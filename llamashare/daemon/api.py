@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
-from llamashare.errors import LlamashareError
+from llamashare.errors import LlamashareError, ReleaseConflict
 from llamashare.manifests.manifest import parse_manifest
-from llamashare.p2p.node import Node, ReleaseConflict, ReleaseSpec
+from llamashare.p2p.node import Node, ReleaseSpec
 from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
@@ -109,7 +109,7 @@ def make_app(
         return data
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response({"node": info, "releases": node.status()})
+        return web.json_response({"node": info, "releases": [r.to_json() for r in node.status()]})
 
     async def add(request: web.Request) -> web.Response:
         data = await body(request)

@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llamashare.daemon.home import Home
-from llamashare.errors import LlamashareError
-
-
-class DaemonError(LlamashareError):
-    """The daemon is not running, did not start, or refused a request (message says why)."""
+from llamashare.errors import DaemonError
+from llamashare.p2p.status import DaemonStatus
 
 
 class DaemonClient:
@@ -55,8 +52,8 @@ class DaemonClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise DaemonError(f"cannot reach the daemon for {self.home.root}: {getattr(exc, 'reason', exc)}") from None
 
-    def status(self) -> dict:
-        return self.call("GET", "/status")
+    def status(self) -> DaemonStatus:
+        return DaemonStatus.from_json(self.call("GET", "/status"))
 
 
 def _alive(pid: int) -> bool:

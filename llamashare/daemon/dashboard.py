@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from llamashare.errors import LlamashareError
+from llamashare.p2p.status import ReleaseStatus
 from llamashare.store import Entry, Store
 
 LOGIN_TTL = 300.0  # a login link works once, within five minutes of being printed
@@ -100,13 +101,13 @@ class RateHistory:
     def __init__(self, size: int = HISTORY) -> None:
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
 
-    def add(self, now: float, releases: list[dict]) -> None:
+    def add(self, now: float, releases: list[ReleaseStatus]) -> None:
         self.samples.append(
             {
                 "t": round(now, 1),
-                "up": sum(r["upload_rate"] for r in releases),
-                "down": sum(r["download_rate"] for r in releases),
-                "releases": {r["name"]: [r["upload_rate"], r["download_rate"]] for r in releases},
+                "up": sum(r.upload_rate for r in releases),
+                "down": sum(r.download_rate for r in releases),
+                "releases": {r.name: [r.upload_rate, r.download_rate] for r in releases},
             }
         )
 
@@ -146,25 +147,25 @@ class StoreView:
         }
 
 
-def overview(releases: list[dict], stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def overview(releases: list[ReleaseStatus], stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per release, whether the daemon has it, the store has it, or both: what it is,
     what the daemon is doing with it, and what the pipeline has made of it."""
     rows = []
     for r in releases:
-        s = stored.get(r["name"], {})
+        s = stored.get(r.name, {})
         rows.append(
             {
-                **r,
+                **r.to_json(),
                 "ggufs": s.get("ggufs", []),
                 "default_gguf": s.get("default_gguf"),
                 "activity": s.get("activity"),
-                "daemon_state": r["state"],
+                "daemon_state": r.state,
                 "in_daemon": True,
-                "state": _headline(r["state"], s),
+                "state": _headline(r.state, s),
             }
         )
     for name, s in sorted(stored.items()):
-        if any(r["name"] == name for r in releases):
+        if any(r.name == name for r in releases):
             continue
         rows.append(
             {
@@ -198,7 +199,7 @@ def _headline(daemon_state: str | None, stored: dict[str, Any]) -> str:
 class Dashboard:
     """The page's routes and the state behind them (logins, rate history)."""
 
-    def __init__(self, status: Callable[[], list[dict]], store: Store | None, info: dict, port: int) -> None:
+    def __init__(self, status: Callable[[], list[ReleaseStatus]], store: Store | None, info: dict, port: int) -> None:
         self.status, self.info, self.port = status, info, port
         self.store = StoreView(store) if store is not None else None
         self.logins = Logins()
@@ -227,8 +228,8 @@ class Dashboard:
             "node": self.info,
             "time": time.time(),
             "releases": overview(releases, stored),
-            "up": sum(r["upload_rate"] for r in releases),
-            "down": sum(r["download_rate"] for r in releases),
+            "up": sum(r.upload_rate for r in releases),
+            "down": sum(r.download_rate for r in releases),
         }
         if history:
             doc["history"] = list(self.history.samples)

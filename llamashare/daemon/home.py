@@ -12,14 +12,11 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
-from llamashare.errors import LlamashareError
-
-
-class ConfigError(LlamashareError, ValueError):
-    exit_code = 2
+from llamashare.errors import ConfigError
 
 
 def default_home() -> Path:
@@ -97,7 +94,7 @@ class Home:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
         known = {f.name: f for f in fields(Config)}
-        values = {}
+        values: dict[str, Any] = {}
         for key, value in doc.items():
             if key not in known:
                 raise ConfigError(f"{self.config_file}: unknown key {key!r} (known: {', '.join(known)})")
@@ -106,20 +103,21 @@ class Home:
             if key == "publishers":
                 values[key] = self._publishers(value)
                 continue
-            kind = {
+            kinds: dict[str, type | tuple[type, ...]] = {
                 "ratio": (int, float),
                 "seed_time": (int, float),
                 "local_only": bool,
                 "models_dir": str,
                 "default_quant": str,
-            }.get(key, int)
+            }
+            kind = kinds.get(key, int)
             if kind is str:
                 if not isinstance(value, str) or not value.strip():
                     raise ConfigError(f"{self.config_file}: {key} must be a non-empty string")
             elif (
                 isinstance(value, bool) != (kind is bool)
                 or not isinstance(value, kind)
-                or (kind is not bool and value < 0)
+                or (kind is not bool and isinstance(value, (int, float)) and value < 0)
             ):
                 raise ConfigError(
                     f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}"

@@ -24,7 +24,7 @@ from llamashare import __version__
 from llamashare.daemon.api import make_app
 from llamashare.daemon.dashboard import DASHBOARD_KEY
 from llamashare.daemon.home import Home
-from llamashare.errors import LlamashareError
+from llamashare.errors import DaemonRunningError
 from llamashare.fsio import atomic_write
 from llamashare.p2p.node import Node
 from llamashare.p2p.settings import NetworkOptions
@@ -34,10 +34,6 @@ POLL_EVERY = 0.05  # at the latest; alerts and finished hash jobs wake the loop 
 MIN_POLL_GAP = 0.005  # at the earliest: a burst of alerts is handled in one poll
 RESUME_EVERY = 30.0
 log = logging.getLogger("llamashare.daemon")
-
-
-class DaemonRunningError(LlamashareError):
-    """Another daemon already owns this home."""
 
 
 def run_daemon(
@@ -95,7 +91,11 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         tick.set()
 
     loop.add_reader(wake_r, on_alerts)
-    node.set_wakeup(lambda: loop.call_soon_threadsafe(tick.set), wake_w)
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(tick.set)
+
+    node.set_wakeup(wake, wake_w)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

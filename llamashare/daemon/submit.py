@@ -14,16 +14,12 @@ from pathlib import Path
 
 from llamashare.daemon.client import DaemonClient, start_daemon
 from llamashare.daemon.home import Home
-from llamashare.errors import LlamashareError, VerificationError
+from llamashare.errors import FetchError, VerificationError
 from llamashare.manifests.manifest import Manifest, dumps
 from llamashare.manifests.verify import verify_release
+from llamashare.p2p.status import ReleaseStatus, State
 
 POLL = 0.2
-FINISHED = ("seeding", "done seeding", "complete", "paused")
-
-
-class FetchError(LlamashareError):
-    """The release could not be fetched (error state, timeout)."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +69,16 @@ def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bo
     return client
 
 
-def release_status(client: DaemonClient, name: str) -> dict:
-    for r in client.status()["releases"]:
-        if r["name"] == name:
-            return r
-    raise FetchError(f"the daemon no longer has {name!r} (stopped by another command?)")
+def release_status(client: DaemonClient, name: str) -> ReleaseStatus:
+    status = client.status().release(name)
+    if status is None:
+        raise FetchError(f"the daemon no longer has {name!r} (stopped by another command?)")
+    return status
 
 
-def fetch(home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callable[[dict], None] | None = None) -> dict:
+def fetch(
+    home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callable[[ReleaseStatus], None] | None = None
+) -> ReleaseStatus:
     """Download and verify ``manifest``'s selected files; return the final release status."""
     client = _submit(home, manifest, opts, seed_forever=False)
     start = time.monotonic()
@@ -88,26 +86,26 @@ def fetch(home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callabl
         status = release_status(client, manifest.name)
         if on_update:
             on_update(status)
-        if status["state"] == "error":
-            raise FetchError(f"{manifest.name}: {status['error']}")
-        if status["state"] in FINISHED and status["verified"] == status["selected"]:
+        if status.state is State.ERROR:
+            raise FetchError(f"{manifest.name}: {status.error}")
+        if status.finished:
             return status
-        if status["state"] == "paused":
+        if status.state is State.PAUSED:
             raise FetchError(
-                f"{manifest.name}: paused by the user ({status['verified']} of {status['selected']} "
+                f"{manifest.name}: paused by the user ({status.verified} of {status.selected} "
                 "files verified); fetch it again to resume"
             )
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
-            why = f" (last tracker error: {status['tracker_error']})" if status["tracker_error"] else ""
+            why = f" (last tracker error: {status.tracker_error})" if status.tracker_error else ""
             raise FetchError(
                 f"{manifest.name}: not complete after {opts.timeout:.0f}s, "
-                f"{status['verified']} of {status['selected']} files verified, {status['peers']} peers{why}; "
+                f"{status.verified} of {status.selected} files verified, {status.peers} peers{why}; "
                 "the daemon keeps trying (llamashare status)"
             )
         time.sleep(POLL)
 
 
-def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> dict:
+def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
     """Verify the uploader's files (BLAKE3 + SHA-256), then seed them until removed."""
     reports = verify_release(manifest, opts.directory)
     bad = [r for r in reports if not r.ok]

@@ -1,0 +1,103 @@
+"""The root of the ``llamashare`` command line: the group, its one error table, shared options.
+
+Known errors become one line on stderr and an exit code (2 = bad input, 1 = failure) through
+the single table in :func:`main`; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import platformdirs
+
+from llamashare import __version__
+from llamashare.errors import EXIT_FAILURE, LlamashareError
+from llamashare.ui import err, human_size
+
+if TYPE_CHECKING:
+    from llamashare.manifests.manifest import Manifest
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def default_key_path() -> Path:
+    return Path(platformdirs.user_config_dir("llamashare")) / "publisher.key"
+
+
+class Commands(click.Group):
+    """The one error table: known errors become one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LlamashareError as exc:
+            err.print(f"error: {exc}", markup=False)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:  # disk full, permission denied... outside any known check
+            where = f" {exc.filename}:" if exc.filename else ""
+            err.print(f"error:{where} {exc.strerror or exc}", markup=False)
+            ctx.exit(EXIT_FAILURE)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            ctx.exit(130)
+
+
+@click.group(cls=Commands, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="llamashare")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="LLAMASHARE_HOME",
+    help="This node's folder: daemon, state, config, logs [env LLAMASHARE_HOME; default: user data dir].",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """Share LLM weights peer to peer, verify every byte, and make them runnable.
+
+    \b
+    Publish:   llamashare create ./my-model --license Apache-2.0 -o my-model.toml
+    Seed it:   llamashare seed my-model.toml --dir ./my-model
+    Fetch it:  llamashare fetch my-model.toml --dir ./models/my-model
+    Check:     llamashare verify my-model.toml --dir ./my-model
+    Try it:    llamashare demo
+    """
+    from llamashare.daemon.home import Home, default_home
+
+    ctx.obj = Home((home or default_home()).absolute())
+
+
+def network_options(f):  # type: ignore[no-untyped-def]
+    """--listen-port / --api-port / --local-only, for commands that may start the daemon."""
+    f = click.option(
+        "--local-only",
+        is_flag=True,
+        help="No DHT, local discovery, UPnP or NAT-PMP; listen on 127.0.0.1 (tests, LAN demos).",
+    )(f)
+    f = click.option(
+        "--api-port",
+        type=click.IntRange(0, 65535),
+        help="Daemon API port on 127.0.0.1 if it starts now [default: config, else any free].",
+    )(f)
+    f = click.option(
+        "--listen-port",
+        type=click.IntRange(0, 65535),
+        help="BitTorrent port if the daemon starts now [default: config, else 6881].",
+    )(f)
+    return f
+
+
+def load_and_show(manifest_path: Path) -> Manifest:
+    from llamashare.manifests.manifest import load_manifest
+
+    m = load_manifest(manifest_path)
+    err.print(
+        f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license.splitlines()[0]}"
+    )
+    return m
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="llamashare")

@@ -1,0 +1,120 @@
+"""The model store: ``list``, ``info`` and ``rm``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from llamashare.cli.base import CONTEXT, cli
+from llamashare.ui import human_size
+
+if TYPE_CHECKING:
+    from llamashare.daemon.home import Home
+    from llamashare.p2p.status import ReleaseStatus
+
+
+def _seeding_states(home: Home) -> dict[str, ReleaseStatus]:
+    """The daemon's view of each release by name ({} when no daemon runs)."""
+    from llamashare.daemon.client import running_client
+
+    client = running_client(home)
+    return {r.name: r for r in client.status().releases} if client else {}
+
+
+def _seeding_text(r: ReleaseStatus | None) -> tuple[str, str]:
+    if r is None:
+        return "not in the daemon", "-"
+    return r.state + (f": {r.error}" if r.error else ""), f"{r.ratio:.2f}"
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.pass_obj
+def list_(home: Home) -> None:
+    """List the releases in the model store: version, license, size on disk, seeding state,
+    share ratio and the GGUF files built from them.
+
+    \b
+    Example:
+      llamashare list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from llamashare.store import Store
+
+    store = Store(home.models_dir)
+    entries = store.entries()
+    if not entries:
+        click.echo(f"the store {store.root} is empty (llamashare fetch NAME.toml adds to it)")
+        return
+    seeding = _seeding_states(home)
+    table = Table("name", "version", "license", "on disk", "seeding", "ratio", "GGUF", box=None)
+    for e in entries:
+        m = e.manifest()
+        state, ratio = _seeding_text(seeding.get(m.name))
+        types = ", ".join(p.name.removeprefix(f"{e.name}.").removesuffix(".gguf") for p in e.ggufs().values()) or "-"
+        table.add_row(
+            m.name, m.version, m.license.splitlines()[0][:30], human_size(e.size_on_disk()), state, ratio, types
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.pass_obj
+def info(home: Home, name: str) -> None:
+    """Everything the store knows about release NAME: manifest, files, steps, GGUF files, seeding.
+
+    \b
+    Example:
+      llamashare info smollm2-135m-instruct
+    """
+    from llamashare.store import Store
+
+    e = Store(home.models_dir).get(name)
+    m, rec = e.manifest(), e.record()
+    click.echo(f"{m.name} {m.version} ({m.kind}{f', delta on {m.base.name}' if m.base else ''})")
+    click.echo(f"license:   {m.license.splitlines()[0]}")
+    if m.description:
+        click.echo(f"about:     {m.description}")
+    click.echo(
+        f"manifest:  {e.manifest_path}"
+        + (f" (signed by ed25519:{m.signature.public_key})" if m.signature else " (unsigned)")
+    )
+    click.echo(f"source:    {e.source_dir} ({len(m.files)} files, {human_size(m.total_size)})")
+    state, ratio = _seeding_text(_seeding_states(home).get(m.name))
+    click.echo(f"seeding:   {state}, ratio {ratio}")
+    for step_id, path in e.ggufs().items():
+        r = e.step(step_id)
+        took = f", {r.seconds:.1f} s" if r is not None else ""
+        mark = "  (run NAME uses this)" if path.name == rec.get("default") else ""
+        click.echo(f"built:     {path} ({human_size(path.stat().st_size)}, {step_id}{took}){mark}")
+    if m.recommended_quant:
+        click.echo(f"publisher recommends: {m.recommended_quant}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--keep-source", is_flag=True, help="Keep the fetched source files; remove the rest.")
+@click.pass_obj
+def rm(home: Home, name: str, keep_source: bool) -> None:
+    """Remove release NAME from the store: stop seeding it first, then delete its GGUF files,
+    records and (unless --keep-source) its source files.
+
+    \b
+    Example:
+      llamashare rm llama-7b --keep-source
+    """
+    from llamashare.pipeline import remove_release
+
+    r = remove_release(home, name, keep_source)
+    if r.stopped_seeding:
+        click.echo(f"stopped seeding {name}")
+    click.echo(f"removed {name} ({human_size(r.size_before)} before removal)" + "".join(f"; kept {k}" for k in r.kept))
+    if r.foreign:
+        click.echo(
+            f"left {len(r.foreign)} file(s) llamashare did not write (or that no longer match the release), "
+            f"e.g. {r.foreign[0]}"
+        )
