@@ -83,26 +83,26 @@ def llamashare_fetch(
     start = time.monotonic()
     for c, out in zip(clients, outs):
         c.call("POST", "/releases", {"manifest": text, "dir": str(out)})
-    last_byte = [None] * leechers
-    verified = [None] * leechers
+    last_byte: dict[int, float] = {}  # leecher → when its last byte arrived
+    verified: dict[int, float] = {}  # leecher → when every file was verified
     trace = TRACES.setdefault(label or f"{leechers} leechers", {})
-    while None in verified and time.monotonic() - start < TIMEOUT:
+    while len(verified) < leechers and time.monotonic() - start < TIMEOUT:
         for i, c in enumerate(clients):
-            if verified[i] is not None:
+            if i in verified:
                 continue
             st = release_status(c, m.name)
             now = time.monotonic()
             trace.setdefault(f"leecher {i + 1}", []).append((round(now - start, 3), st.done / max(1, st.size)))
-            if last_byte[i] is None and st.done >= st.size:
+            if i not in last_byte and st.done >= st.size:
                 last_byte[i] = now
             if st.verified == st.selected and st.state in ("seeding", "done seeding"):
                 verified[i] = now
-                last_byte[i] = last_byte[i] or now
+                last_byte.setdefault(i, now)
         time.sleep(0.02)
-    if None in verified:
+    if len(verified) < leechers:
         raise SystemExit(f"llamashare leechers did not finish within {TIMEOUT}s")
-    total = max(verified) - start
-    lags = [(v - b) / (b - start) for v, b in zip(verified, last_byte)]
+    total = max(verified.values()) - start
+    lags = [(verified[i] - last_byte[i]) / (last_byte[i] - start) for i in range(leechers)]
     for h in nodes:
         stop_daemon(h)
     for out in outs:
@@ -111,7 +111,7 @@ def llamashare_fetch(
 
 
 def libtorrent_defaults(work: Path, torrent: bytes, src: Path, tracker: Tracker) -> float:
-    settings = {
+    settings: lt.settings_pack = {
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,
@@ -120,7 +120,7 @@ def libtorrent_defaults(work: Path, torrent: bytes, src: Path, tracker: Tracker)
     }
     sessions = []
     for _role in ("seed", "leech"):
-        s = dict(settings, listen_interfaces=f"127.0.0.1:{free_port()}")
+        s: lt.settings_pack = {**settings, "listen_interfaces": f"127.0.0.1:{free_port()}"}
         sessions.append(lt.session(s))
     out = work / "lt-out"
     shutil.rmtree(out, ignore_errors=True)

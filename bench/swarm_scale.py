@@ -32,6 +32,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class NodeLog:
     restarting: Future | None = None
     kills: int = 0
     lost: int = 0  # bytes it had written but had to fetch again after a kill (done before − done after check)
-    done_at_kill: int | None = None
+    done_at_kill: int = 0  # bytes it had just before its last kill
 
 
 @dataclass
@@ -124,7 +125,7 @@ def run_swarm(
     initial_seeding: bool = True,
     timeout: float = 600,
     seed_value: int = 1,
-    say=print,
+    say: Callable[[str], None] = print,
 ) -> SwarmReport:
     """Run one swarm to the end (every node verified) and return what was measured."""
     work.mkdir(parents=True, exist_ok=True)
@@ -138,8 +139,9 @@ def run_swarm(
         origin_client = DaemonClient(origin)
         logs = [NodeLog(fresh_home(work, f"node{i:02d}")) for i in range(nodes)]
         with ThreadPoolExecutor(4) as pool:  # start the daemons four at a time
-            for log, client in zip(logs, pool.map(lambda n: start_daemon(n.home, local_only=True), logs)):
-                log.client = client
+            clients = list(pool.map(lambda n: start_daemon(n.home, local_only=True), logs))
+        for log, client in zip(logs, clients):
+            log.client = client
         text = manifest_path.read_text()
         outs = [work / "out" / f"node{i:02d}" for i in range(nodes)]
         for out in outs:
@@ -149,8 +151,8 @@ def run_swarm(
             f"(uplink {origin_uplink / MiB:.0f} MiB/s)" + (f", {churn} SIGKILLs on the way" if churn else "")
         )
         start = time.monotonic()
-        for log, out in zip(logs, outs):
-            log.client.call("POST", "/releases", {"manifest": text, "dir": str(out)})
+        for client, out in zip(clients, outs):
+            client.call("POST", "/releases", {"manifest": text, "dir": str(out)})
         kills_left, next_kill = churn, start + 1.0
         restarts = ThreadPoolExecutor(4)
         while any(log.finished is None for log in logs):
@@ -175,7 +177,7 @@ def run_swarm(
         restarts.shutdown()
         time.sleep(2.5)  # libtorrent adds to its byte counters once a second: let them settle
         origin_st = release_status(origin_client, m.name)
-        finals = [release_status(log.client, m.name) for log in logs]
+        finals = [release_status(_running(log), m.name) for log in logs]
         hash_failures = sum(st.hash_failures for st in finals)
         bad = _independent_check(m, outs)
         return SwarmReport(
@@ -184,9 +186,9 @@ def run_swarm(
             piece=piece,
             files=files,
             origin_uplink=origin_uplink,
-            seconds=[log.finished for log in logs],
-            origin_uploaded=origin_st["uploaded"],
-            origin_still_initial=origin_st["initial_seeding"] or _spec(origin, m.name)["initial_seeding"],
+            seconds=[log.finished for log in logs if log.finished is not None],  # all, once the loop ends
+            origin_uploaded=origin_st.uploaded,
+            origin_still_initial=origin_st.initial_seeding or _spec(origin, m.name)["initial_seeding"],
             kills=sum(log.kills for log in logs),
             lost_at_kills=sum(log.lost for log in logs),
             hash_failures=hash_failures,
@@ -203,7 +205,7 @@ def run_swarm(
 
 def _poll(log: NodeLog, m: Manifest, start: float, restarts: ThreadPoolExecutor) -> None:
     if log.client is None:
-        if log.restarting is None and time.monotonic() >= log.restart_at:
+        if log.restarting is None and log.restart_at is not None and time.monotonic() >= log.restart_at:
             log.restarting = restarts.submit(_restart, log, m)
         elif log.restarting is not None and log.restarting.done():
             log.client = log.restarting.result()
@@ -217,7 +219,7 @@ def _poll(log: NodeLog, m: Manifest, start: float, restarts: ThreadPoolExecutor)
         return
     log.last_done = st.done
     if st.state == "error":
-        raise SystemExit(f"{log.home.root.name}: {st['error']}")
+        raise SystemExit(f"{log.home.root.name}: {st.error}")
     if st.verified == st.selected and st.state in ("seeding", "done seeding"):
         log.finished = time.monotonic() - start
 
@@ -240,11 +242,19 @@ def _kill(log: NodeLog, m: Manifest, restart_at: float) -> None:
     """SIGKILL the node's daemon (no chance to save anything) and schedule its restart.
 
     What it has is read just before the kill, to compare with what it has after the restart."""
-    st = release_status(log.client, m.name)
-    kill_and_reap(int(log.client.info["pid"]))
+    client = _running(log)
+    st = release_status(client, m.name)
+    kill_and_reap(int(client.info["pid"]))
     log.done_at_kill = st.done
     log.client, log.restart_at = None, restart_at
     log.kills += 1
+
+
+def _running(log: NodeLog) -> DaemonClient:
+    """The node's daemon, which is running (not between a kill and its restart)."""
+    if log.client is None:
+        raise SystemExit(f"{log.home.root.name}: its daemon is not running")
+    return log.client
 
 
 def _spec(home: Home, name: str) -> dict:

@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,7 +228,7 @@ class Store:
                     f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}"
                 )
             return entry
-        strangers = _foreign_files(entry.root)
+        strangers = _foreign_files(entry.root, allowed={f"source/{f.path}" for f in manifest.files})
         if strangers:
             raise StoreError(
                 f"{entry.root} already exists and is not a release of this store (it holds {strangers[0]}"
@@ -294,7 +295,9 @@ class Store:
                     path = safe_join(source, f.path)
                 except UnsafePathError:
                     continue
-                if _is_release_file(path, f, check_hash=not owned):
+                # Always by hash: a file of the user's with the release's size may sit at the
+                # path, in the store's folder too (a refused fetch is rolled back through here).
+                if _is_release_file(path, f):
                     path.unlink()
                     removal.deleted_bytes += f.size
                 elif path.exists():
@@ -330,23 +333,23 @@ class Removal:
 _OWN_LEFTOVERS = {".lock"}
 
 
-def _foreign_files(root: Path) -> list[str]:
-    """Files under ``root`` (relative, sorted) other than the store's own leftovers."""
+def _foreign_files(root: Path, allowed: AbstractSet[str] = frozenset()) -> list[str]:
+    """Files under ``root`` (relative, sorted) other than the store's own leftovers and the
+    ``allowed`` paths (a release's own source files, kept by ``rm --keep-source``: the node
+    checks their bytes against the manifest before using them, and never overwrites them)."""
     if not root.is_dir():
         return []
     return sorted(
-        p.relative_to(root).as_posix()
+        rel
         for p in root.rglob("*")
-        if not p.is_dir() and p.relative_to(root).as_posix() not in _OWN_LEFTOVERS
+        if not p.is_dir() and (rel := p.relative_to(root).as_posix()) not in _OWN_LEFTOVERS | allowed
     )
 
 
-def _is_release_file(path: Path, entry: FileEntry, check_hash: bool) -> bool:
+def _is_release_file(path: Path, entry: FileEntry) -> bool:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.size:
             return False
-        if not check_hash:
-            return True
         h = blake3.blake3(max_threads=blake3.blake3.AUTO)
         with path.open("rb") as fh:
             while chunk := fh.read(8 << 20):

@@ -35,11 +35,13 @@ from pathlib import Path
 import blake3
 import libtorrent as lt
 
-from llamashare.errors import LlamashareError, ReleaseConflict, ReleaseError
+from llamashare.errors import LlamashareError, ReleaseConflict, ReleaseError, VerificationError
 from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
 from llamashare.manifests.torrent import v1_companion
+from llamashare.manifests.verify import verify_release
+from llamashare.p2p.address import parse_peer
 from llamashare.p2p.settings import NetworkOptions, session_settings
 from llamashare.p2p.status import FileStatus, ReleaseStatus, State
 
@@ -194,11 +196,44 @@ class Release:
         return any(h.have_piece(piece) for h in self.handles)
 
 
-def parse_peer(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ReleaseError(f"peer {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
+    """What must hold on disk before a release is added; thread-safe (no libtorrent).
+
+    A publisher's release (``seed_forever``: its pieces will be marked as had without libtorrent
+    checking them) must be the manifest's files, BLAKE3 and SHA-256, whoever asked for it. For a
+    download, a file already at a target path must be the release's own file, or nothing is
+    added: it is never overwritten."""
+    save_dir = Path(spec.save_dir)
+    if spec.seed_forever:
+        reports = verify_release(manifest, save_dir)
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            detail = f" ({bad[0].detail})" if bad[0].detail else ""
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise VerificationError(
+                f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}{detail}{more}", reports
+            )
+        return
+    for entry in manifest.files:
+        if not _selected(entry, spec.include):
+            continue
+        path = safe_join(save_dir, entry.path)
+        if not path.exists():
+            continue
+        if path.is_file() and path.stat().st_size == entry.size and _blake3(path) == entry.blake3:
+            continue
+        raise ReleaseConflict(
+            f"{path} is in the way: it exists with other content than {manifest.name}'s "
+            f"{entry.path}; move it away first (nothing was overwritten)"
+        )
+
+
+def _blake3(path: Path) -> str:
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return str(h.hexdigest())
 
 
 class Node:
@@ -217,6 +252,8 @@ class Node:
             everyone.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id)
             self.session.set_peer_class_filter(everyone)
         self.releases: dict[str, Release] = {}
+        #: Saved releases that could not be restored, by name → why; shown in ``status`` as errors.
+        self.broken: dict[str, str] = {}
         self._by_hash: dict[str, str] = {}
         self._hasher = Hasher(piece_workers=1)
         self._verify_pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
@@ -254,8 +291,9 @@ class Node:
                 resume, twin_resume = _read_resume(folder / "resume.dat"), _read_resume(folder / "resume-v1.dat")
                 self._add(manifest, spec, resume, twin_resume)
                 restored.append(spec.name)
-            except (OSError, ValueError, LlamashareError) as exc:
+            except Exception as exc:  # one bad release must never keep the daemon, or the others, down
                 log.error("cannot restore %s: %s", folder.name, exc)
+                self.broken[folder.name] = f"cannot be restored ({exc}); llamashare stop {folder.name} forgets it"
         return restored
 
     def close(self) -> None:
@@ -268,36 +306,31 @@ class Node:
 
     # ------------------------------------------------------------------ adding and removing
 
-    def add(self, manifest: Manifest, spec: ReleaseSpec) -> Release:
-        """Start fetching (or seeding) a release. Raises ReleaseError for conflicts."""
+    def add(self, manifest: Manifest, spec: ReleaseSpec, checked: bool = False) -> Release:
+        """Start fetching (or seeding) a release. Raises ReleaseError for conflicts.
+
+        ``checked``: :func:`check_files` already ran for it (the daemon runs that on a worker
+        thread, so hashing gigabytes never holds up its event loop)."""
         if spec.name in self.releases:
             raise ReleaseConflict(f"release {spec.name!r} is already in this node")
         if manifest.torrent.data is None:
             raise ReleaseError(f"manifest for {manifest.name!r} has no torrent data")
+        for peer in spec.peers:
+            parse_peer(peer)  # refused now, before anything is saved that a restart would trip on
         save_dir = Path(spec.save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        if not spec.seed_forever:
-            self._check_nothing_in_the_way(manifest, save_dir, spec.include)
+        if not checked:
+            check_files(manifest, spec)
         folder = self.state_dir / "releases" / spec.name
         atomic_write(folder / "manifest.toml", dumps(manifest).encode())
         atomic_write(folder / "spec.json", spec.to_json().encode())
-        return self._add(manifest, spec, None)
-
-    def _check_nothing_in_the_way(self, manifest: Manifest, save_dir: Path, include: tuple[str, ...]) -> None:
-        """A file already at a target path must be the release's own file, or we refuse."""
-        for entry in manifest.files:
-            if not _selected(entry, include):
-                continue
-            path = safe_join(save_dir, entry.path)
-            if not path.exists():
-                continue
-            if path.is_file() and path.stat().st_size == entry.size:
-                if self._hasher.hash_file(path, sha256=False).blake3 == entry.blake3:
-                    continue
-            raise ReleaseConflict(
-                f"{path} is in the way: it exists with other content than {manifest.name}'s "
-                f"{entry.path}; move it away first (nothing was overwritten)"
-            )
+        try:
+            return self._add(manifest, spec, None)
+        except Exception as exc:  # libtorrent's own errors included: nothing of it may stay saved
+            self._forget_state(spec.name)
+            if isinstance(exc, LlamashareError):
+                raise
+            raise ReleaseError(f"{spec.name}: libtorrent refused the release ({exc})") from None
 
     def _add(
         self,
@@ -416,15 +449,26 @@ class Node:
 
     def remove(self, name: str) -> None:
         """Stop a release and forget it; its files stay where they are."""
+        if name in self.broken and name not in self.releases:
+            self._forget_state(name)
+            return
         release = self._get(name)
         for h in release.handles:
             self.session.remove_torrent(h)
         del self.releases[name]
         self._keep_seeds_connected()
+        self._forget_state(name)
+
+    def _forget_state(self, name: str) -> None:
+        """Delete what this node saved for ``name`` (only its own files, then the empty folder)."""
+        self.broken.pop(name, None)
         folder = self.state_dir / "releases" / name
         for f in ("resume.dat", "resume-v1.dat", "spec.json", "manifest.toml"):
             (folder / f).unlink(missing_ok=True)
-        folder.rmdir()
+        try:
+            folder.rmdir()
+        except OSError:  # not there, or holds something we did not write
+            pass
 
     def retry(self, name: str) -> None:
         """Clear a release's error (disk freed, permissions fixed) and carry on where it stood;
@@ -766,6 +810,7 @@ class Node:
                     v1_twin=r.manifest.torrent.v1_twin,
                 )
             )
+        out += [ReleaseStatus.unrestorable(name, why) for name, why in sorted(self.broken.items())]
         return out
 
 

@@ -85,6 +85,41 @@ class ReleaseStatus:
         """Every selected file verified, and the node done downloading."""
         return self.state in FINISHED and self.verified == self.selected
 
+    @classmethod
+    def unrestorable(cls, name: str, why: str) -> ReleaseStatus:
+        """A saved release the node could not bring back: listed, so it can be seen and stopped."""
+        return cls(
+            name=name,
+            version="",
+            license="",
+            dir="",
+            state=State.ERROR,
+            error=why,
+            tracker_error=None,
+            size=0,
+            done=0,
+            progress=0.0,
+            download_rate=0,
+            upload_rate=0,
+            downloaded=0,
+            uploaded=0,
+            ratio=0.0,
+            ratio_target=None,
+            seed_time=None,
+            seeded_seconds=0.0,
+            paused=False,
+            seed_forever=False,
+            initial_seeding=False,
+            peers=0,
+            seeds=0,
+            via="hybrid",
+            hash_failures=0,
+            banned_peers=(),
+            files={},
+            info_hash_v1="",
+            v1_twin=None,
+        )
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["banned_peers"] = list(self.banned_peers)

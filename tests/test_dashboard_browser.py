@@ -172,6 +172,14 @@ def test_the_page_without_signing_in(homes, browser) -> None:
     assert "Not signed in" in browser.find_element("tag name", "h1").text
     link = cli(home, "dashboard").stdout.strip()
     browser.get(link)
-    assert browser.find_element("id", "releases") is not None
+    # Signed in: the page reaches this daemon's event stream and renders its (empty) state.
+    pid = client.call("GET", "/status")["node"]["pid"]
+    wait_for("the page live on this daemon", lambda: f"pid {pid}" in browser.find_element("id", "node").text)
+    assert browser.find_element("tag name", "h1").text == "llamashare"
+    wait_for("the live badge", lambda: browser.find_element("id", "live").text == "live")
+    empty = browser.find_element("id", "empty")
+    assert empty.is_displayed() and "No releases yet" in empty.text
+    assert browser.find_element("id", "count").text == "0 releases"
+    assert browser.find_elements("css selector", "#releases article") == []
     browser.get(link)  # a login link works once
     assert "used already" in browser.find_element("tag name", "h1").text

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,9 +33,10 @@ from tests.helpers import Homes, cli
 pytestmark = pytest.mark.slow
 
 
-def publish(folder: Path, manifest_path: Path, **info: object) -> None:
-    fields = {"name": folder.name, "license": "Apache-2.0"} | info
-    m, torrent = create_release(folder, ReleaseInfo(**fields))  # type: ignore[arg-type]
+def publish(folder: Path, manifest_path: Path, **info: Any) -> None:
+    """``info``: ReleaseInfo's fields, over a name (the folder's) and a license."""
+    fields: dict[str, Any] = {"name": folder.name, "license": "Apache-2.0"} | info
+    m, torrent = create_release(folder, ReleaseInfo(**fields))
     write_release(m, torrent, manifest_path)
 
 

@@ -101,3 +101,15 @@ def load_and_show(manifest_path: Path) -> Manifest:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="llamashare")
+
+
+def peer_addresses(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--peer``: each must be IP:PORT, refused here (exit 2) before the daemon sees it."""
+    from llamashare.p2p.address import parse_peer
+
+    for text in value:
+        try:
+            parse_peer(text)
+        except LlamashareError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value

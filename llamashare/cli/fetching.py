@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llamashare.cli.base import CONTEXT, cli, load_and_show, network_options
+from llamashare.cli.base import CONTEXT, cli, load_and_show, network_options, peer_addresses
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
@@ -66,7 +66,7 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
 )
 @click.option(
     "--ratio",
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, 1e9),
     help="Keep seeding until uploaded/size reaches this [default: config, else 1.0].",
 )
 @click.option(
@@ -76,7 +76,14 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
 @click.option(
     "--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more."
 )
-@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="Connect to this peer too; repeat for more.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="IP:PORT",
+    callback=peer_addresses,
+    help="Connect to this peer too; repeat for more.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(0),

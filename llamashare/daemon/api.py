@@ -28,16 +28,19 @@ The page itself: ``GET /`` (signed in), ``GET /login?token=…`` (the one-time l
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
+from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
 from llamashare.errors import LlamashareError, ReleaseConflict
 from llamashare.manifests.manifest import parse_manifest
-from llamashare.p2p.node import Node, ReleaseSpec
+from llamashare.p2p.node import Node, ReleaseSpec, check_files
 from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
@@ -101,8 +104,8 @@ def make_app(
 
     async def body(request: web.Request) -> dict:
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = json.loads(await request.text(), parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN/Infinity, nesting too deep
             raise _bad_request("body is not JSON") from None
         if not isinstance(data, dict):
             raise _bad_request("body must be a JSON object")
@@ -141,7 +144,12 @@ def make_app(
                 return _error(409, f"another release named {manifest.name!r} is already in this node")
             node.retry(manifest.name)  # asking again for a release in error means: try again
             return web.json_response({"name": manifest.name, "added": False})
-        node.add(manifest, spec)
+        # Hash what is on disk on a worker thread: gigabytes must not hold up the event loop
+        # (status, the page, other requests). Then add on the loop, checking the name again.
+        await asyncio.get_running_loop().run_in_executor(None, check_files, manifest, spec)
+        if manifest.name in node.releases:
+            return _error(409, f"release {manifest.name!r} was added meanwhile")
+        node.add(manifest, spec, checked=True)
         return web.json_response({"name": manifest.name, "added": True}, status=201)
 
     async def patch(request: web.Request) -> web.Response:
@@ -161,7 +169,7 @@ def make_app(
 
     async def delete(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in node.releases:
+        if name not in node.releases and name not in node.broken:
             return _error(404, f"no release named {name!r}")
         node.remove(name)
         return web.json_response({"name": name, "removed": True})
@@ -189,9 +197,17 @@ def _number(data: dict, key: str, default: float | None) -> float | None:
     value = data.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise _bad_request(f"'{key}' must be a non-negative number or null")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or number > MAX_TARGET:
+        raise _bad_request(f"'{key}' must be a finite number from 0 to {MAX_TARGET:g}, or null")
+    return number
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _strings(data: dict, key: str) -> list[str]:

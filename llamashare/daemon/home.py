@@ -117,10 +117,11 @@ class Home:
             elif (
                 isinstance(value, bool) != (kind is bool)
                 or not isinstance(value, kind)
-                or (kind is not bool and isinstance(value, (int, float)) and value < 0)
+                or (kind is not bool and not 0 <= value <= MAX_TARGET)  # NaN fails both comparisons
             ):
                 raise ConfigError(
-                    f"{self.config_file}: {key} must be a non-negative {'boolean' if kind is bool else 'number'}"
+                    f"{self.config_file}: {key} must be "
+                    + ("true or false" if kind is bool else f"a finite number from 0 to {MAX_TARGET:g}")
                 )
             values[key] = value
         return Config(**values)
@@ -145,12 +146,21 @@ class Home:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+#: Largest ratio or seed time (seconds) a config or flag may set: finite, ~31 years of seeding.
+MAX_TARGET = 1e9
+
+
 def parse_duration(text: str) -> float:
     """'90', '90s', '30m', '2h', '1d', '1w', '1h30m' → seconds."""
     text = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
+        if not float(text) <= MAX_TARGET:
+            raise ConfigError(f"{text!r} is longer than any seeding target ({MAX_TARGET:g} s)")
         return float(text)
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h, 1d, 1h30m)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds <= MAX_TARGET:
+        raise ConfigError(f"{text!r} is longer than any seeding target ({MAX_TARGET:g} s)")
+    return seconds

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from llamashare.daemon.client import DaemonClient, start_daemon
 from llamashare.daemon.home import Home
-from llamashare.errors import FetchError, VerificationError
+from llamashare.errors import FetchError
 from llamashare.manifests.manifest import Manifest, dumps
-from llamashare.manifests.verify import verify_release
 from llamashare.p2p.status import ReleaseStatus, State
 
 POLL = 0.2
+#: Adding a release hashes what is already on disk (a publisher's whole release: BLAKE3 and
+#: SHA-256 at ~0.6 GB/s), so that one call may take minutes.
+ADD_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bo
             "peers": list(opts.peers),
             "initial_seeding": opts.initial_seeding,
         },
+        timeout=ADD_TIMEOUT,
     )
     return client
 
@@ -106,15 +109,7 @@ def fetch(
 
 
 def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
-    """Verify the uploader's files (BLAKE3 + SHA-256), then seed them until removed."""
-    reports = verify_release(manifest, opts.directory)
-    bad = [r for r in reports if not r.ok]
-    if bad:
-        raise VerificationError(
-            f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}"
-            + (f" ({bad[0].detail})" if bad[0].detail else "")
-            + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""),
-            reports,
-        )
+    """Hand the uploader's files to the daemon, which verifies them (BLAKE3 + SHA-256) before it
+    seeds them until removed; a file that is not the manifest's is refused with its name."""
     client = _submit(home, manifest, opts, seed_forever=True)
     return release_status(client, manifest.name)
