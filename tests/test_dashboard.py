@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llamashare.daemon.client import DaemonClient, start_daemon, stop_daemon
-from llamashare.daemon.dashboard import LOGIN_TTL, SESSION_TTL, Logins, RateHistory, overview
+from llamashare.daemon.dashboard import KEY_HEADER, LOGIN_TTL, SESSION_TTL, Logins, RateHistory, overview
 from llamashare.daemon.submit import FetchOptions, fetch, release_status, seed
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.p2p.status import ReleaseStatus, State
@@ -27,8 +27,11 @@ def test_a_login_link_works_once_and_expires() -> None:
     now = [1000.0]
     logins = Logins(clock=lambda: now[0])
     token = logins.issue()
-    session = logins.redeem(token)
-    assert session and logins.valid(session)
+    redeemed = logins.redeem(token)
+    assert redeemed is not None
+    session, key = redeemed
+    assert logins.valid(session) and logins.valid(session, key, need_key=True)
+    assert not logins.valid(session, None, need_key=True) and not logins.valid(session, "guess", need_key=True)
     assert logins.redeem(token) is None  # once
     late = logins.issue()
     now[0] += LOGIN_TTL + 1
@@ -160,15 +163,17 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def sign_in(client: DaemonClient) -> tuple[str, str]:
-    """The daemon's root URL and a session cookie ("name=value"), the way a browser gets one."""
+def sign_in(client: DaemonClient) -> tuple[str, str, str]:
+    """The daemon's root URL, a session cookie ("name=value") and the page key, the way a
+    browser gets them: the cookie from the link's answer, the key from the URL fragment it
+    redirects to (which a browser never sends to any server)."""
     link = client.call("POST", "/login-links")["url"]
     status, headers, _ = request(link)
-    assert status == 303 and headers["Location"] == "/"
+    assert status == 303 and headers["Location"].startswith("/#key="), headers["Location"]
     cookie = headers["Set-Cookie"]
     for attribute in ("HttpOnly", "SameSite=Strict", "Path=/"):
         assert attribute in cookie, cookie
-    return link.split("/login")[0], cookie.split(";")[0]
+    return link.split("/login")[0], cookie.split(";")[0], headers["Location"].removeprefix("/#key=")
 
 
 @pytest.mark.slow
@@ -187,28 +192,52 @@ def test_sign_in_and_what_a_cookie_may_do(homes: Homes) -> None:
     assert request(link)[0] == 403  # used
     assert request(root + "/login?token=guess")[0] == 403
 
-    root, cookie = sign_in(client)
+    root, cookie, key = sign_in(client)
     assert cookie.startswith(f"llamashare-{client.info['api_port']}=")  # one cookie per daemon port
     status, headers, body = request(root + "/", headers={"Cookie": cookie})
     assert status == 200 and b"/static/dashboard.js" in body
     assert "default-src 'none'" in headers["Content-Security-Policy"] and headers["X-Content-Type-Options"] == "nosniff"
-    status, _, body = request(root + "/api/v1/overview", headers={"Cookie": cookie})
+    status, _, body = request(root + "/api/v1/overview", headers={"Cookie": cookie, KEY_HEADER: key})
     assert status == 200 and json.loads(body)["releases"] == []
     assert request(root + "/static/dashboard.js")[0] == 200  # the package's own files are public
     assert request(root + "/static/..%2fapi.py")[0] == 404
     assert request(root + "/static/nothing.js")[0] == 404
 
+    # The cookie alone opens the page but not the API: cookies go to every port of 127.0.0.1,
+    # so another local server may receive it; without the page key it is worth nothing.
+    assert request(root + "/api/v1/overview", headers={"Cookie": cookie})[0] == 401
+    assert request(root + "/api/v1/overview", headers={"Cookie": cookie, KEY_HEADER: "guess"})[0] == 401
+    assert request(root + "/api/v1/events", headers={"Cookie": cookie})[0] == 401
+    stolen = {"Cookie": cookie, "Origin": root, "Content-Type": "application/json"}
+    assert request(root + "/api/v1/releases", "POST", {"manifest": "x", "seed_forever": True}, stolen)[0] == 401
+
     # A cookie reads; a change needs the page's own Origin (a cross-site form cannot send it).
-    assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie})[0] == 403
+    assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, KEY_HEADER: key})[0] == 403
     assert (
-        request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, "Origin": "http://evil.example"})[0] == 403
+        request(
+            root + "/api/v1/releases/x",
+            "PATCH",
+            {},
+            {"Cookie": cookie, KEY_HEADER: key, "Origin": "http://evil.example"},
+        )[0]
+        == 403
     )
-    assert request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, **origin})[0] == 404  # unknown
-    assert request(root + "/api/v1/login-links", "POST", {}, {"Cookie": cookie, **origin})[0] == 403  # token only
-    assert request(root + "/api/v1/overview", headers={"Cookie": cookie, "Host": "evil.example"})[0] == 403  # rebinding
+    assert (
+        request(root + "/api/v1/releases/x", "PATCH", {}, {"Cookie": cookie, KEY_HEADER: key, **origin})[0] == 404
+    )  # unknown
+    assert (
+        request(root + "/api/v1/login-links", "POST", {}, {"Cookie": cookie, KEY_HEADER: key, **origin})[0] == 403
+    )  # token only
+    assert (
+        request(root + "/api/v1/overview", headers={"Cookie": cookie, KEY_HEADER: key, "Host": "evil.example"})[0]
+        == 403
+    )  # rebinding
     assert request(root + "/api/v1/overview", headers={"Cookie": "llamashare-1=forged"})[0] == 401
     bad = request(
-        root + "/api/v1/releases", "POST", None, {"Cookie": cookie, **origin, "Content-Type": "application/json"}
+        root + "/api/v1/releases",
+        "POST",
+        None,
+        {"Cookie": cookie, KEY_HEADER: key, **origin, "Content-Type": "application/json"},
     )
     assert bad[0] == 400
 
@@ -216,7 +245,7 @@ def test_sign_in_and_what_a_cookie_may_do(homes: Homes) -> None:
     stop_daemon(home)
     client = start_daemon(home)
     root = client.base.removesuffix("/api/v1")
-    assert request(root + "/api/v1/overview", headers={"Cookie": cookie})[0] == 401
+    assert request(root + "/api/v1/overview", headers={"Cookie": cookie, KEY_HEADER: key})[0] == 401
 
 
 @pytest.mark.slow
@@ -229,8 +258,8 @@ def test_pause_resume_and_add_into_the_store(tmp_path: Path, homes: Homes) -> No
     seed(publisher, m, FetchOptions(directory=src))
     peer = f"127.0.0.1:{DaemonClient(publisher).info['listen_port']}"
     client = start_daemon(node)
-    root, cookie = sign_in(client)
-    auth = {"Cookie": cookie, "Origin": root}
+    root, cookie, key = sign_in(client)
+    auth = {"Cookie": cookie, KEY_HEADER: key, "Origin": root}
 
     # Added from the page: no folder given, so the files go to the store, and it is listed there.
     text = (tmp_path / "rel.toml").read_text()
@@ -274,8 +303,8 @@ def test_events_stream_history_then_updates_and_shows_running_steps(tmp_path: Pa
     entry = Store(home.models_dir).add(m)
     entry.set_activity("quantize", "quantize to Q4_K_M", 25, 100)  # this test's pid: a live step
     time.sleep(1.5)  # at least one history sample
-    root, cookie = sign_in(client)
-    req = urllib.request.Request(root + "/api/v1/events", headers={"Cookie": cookie})
+    root, cookie, key = sign_in(client)
+    req = urllib.request.Request(root + f"/api/v1/events?key={key}", headers={"Cookie": cookie})
     events = []
     with urllib.request.urlopen(req, timeout=10) as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
@@ -299,6 +328,8 @@ def test_events_stream_history_then_updates_and_shows_running_steps(tmp_path: Pa
     entry.activity_path.write_text(json.dumps(doc))
     assert entry.activity() is None
     assert (
-        json.loads(request(root + "/api/v1/overview", headers={"Cookie": cookie})[2])["releases"][0]["state"]
+        json.loads(request(root + "/api/v1/overview", headers={"Cookie": cookie, KEY_HEADER: key})[2])["releases"][0][
+            "state"
+        ]
         == "stored"
     )

@@ -2,7 +2,9 @@
 
 Every request needs ``Authorization: Bearer <token>`` (the token is in the home's
 ``daemon.token``, mode 0600) or the dashboard's session cookie (HttpOnly, SameSite=Strict, opened
-by a one-time link from ``llamashare dashboard``); none → 401, a wrong one → 403. ``Host`` must
+by a one-time link from ``llamashare dashboard``) with its page key (``X-Llamashare-Key``: cookies
+reach every port of 127.0.0.1, the key only the page; see dashboard.Logins); none → 401, a
+wrong token → 403. ``Host`` must
 name the loopback address and port we listen on, and an ``Origin``, when sent, must be that same
 origin: a web page the user visits can neither read the API through DNS rebinding nor drive it
 cross-site. A cookie-authenticated change (POST/PATCH/DELETE) must also carry that ``Origin``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -27,6 +28,8 @@ from llamashare.store import Entry, Store
 
 LOGIN_TTL = 300.0  # a login link works once, within five minutes of being printed
 SESSION_TTL = 12 * 3600.0  # then the page asks for a new link
+#: The header (or, for the event stream, the ``key`` query parameter) carrying the page key.
+KEY_HEADER = "X-Llamashare-Key"
 HISTORY = 600  # rate samples kept, one a second: the charts show the last ten minutes
 EVERY = 1.0  # seconds between samples and between live updates
 WEB = Path(__file__).with_name("web")
@@ -65,34 +68,39 @@ class Logins:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._links: dict[bytes, float] = {}
-        self._sessions: dict[bytes, float] = {}
+        self._sessions: dict[bytes, tuple[float, bytes]] = {}  # digest → (expiry, digest of its page key)
 
     def issue(self) -> str:
         token = secrets.token_urlsafe(32)
         self._links[_digest(token)] = self.clock() + LOGIN_TTL
         return token
 
-    def redeem(self, token: str) -> str | None:
-        """A new session for a link's token, once; None if unknown, used or expired."""
+    def redeem(self, token: str) -> tuple[str, str] | None:
+        """A new session (cookie value, page key) for a link's token, once; None if unknown,
+        used or expired. The cookie opens the page; the API also needs the page key, which
+        reaches the page in the URL fragment and no other way, so a replayed cookie is not enough."""
         now = self.clock()
         expires = self._links.pop(_digest(token), None)
         self._prune(now)
         if expires is None or expires < now:
             return None
-        session = secrets.token_urlsafe(32)
-        self._sessions[_digest(session)] = now + SESSION_TTL
-        return session
+        session, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self._sessions[_digest(session)] = (now + SESSION_TTL, _digest(key))
+        return session, key
 
-    def valid(self, session: str | None) -> bool:
+    def valid(self, session: str | None, key: str | None = None, need_key: bool = False) -> bool:
         if not session:
             return False
-        expires = self._sessions.get(_digest(session))
-        return expires is not None and expires >= self.clock()
+        found = self._sessions.get(_digest(session))
+        if found is None or found[0] < self.clock():
+            return False
+        return not need_key or (key is not None and hmac.compare_digest(found[1], _digest(key)))
 
     def _prune(self, now: float) -> None:
-        for table in (self._links, self._sessions):
-            for key in [k for k, t in table.items() if t < now]:
-                del table[key]
+        for key in [k for k, t in self._links.items() if t < now]:
+            del self._links[key]
+        for key in [k for k, (t, _) in self._sessions.items() if t < now]:
+            del self._sessions[key]
 
 
 class RateHistory:
@@ -217,7 +225,9 @@ class Dashboard:
         self.closing.set()
 
     def signed_in(self, request: web.Request) -> bool:
-        return self.logins.valid(request.cookies.get(self.cookie))
+        """The cookie opens the page; an API call needs the page key with it as well."""
+        key = request.headers.get(KEY_HEADER) or request.query.get("key")
+        return self.logins.valid(request.cookies.get(self.cookie), key, need_key=request.path.startswith("/api/"))
 
     # --------------------------------------------------------------- data
 
@@ -257,14 +267,17 @@ class Dashboard:
         return web.FileResponse(WEB / name, headers={**PAGE_HEADERS, "Content-Type": TYPES[Path(name).suffix]})
 
     async def login(self, request: web.Request) -> web.Response:
-        session = self.logins.redeem(request.query.get("token", ""))
-        if session is None:
+        redeemed = self.logins.redeem(request.query.get("token", ""))
+        if redeemed is None:
             return message_page(
                 403,
                 "This login link was used already or has expired",
                 "Run <code>llamashare dashboard</code> for a new one.",
             )
-        response = web.HTTPSeeOther("/", headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+        session, key = redeemed
+        response = web.HTTPSeeOther(
+            f"/#key={key}", headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+        )
         response.set_cookie(self.cookie, session, max_age=int(SESSION_TTL), path="/", httponly=True, samesite="Strict")
         return response
 

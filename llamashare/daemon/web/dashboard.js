@@ -32,10 +32,24 @@ function toast(text, bad = false) {
 
 // ------------------------------------------------------------------ the API
 
+// The session cookie alone does not open the API: every call also carries this page's key,
+// which the login link handed over in the URL fragment (never sent to any server) and which
+// lives only in this tab. A process that got hold of the cookie has no key.
+const PAGE_KEY = (() => {
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromLink) {
+    sessionStorage.setItem("llamashare-key", fromLink);
+    history.replaceState(null, "", "/");
+  }
+  return sessionStorage.getItem("llamashare-key") || "";
+})();
+
 async function api(method, path, body) {
+  const headers = { "X-Llamashare-Key": PAGE_KEY };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method,
-    headers: body === undefined ? {} : { "Content-Type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const doc = await response.json().catch(() => ({}));
@@ -222,13 +236,13 @@ function render(doc) {
 
 function connect() {
   const live = $("#live");
-  const events = new EventSource("/api/v1/events");
+  const events = new EventSource(`/api/v1/events?key=${encodeURIComponent(PAGE_KEY)}`);
   events.onopen = () => { live.textContent = "live"; live.classList.remove("off"); };
   events.onmessage = (event) => render(JSON.parse(event.data));
   events.onerror = async () => {
     live.textContent = "reconnecting";
     live.classList.add("off");
-    const check = await fetch("/api/v1/overview").catch(() => null);
+    const check = await fetch("/api/v1/overview", { headers: { "X-Llamashare-Key": PAGE_KEY } }).catch(() => null);
     if (check && (check.status === 401 || check.status === 403)) {
       events.close();
       live.textContent = "signed out";
