@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -123,14 +124,36 @@ class Manifest:
 # --------------------------------------------------------------------------- validation helpers
 
 
+#: Characters a manifest's text may never hold: C0 controls (but tab and newline in multi-line
+#: fields), DEL, C1 controls (\x9b is a one-byte CSI on some terminals) and the Unicode bidi and
+#: invisible-format controls that reorder or hide text (a forged "signature ok" line, a file
+#: name that reads backwards). Printed on a terminal they would be commands, not text.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+#: Characters no portable file name holds (Windows refuses them; shells and globs trip on them).
+_UNPORTABLE_PATH_CHARS = set('<>:"|?*')
+
+
+def unsafe_char(text: str, multiline: bool = False) -> str | None:
+    """The first character of ``text`` that must not reach a terminal, as ``U+XXXX``, or None."""
+    found = _UNSAFE_CHARS.search(text)
+    if found is None and not multiline and ("\n" in text or "\t" in text):
+        return "U+000A" if "\n" in text else "U+0009"
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
 def check_relative_path(path: object, where: str) -> str:
     """A release path must stay inside the release folder on every OS we care about."""
     if not isinstance(path, str) or not path:
         raise ManifestError(where, "must be a non-empty string")
-    if "\\" in path or "\x00" in path or any(ord(c) < 0x20 for c in path):
-        raise ManifestError(where, f"{path!r} contains a backslash or control character")
+    bad = unsafe_char(path)
+    if "\\" in path or bad:
+        raise ManifestError(where, f"{path!r} contains a backslash or control character ({bad or 'U+005C'})")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise ManifestError(where, f"{path!r} is absolute; paths must be relative to the release folder")
+    if any(c in _UNPORTABLE_PATH_CHARS for c in path):
+        raise ManifestError(where, f'{path!r} contains a character no portable file name holds (one of <>:"|?*)')
+    if unicodedata.normalize("NFC", path) != path:
+        raise ManifestError(where, f"{path!r} is not in Unicode NFC form (macOS would store it under another name)")
     if len(path.encode()) > MAX_PATH_BYTES:
         raise ManifestError(where, f"path is longer than {MAX_PATH_BYTES} bytes")
     for comp in path.split("/"):
@@ -183,18 +206,21 @@ def _hex(value: Any, key: str, where: str) -> str:
     return value
 
 
-def _text(table: Mapping[str, Any], key: str, where: str, limit: int) -> str:
+def _text(table: Mapping[str, Any], key: str, where: str, limit: int, multiline: bool = True) -> str:
     value = _require(table, key, str, where)
     if not value.strip():
         raise ManifestError(where + key, "must not be empty")
     if len(value) > limit:
         raise ManifestError(where + key, f"is longer than {limit} characters")
+    bad = unsafe_char(value, multiline)
+    if bad:
+        raise ManifestError(where + key, f"contains a control or bidi character ({bad}); it would be printed raw")
     return value
 
 
 def _url(value: Any, where: str, schemes: tuple[str, ...]) -> str:
     value = _typed(value, str, where)
-    if not re.match(rf"^({'|'.join(schemes)})://[^\s/]+", value) or len(value) > 2048:
+    if not re.match(rf"^({'|'.join(schemes)})://[^\s/]+", value) or len(value) > 2048 or unsafe_char(value):
         raise ManifestError(where, f"{value!r} is not a {'/'.join(schemes)} URL")
     return value
 
@@ -281,7 +307,7 @@ def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manife
     manifest = Manifest(
         format_version=version,
         name=name,
-        version=_text(doc, "version", "", 64),
+        version=_text(doc, "version", "", 64, multiline=False),
         kind=kind,
         license=_text(doc, "license", "", 100_000),
         description=_text(doc, "description", "", 100_000),

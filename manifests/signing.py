@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,13 +39,19 @@ def generate_keypair(private_path: Path, force: bool = False) -> tuple[Path, str
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_path.with_name(private_path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, private_path)
+    # A fresh file of our own (O_EXCL: never one that is already there, a planted symlink
+    # included, whose mode or target someone else chose), 0600 from its first byte.
+    fd, tmp = tempfile.mkstemp(dir=private_path.parent, prefix=f".{private_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, private_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     text = public_key_text(key.public_key())
     public_path.write_text(text + "\n")
     return public_path, text
@@ -116,7 +123,10 @@ def check_publisher(manifest: Manifest, pins: dict[str, str]) -> str | None:
     or ``*`` for --key) to key hex. A manifest whose name matches a pin must be validly signed by
     one of the matching keys; any other manifest passes if unsigned, and a signature it carries
     must hold. Returns the signer's key hex (or None if unsigned)."""
-    keys = {key: pattern for pattern, key in pins.items() if fnmatch.fnmatchcase(manifest.name, pattern)}
+    # Case-insensitively: "Llama-7b" must not slip past a "llama-*" pin (release names become
+    # folder names, and case-insensitive file systems treat the two as one).
+    name = manifest.name.casefold()
+    keys = {key: pattern for pattern, key in pins.items() if fnmatch.fnmatchcase(name, pattern.casefold())}
     if not keys:
         return verify_signature(manifest)
     sig = manifest.signature

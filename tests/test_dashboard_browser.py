@@ -62,7 +62,7 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> o
     raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
 
 
-def card_text(driver, name: str, field: str) -> str:  # type: ignore[no-untyped-def]
+def card_text(driver, name: str, field: str) -> str:
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     try:

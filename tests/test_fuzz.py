@@ -61,7 +61,7 @@ def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
     return bytes(buf)
 
 
-def _attempt(target: str, path: Path, read) -> None:  # type: ignore[no-untyped-def]
+def _attempt(target: str, path: Path, read) -> None:
     counts = TRIED.setdefault(target, [0, 0])
     counts[0] += 1
     try:

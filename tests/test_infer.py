@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -40,6 +41,7 @@ from llamashare.quant.convert import convert
 from llamashare.quant.quantize import quantize_file
 from llamashare.sample import SampleConfig, write_sample_model
 from tests.checkpoints import write_meta
+from tests.float_reference import float32_copy
 
 TEXTS = [
     "Hello world",
@@ -56,6 +58,7 @@ TEXTS = [
 ]
 PROMPT = "The capital of France is"
 TINY = SampleConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4)
+T = gguf.GGMLQuantizationType
 
 
 def llama_cpp(path: Path, n_ctx: int = 256, **kw: object) -> LlamaCpp:
@@ -71,7 +74,7 @@ def prose(chars: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def smollm2_as(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def smollm2_as(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2 requantized to a preset (made once per session), or the shipped Q4_1 file."""
     root = tmp_path_factory.mktemp("smollm2")
     made: dict[str, Path] = {"Q4_1": smollm2}
@@ -86,7 +89,7 @@ def smollm2_as(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):  # type
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def tiny(tmp_path_factory: pytest.TempPathFactory):
     """The generated sample model (256 wide, so K-quants apply) as f32 and --pure quantizations."""
     root = tmp_path_factory.mktemp("tiny")
     write_sample_model(root / "hf", TINY)
@@ -120,7 +123,7 @@ def test_tokens_equal_llama_cpp_smollm2_bpe(smollm2: Path) -> None:
     assert_same_tokens(smollm2, TEXTS + [prose(3000)])
 
 
-def test_tokens_equal_llama_cpp_gpt2_sample(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_equal_llama_cpp_gpt2_sample(tiny) -> None:
     assert_same_tokens(tiny("F32"), TEXTS)
 
 
@@ -135,44 +138,149 @@ def test_tokens_equal_llama_cpp_sentencepiece(tmp_path: Path) -> None:
 # -- forward pass and generation ---------------------------------------------------------------
 
 
-def compare_greedy(path: Path, prompt: str, steps: int = 32) -> tuple[float, int, str]:
-    """First-step max |logit difference| relative to the logit range, the number of identical
-    greedy tokens, and how the run ended ("same" or "tie at step i")."""
+@dataclass
+class Run:
+    """Our engine and llama.cpp on one file, and llama.cpp on its float32 copy (the reference R),
+    teacher-forced along llama.cpp's greedy tokens. Per step: distances to R as max |Δlogit| /
+    max |R|, llama.cpp's top-2 margin (logits), and whether our argmax is llama.cpp's."""
+
+    ours: list[float]
+    theirs: list[float]
+    between: list[float]  # ours vs llama.cpp
+    margin: list[float]
+    agree: list[bool]
+
+    def decisive(self, bound: float) -> list[int]:
+        """Steps where llama.cpp's own top-2 margin exceeds ``bound``."""
+        return [i for i, m in enumerate(self.margin) if m > bound]
+
+    def summary(self, bound: float) -> str:
+        judged = self.decisive(bound)
+        return (
+            f"first-step max |Δlogit| / max |R|: ours {self.ours[0]:.4f}, llama.cpp {self.theirs[0]:.4f} "
+            f"(between them {self.between[0]:.4f}); mean over {len(self.ours)} steps: ours "
+            f"{np.mean(self.ours):.4f}, llama.cpp {np.mean(self.theirs):.4f}; same token at "
+            f"{sum(self.agree)}/{len(self.agree)} steps, at {sum(self.agree[i] for i in judged)}/{len(judged)} "
+            f"with llama.cpp's margin > {bound}"
+        )
+
+
+def compare(path: Path, reference: Path, prompt: str, steps: int = 32) -> Run:
     ours = Llama(path, n_ctx=256)
-    tok = GGUFTokenizer(ours.file)
-    ids = tok.encode(prompt)
-    ref = llama_cpp(path)
+    ids = GGUFTokenizer(ours.file).encode(prompt, True, True)
+    theirs, ref = llama_cpp(path), llama_cpp(reference)
+    theirs.eval(ids)
     ref.eval(ids)
     x = ours.prefill(ids)
-    r = np.array(ref.scores[len(ids) - 1])
-    first = float(np.abs(x - r).max() / np.abs(r).max())
+    run = Run([], [], [], [], [])
     for step in range(steps):
-        r = np.array(ref.scores[ref.n_tokens - 1])
-        a, b = int(np.argmax(x)), int(np.argmax(r))
-        if a != b:
-            noise = float(np.abs(x - r).max())
-            assert r[b] - r[a] <= noise, f"step {step}: chose {a}, llama.cpp {b} by {r[b] - r[a]:.3f}: not a tie"
-            return first, step, f"tie at step {step}"
-        x = ours.forward([a])
-        ref.eval([b])
-    return first, steps, "same"
+        c, r = np.array(theirs.scores[theirs.n_tokens - 1]), np.array(ref.scores[ref.n_tokens - 1])
+        scale = float(np.abs(r).max())
+        run.ours.append(float(np.abs(x - r).max()) / scale)
+        run.theirs.append(float(np.abs(c - r).max()) / scale)
+        run.between.append(float(np.abs(x - c).max()) / scale)
+        top2 = np.partition(c, -2)[-2:]
+        run.margin.append(float(top2[1] - top2[0]))
+        b = int(np.argmax(c))
+        run.agree.append(int(np.argmax(x)) == b)
+        if step + 1 < steps:
+            x = ours.forward([b])
+            theirs.eval([b])
+            ref.eval([b])
+    return run
 
 
-SMOLLM2_TYPES = ["Q4_1", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_0"]
+def reference_for(path: Path, tmp_path: Path) -> Path:
+    """The float32 copy of ``path``'s weights (the file itself if it is float32 already)."""
+    if all(t.ggml_type == T.F32 for t in ModelFile(path).tensors.values()):
+        return path
+    return float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf")
+
+
+#: Chat-formatted, so the answer (a list of planets) has many clear greedy choices.
+CHAT_PROMPT = (
+    "<|im_start|>user\nName the planets of the solar system in order, from the Sun outwards.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+SMOLLM2_TYPES = [
+    "Q4_1",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_1",
+    "Q5_0",
+    "Q4_K_M",
+    "Q4_0",
+    "Q3_K_M",
+    "Q2_K",
+]
+#: Bounds, fixed in advance (measured values in the test's docstring), for float files and for
+#: quantized ones: how much farther from R than llama.cpp our logits may be, at the first step and
+#: on average over the run; an absolute cap at the first step; and the top-2 margin (logits) above
+#: which llama.cpp's choice is not a tie, so ours must be the same.
+FLOAT, QUANT = "float", "quantized"
+SLACK_FIRST = {FLOAT: 0.005, QUANT: 0.05}
+SLACK_MEAN = {FLOAT: 0.002, QUANT: 0.015}
+CAP_FIRST = {FLOAT: 0.01, QUANT: 0.15}
+DECISIVE = {FLOAT: 0.5, QUANT: 2.0}
+
+
+def family(preset: str) -> str:
+    return FLOAT if preset in ("F32", "F16", "BF16") else QUANT
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", SMOLLM2_TYPES)
-def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as) -> None:  # type: ignore[no-untyped-def]
-    first, same, how = compare_greedy(smollm2_as(preset), PROMPT)
-    print(
-        f"SmolLM2 {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})"
-    )
-    assert first < (0.02 if preset in ("F16", "BF16") else 0.1)
-    assert same >= 5  # the first tokens of a clear answer are never ties
+def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SmolLM2 in every preset: our logits are as close to the float32 reference R (the same
+    weights decoded by ggml, run by llama.cpp) as llama.cpp's own, and where llama.cpp's choice is
+    clear our greedy token is the same.
+
+    Why R and not llama.cpp's quantized logits: both engines round every activation before a
+    quantized product (Q8_0/Q8_1/Q8_K), and that rounding is a step function, so a last-bit
+    difference in a sum (summation order: CPU kernels, batching) moves a value by a whole step;
+    through 30 layers this leaves each engine a different draw of the same rounding noise.
+    llama.cpp picks CPU-specific kernels (Q4_0 and Q4_K are repacked into interleaved 8-row
+    blocks, q4_0_8x8 / q4_K_8x8, on AVX2 and AVX-512 CPUs; AVX-512 builds sum in other orders), so
+    its draw differs between CPUs, and a direct bound on ours vs llama.cpp judges the CPU.
+
+    Measured on AMD EPYC (Zen 3, AVX2, no AVX-512; llama-cpp-python 0.3.36 built -march=native),
+    prompt "The capital of France is", over re-batchings of both engines (other summation
+    orders): Q4_0 first-step distance to R, ours 0.060-0.092, llama.cpp 0.067-0.083 (each other
+    0.043-0.066); 32-step means ours 0.030-0.036, llama.cpp 0.033-0.036. On an Intel Xeon
+    (AVX-512, VNNI) ours vs llama.cpp was 0.0804 at the first step, inside that noise: within the
+    first-step slack (0.05) whenever our distance to R is at most ~0.065 as here. The other
+    types: first-step distances 0.001 (F16), 0.006-0.008 (BF16), 0.03-0.14 (quantized; Q3_K_M
+    the widest); 32-step means differ by at most 0.0084 (Q4_K_M: ours 0.054, llama.cpp 0.045),
+    against a slack of 0.015. A decoding bug is far outside: Q4_0 without its -8 offset, or
+    with its scale 10% off, puts ours at 0.5-1 of the logit range.
+
+    Greedy tokens are compared where llama.cpp's top-2 margin exceeds 2 logits (0.5 for F16 and
+    BF16). Between the engines that margin moved by at most 1.16 logits (Q3_K_M; F16 0.013,
+    BF16 0.09); SmolLM2's first token after "The capital of France is" is a near-tie (Q4_0:
+    0.17 in llama.cpp, 0.09 in R, whose choice differs), which is why that prompt failed on the
+    Xeon, and why this one asks for a list instead. At least 8 of the 32 steps must be judged.
+    """
+    path = smollm2_as(preset)
+    types = {t.ggml_type for t in ModelFile(path).tensors.values()}
+    if preset == "Q2_K":
+        # SmolLM2's rows (576) are no multiple of 256, so only ffn_down (1536) keeps a K type
+        # (Q3_K under this preset, as llama-quantize does): no Q2_K block on this model.
+        assert T.Q3_K in types
+    run = compare(path, reference_for(path, tmp_path), CHAT_PROMPT)
+    kind = family(preset)
+    print(f"SmolLM2 {preset}: {run.summary(DECISIVE[kind])}")
+    assert run.ours[0] <= run.theirs[0] + SLACK_FIRST[kind]
+    assert run.ours[0] <= CAP_FIRST[kind]
+    assert np.mean(run.ours) <= np.mean(run.theirs) + SLACK_MEAN[kind]
+    judged = run.decisive(DECISIVE[kind])
+    assert len(judged) >= 8, judged
+    differ = [(i, round(run.margin[i], 2)) for i in judged if not run.agree[i]]
+    assert not differ, f"llama.cpp chose otherwise by a clear margin at (step, margin) {differ}"
 
 
-T = gguf.GGMLQuantizationType
 EVERY_TYPE = {
     "F32": T.F32,
     "F16": T.F16,
@@ -182,6 +290,8 @@ EVERY_TYPE = {
     "Q4_1": T.Q4_1,
     "Q5_0": T.Q5_0,
     "Q5_1": T.Q5_1,
+    "Q2_K": T.Q2_K,
+    "Q3_K_S": T.Q3_K,
     "Q4_K_S": T.Q4_K,
     "Q5_K_S": T.Q5_K,
     "Q6_K": T.Q6_K,
@@ -189,20 +299,26 @@ EVERY_TYPE = {
 
 
 @pytest.mark.parametrize("preset", EVERY_TYPE)
-def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny) -> None:  # type: ignore[no-untyped-def]
-    """Every tensor type the engine reads (--pure files), on the generated model. Its random
-    weights give near-uniform logits, so ties come early for quantized types."""
+def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every tensor type the engine reads (--pure files), on the generated model, with the
+    claims and bounds of the SmolLM2 test. Its random weights give near-uniform logits, so few
+    steps are clear choices for quantized types."""
     path = tiny(preset)
     assert EVERY_TYPE[preset] in {t.ggml_type for t in ModelFile(path).tensors.values()}
-    first, same, how = compare_greedy(path, "the rain in spain")
-    print(f"tiny {preset}: first-step max |Δlogit| / max |logit| = {first:.4f}; {same} identical greedy tokens ({how})")
-    assert first < (0.01 if preset.startswith(("F", "B")) else 0.1)
+    run = compare(path, reference_for(path, tmp_path), "the rain in spain")
+    kind = family(preset)
+    print(f"tiny {preset}: {run.summary(DECISIVE[kind])}")
+    assert run.ours[0] <= run.theirs[0] + SLACK_FIRST[kind]
+    assert run.ours[0] <= CAP_FIRST[kind]
+    assert np.mean(run.ours) <= np.mean(run.theirs) + SLACK_MEAN[kind]
+    differ = [(i, round(run.margin[i], 2)) for i in run.decisive(DECISIVE[kind]) if not run.agree[i]]
+    assert not differ, f"llama.cpp chose otherwise by a clear margin at (step, margin) {differ}"
     if preset in ("F32", "F16"):
-        assert same == 32
+        assert all(run.agree)
 
 
 @pytest.mark.parametrize("preset", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q5_K_S", "Q6_K"])
-def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:  # type: ignore[no-untyped-def]
+def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:
     """A prompt batch (slabs of dequantized rows) agrees with float32 copies; single tokens run
     the same block kernels in both, reading the blocks rather than the 4-byte copies.
     Single tokens agree to a few percent, not to float32 rounding: the batches leave caches that
@@ -219,7 +335,7 @@ def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:  # ty
     assert dense.token_bytes == streamed.token_bytes and dense.weight_bytes > 3 * streamed.token_bytes
 
 
-def test_cache_reuse_gives_the_same_logits(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_cache_reuse_gives_the_same_logits(tiny) -> None:
     m = Llama(tiny("F32"), n_ctx=64)
     a = m.prefill([1, 5, 6, 7, 8, 9])
     m.prefill([1, 5, 6, 40, 41])  # shares 3 tokens with the cache
@@ -263,7 +379,7 @@ def llama_cpp_perplexity(path: Path, text: str, n_ctx: int) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["Q8_0", "Q4_K_M"])
-def test_perplexity_within_one_percent_of_llama_cpp(preset: str, smollm2_as) -> None:  # type: ignore[no-untyped-def]
+def test_perplexity_within_one_percent_of_llama_cpp(preset: str, smollm2_as) -> None:
     path, text = smollm2_as(preset), prose(6000)
     m = Llama(path, n_ctx=256)
     ours = perplexity(m, GGUFTokenizer(m.file), text, 256)
@@ -275,7 +391,7 @@ def test_perplexity_within_one_percent_of_llama_cpp(preset: str, smollm2_as) -> 
     assert abs(ours.ppl / theirs - 1) < 0.01
 
 
-def test_perplexity_needs_two_contexts_of_text(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_perplexity_needs_two_contexts_of_text(tiny) -> None:
     m = Llama(tiny("F32"), n_ctx=64)
     with pytest.raises(InferenceError, match="needs at least 128"):
         perplexity(m, GGUFTokenizer(m.file), "too short", 64)
@@ -322,7 +438,7 @@ def test_chat_template_renders_as_llama_cpp_python_does(smollm2: Path) -> None:
     assert len(m.cache) > held and stats.prompt_tokens > held  # the whole conversation, most of it reused
 
 
-def test_hostile_template_cannot_reach_python(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_template_cannot_reach_python(tiny) -> None:
     m = Llama(tiny("F32"), n_ctx=64)
     evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(InferenceError, match="chat template failed"):
@@ -332,7 +448,7 @@ def test_hostile_template_cannot_reach_python(tiny) -> None:  # type: ignore[no-
 # -- the command line and bad input ------------------------------------------------------------
 
 
-def test_run_prints_text_and_speeds(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_run_prints_text_and_speeds(tiny) -> None:
     result = CliRunner().invoke(cli, ["run", str(tiny("Q8_0")), "-p", "the rain", "-n", "8", "--temp", "0"])
     assert result.exit_code == 0, result.output
     assert "generation: " in result.output and "tok/s" in result.output
@@ -343,7 +459,7 @@ def test_run_prints_text_and_speeds(tiny) -> None:  # type: ignore[no-untyped-de
     assert seeded[0] == seeded[1] and seeded[0].strip()
 
 
-def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> None:
     src = tiny("F32")
     # an architecture llamashare does not run
     w = gguf.GGUFWriter(tmp_path / "gpt2.gguf", "gpt2")
@@ -374,7 +490,7 @@ def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> Non
     assert result.exit_code == 2 and "the context holds 32" in result.output
 
 
-def test_ctrl_c_stops_generation_cleanly(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_stops_generation_cleanly(tiny) -> None:
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -24,6 +24,7 @@ from llamashare.manifests.manifest import (
     manifest_id,
     parse_manifest,
     to_dict,
+    unsafe_char,
 )
 from llamashare.manifests.torrent import TorrentFile, build_torrent, canonical_order, file_root, read_torrent
 
@@ -89,9 +90,9 @@ def manifests(draw: st.DrawFn) -> Manifest:
     kind = draw(st.sampled_from(["full", "delta"]))
     return Manifest(
         name=name,
-        version=draw(st.text(min_size=1, max_size=10).filter(str.strip)),
+        version=draw(st.text(min_size=1, max_size=10).filter(lambda v: v.strip() and unsafe_char(v) is None)),
         license=draw(st.sampled_from(["Apache-2.0", "llama2", "MIT\nwith text"])),
-        description=draw(st.text(min_size=1, max_size=50).filter(str.strip)),
+        description=draw(st.text(min_size=1, max_size=50).filter(lambda d: d.strip() and unsafe_char(d, True) is None)),
         homepage=draw(st.none() | st.just("https://example.org/model")),
         trackers=trackers,
         web_seeds=tuple(draw(st.lists(st.just("http://127.0.0.1:9000/m/"), max_size=1))),
@@ -217,6 +218,19 @@ HOSTILE = [
     ),
     ("signature", {"algorithm": "ed25519", "public_key": "00", "value": HEX64 * 2}, "signature.public_key", "hex"),
     ("base", {"name": "llama", "manifest_sha256": HEX64}, "base", "only allowed"),
+    # Terminal escapes: text that would be commands on a terminal (clipboard, cursor, reordering).
+    ("license", "MIT\x1b]52;c;aGk=\x07\x1b[1A\x1b[2K", "license", "U+001B"),
+    ("description", "fine\u202egnp.exe", "description", "U+202E"),
+    ("version", "1.0\nsignature ok", "version", "U+000A"),
+    ("version", "1\x9b2J", "version", "U+009B"),
+    ("homepage", "https://example.org/\x1b[2J", "homepage", "not a http/https URL"),
+    ("trackers", ["udp://t.example:1/\x07"], "trackers[0]", "URL"),
+    ("files.0.path", "a\x7fb", "files[0].path", "U+007F"),
+    ("files.0.path", "a\x9bb", "files[0].path", "U+009B"),
+    ("files.0.path", "evil\u202etxt.exe", "files[0].path", "U+202E"),
+    ("files.0.path", "what?.bin", "files[0].path", "portable file name"),
+    ("files.0.path", "a|b", "files[0].path", "portable file name"),
+    ("files.0.path", "cafe\u0301.bin", "files[0].path", "NFC"),
 ]
 
 
@@ -329,3 +343,11 @@ def test_documented_example_is_valid() -> None:
         "[signature]",
     ):
         assert key in text
+
+
+def test_untrusted_text_reaches_the_terminal_escaped() -> None:
+    from llamashare.ui import printable
+
+    assert printable("a\x1b[2Kb\u202ec\x9bd\x07") == "a\\x1b[2Kb\\u202ec\\x9bd\\x07"
+    assert printable("two\nlines\tok") == "two\nlines\tok" and printable("one\nline", multiline=False) == "one\\nline"
+    assert printable("café — ünïcode ✓") == "café — ünïcode ✓"  # printable text is left alone

@@ -133,3 +133,36 @@ def test_fetch_refuses_an_unpinned_signer_before_downloading(signed: Signed, tmp
     (home / "config.toml").write_text('[publishers]\n"sample-*" = "not a key"\n')
     p = cli(Home(home), "fetch", str(tmp_path / "signed.toml"))
     assert p.returncode == 2 and "publishers.sample-*" in p.stderr, p.stderr
+
+
+def test_publisher_pins_ignore_letter_case(signed: Signed) -> None:
+    """An unsigned 'Sample-Llama' must not pass a 'sample-*' pin (nor the other way round)."""
+    m, key, _ = signed
+    shouty = replace(m.unsigned(), name="Sample-LLAMA")
+    with pytest.raises(SignatureError, match="refusing 'Sample-LLAMA': it is not signed"):
+        check_publisher(shouty, {"sample-*": key})
+    with pytest.raises(SignatureError, match="it is not signed"):
+        check_publisher(m.unsigned(), {"SAMPLE-*": key})
+
+
+def test_keygen_never_writes_through_a_planted_temp_file(tmp_path: Path) -> None:
+    """A KEY.tmp already there (world-readable, or a symlink to elsewhere) is not used."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched")
+    (tmp_path / "k.key.tmp").symlink_to(elsewhere)
+    loose = tmp_path / ".k.key.tmp"
+    loose.write_text("")
+    loose.chmod(0o644)
+    generate_keypair(tmp_path / "k.key")
+    assert elsewhere.read_text() == "untouched" and loose.read_text() == ""
+    assert stat.S_IMODE(os.stat(tmp_path / "k.key").st_mode) == 0o600
+    assert load_private_key(tmp_path / "k.key") is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".k.key.") and p != loose]  # no leftovers
+
+
+def test_a_nodes_home_is_private(homes: Homes) -> None:
+    from llamashare.daemon.client import start_daemon
+
+    home = homes("n")
+    start_daemon(home)
+    assert stat.S_IMODE(os.stat(home.root).st_mode) == 0o700  # token, ports, log, release list

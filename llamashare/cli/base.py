@@ -14,7 +14,7 @@ import platformdirs
 
 from llamashare import __version__
 from llamashare.errors import EXIT_FAILURE, LlamashareError
-from llamashare.ui import err, human_size
+from llamashare.ui import err, human_size, printable
 
 if TYPE_CHECKING:
     from llamashare.manifests.manifest import Manifest
@@ -33,11 +33,11 @@ class Commands(click.Group):
         try:
             return super().invoke(ctx)
         except LlamashareError as exc:
-            err.print(f"error: {exc}", markup=False)
+            err.print(f"error: {printable(exc, multiline=False)}", markup=False)
             ctx.exit(exc.exit_code)
         except OSError as exc:  # disk full, permission denied... outside any known check
             where = f" {exc.filename}:" if exc.filename else ""
-            err.print(f"error:{where} {exc.strerror or exc}", markup=False)
+            err.print(printable(f"error:{where} {exc.strerror or exc}", multiline=False), markup=False)
             ctx.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
             err.print("interrupted")

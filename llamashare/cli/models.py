@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from llamashare.cli.base import CONTEXT, cli
-from llamashare.ui import human_size
+from llamashare.ui import human_size, printable
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
@@ -26,7 +26,7 @@ def _seeding_states(home: Home) -> dict[str, ReleaseStatus]:
 def _seeding_text(r: ReleaseStatus | None) -> tuple[str, str]:
     if r is None:
         return "not in the daemon", "-"
-    return r.state + (f": {r.error}" if r.error else ""), f"{r.ratio:.2f}"
+    return r.state + (f": {printable(r.error, multiline=False)}" if r.error else ""), f"{r.ratio:.2f}"
 
 
 @cli.command("list", context_settings=CONTEXT)

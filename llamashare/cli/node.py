@@ -10,7 +10,7 @@ import click
 
 from llamashare.cli.base import CONTEXT, cli, network_options
 from llamashare.errors import EXIT_FAILURE
-from llamashare.ui import err, human_size
+from llamashare.ui import err, human_size, printable
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
@@ -42,7 +42,7 @@ def status(home: Home, as_json: bool) -> None:
         target = "∞ (publisher)" if r.seed_forever else (f"{r.ratio_target:g}" if r.ratio_target is not None else "-")
         table.add_row(
             f"{r.name} {r.version}",
-            r.state + (f": {r.error}" if r.error else ""),
+            r.state + (f": {printable(r.error, multiline=False)}" if r.error else ""),
             f"{100 * r.progress:.1f}% ({r.verified}/{r.selected} files)",
             f"{human_size(r.download_rate)}/s",
             f"{human_size(r.upload_rate)}/s",

@@ -100,7 +100,7 @@ def start_daemon(
     client = running_client(home)
     if client is not None:
         return client
-    home.root.mkdir(parents=True, exist_ok=True)
+    home.make()
     home.info_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "llamashare", "--home", str(home.root), "daemon", "run"]
     if listen_port is not None:

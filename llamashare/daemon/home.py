@@ -82,9 +82,19 @@ class Home:
     def local_node(cls, root: Path, extra_config: str = "") -> Home:
         """A fresh home for a loopback-only node on any free port (demo, tests, benchmarks)."""
         home = cls(root)
-        home.root.mkdir(parents=True, exist_ok=True)
+        home.make()
         home.config_file.write_text("local_only = true\nlisten_port = 0\n" + extra_config)
         return home
+
+    def make(self) -> None:
+        """Create the home, readable by its owner only (0700): it holds the API token, the
+        ports, the log and the list of releases. A home an older version made (it has our token)
+        is tightened the same way; any other existing folder given as --home is left as it is."""
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = self.root.stat()
+        if (created or self.token_file.exists()) and st.st_mode & 0o077 and st.st_uid == os.getuid():
+            self.root.chmod(0o700)
 
     def config(self) -> Config:
         if not self.config_file.exists():
@@ -117,7 +127,7 @@ class Home:
             elif (
                 isinstance(value, bool) != (kind is bool)
                 or not isinstance(value, kind)
-                or (kind is not bool and not 0 <= value <= MAX_TARGET)  # NaN fails both comparisons
+                or (isinstance(value, int | float) and kind is not bool and not 0 <= value <= MAX_TARGET)  # NaN too
             ):
                 raise ConfigError(
                     f"{self.config_file}: {key} must be "

@@ -40,7 +40,7 @@ def run_daemon(
     home: Home, listen_port: int | None = None, api_port: int | None = None, local_only: bool | None = None
 ) -> None:
     """Run in the foreground until SIGTERM/SIGINT or an API shutdown."""
-    home.root.mkdir(parents=True, exist_ok=True)
+    home.make()
     lock = open(home.lock_file, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
