@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,10 @@ from llamashare.daemon.client import running_client
 from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, fetch
 from llamashare.errors import DaemonError, StoreError
+from llamashare.fsio import safe_join
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
 from llamashare.manifests.signing import check_publisher
-from llamashare.p2p.status import ReleaseStatus
+from llamashare.p2p.status import FileStatus, ReleaseStatus
 from llamashare.quant.presets import Preset, preset
 from llamashare.store import Entry, Store
 from llamashare.ui import StepLog, human_size
@@ -70,9 +73,9 @@ def convert_key(manifest: Manifest, base: Manifest | None, outtype: str) -> str:
     return step_key("convert", files=files, base=base_files, outtype=outtype)
 
 
-def is_checkpoint(folder: Path) -> bool:
-    """Whether ``convert`` can know the folder's layout (Hugging Face or Meta)."""
-    return (folder / "config.json").is_file() or (folder / "params.json").is_file()
+def is_checkpoint(files: Collection[str]) -> bool:
+    """Whether ``convert`` can know the layout (Hugging Face or Meta) of a release's ``files``."""
+    return "config.json" in files or "params.json" in files
 
 
 def fetch_release(
@@ -97,7 +100,8 @@ def fetch_release(
             return Outcome(entry, status, None)
         chosen = choose_quant(build.quant, home.config().default_quant, manifest)
         try:
-            return Outcome(entry, status, build_gguf(entry, base, chosen, log, build.threads))
+            verified = [path for path, state in status.files.items() if state is FileStatus.VERIFIED]
+            return Outcome(entry, status, build_gguf(entry, base, chosen, log, build.threads, verified))
         except Exception:
             log.note("the files are verified and the daemon keeps seeding them; building the GGUF failed (below)")
             raise
@@ -153,16 +157,26 @@ def _base(
 
 
 def build_gguf(
-    entry: Entry, base: Entry | None, chosen: Preset, log: StepLog, threads: int | None = None
+    entry: Entry,
+    base: Entry | None,
+    chosen: Preset,
+    log: StepLog,
+    threads: int | None = None,
+    verified: Collection[str] | None = None,
 ) -> Path | None:
     """Convert (adding the base for a delta) and quantize the verified files, skipping what is
-    done; return the runnable GGUF (None for a release that is not a checkpoint)."""
+    done; return the runnable GGUF (None for a release that is not a checkpoint).
+
+    The converter sees exactly the release's verified files (``verified``, default every file
+    of its manifest), through a folder of links to them: a file planted beside them, or one
+    folder up, is never read into the model."""
     from llamashare.quant.convert import convert
     from llamashare.quant.quantize import quantize_file
 
     manifest, source = entry.manifest(), entry.source_dir
-    if not is_checkpoint(source):
-        log.note(f"{source} has no config.json or params.json: not a checkpoint, nothing to convert")
+    files = list(verified) if verified is not None else [f.path for f in manifest.files]
+    if not is_checkpoint(files):
+        log.note(f"{manifest.name} has no verified config.json or params.json: not a checkpoint, nothing to convert")
         return None
     outtype = FLOAT_PRESETS.get(chosen.name, "f16")
     base_manifest = base.manifest() if base else None
@@ -170,16 +184,21 @@ def build_gguf(
     what = f"apply the delta to {base.name} and convert" if base else "convert"
 
     def do_convert(out: Path, bar: Any) -> dict:
-        r = convert(
-            source,
-            out,
-            outtype,
-            base.source_dir if base else None,
-            force=True,
-            progress=bar.advance,
-            on_tensor=lambda n: bar.describe(f"converting {n}"),
-            on_total=bar.set_total,
-        )
+        base_files = [f.path for f in base_manifest.files] if base_manifest else []
+        with (
+            verified_view(entry.root, source, files) as view,
+            verified_view(base.root, base.source_dir, base_files) if base else nullcontext() as base_view,
+        ):
+            r = convert(
+                view,
+                out,
+                outtype,
+                base_view,
+                force=True,
+                progress=bar.advance,
+                on_tensor=lambda n: bar.describe(f"converting {n}"),
+                on_total=bar.set_total,
+            )
         p = r.params
         log.note(
             f"{r.tensors} tensors from the {r.layout} layout: {p.n_layer} layers, width {p.n_embd}, "
@@ -299,3 +318,17 @@ def remove_release(home: Home, name: str, keep_source: bool) -> Removed:
         size = entry.size_on_disk()
         removal = store.remove(entry, keep_source)
     return Removed(name, size, stopped, removal.kept, removal.foreign)
+
+
+@contextmanager
+def verified_view(scratch: Path, folder: Path, paths: Collection[str]) -> Iterator[Path]:
+    """A folder holding links to exactly ``paths`` of ``folder`` (and nothing else), named like
+    ``folder`` (the converter records that name), inside ``scratch``; removed afterwards."""
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".view-") as tmp:
+        view = Path(tmp) / folder.resolve().name
+        view.mkdir()
+        for rel in paths:
+            link = safe_join(view, rel)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(safe_join(folder, rel).resolve())
+        yield view

@@ -159,6 +159,8 @@ def _open_hf(root: Path) -> Checkpoint:
         for name, ref in safetensors_io.read_header(path).items():
             if weight_map is not None and weight_map.get(name) != shard:
                 continue  # the index is authoritative about which shard holds a tensor
+            if name in tensors:  # without an index, two shards holding one tensor is ambiguous
+                raise CheckpointError(f"tensor {name} is in more than one shard (also in {shard})", root)
             tensors[name] = Tensor(name, ref.shape, ref.dtype, partial(safetensors_io.load, ref))
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))

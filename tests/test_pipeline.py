@@ -4,6 +4,7 @@ removal while seeding."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -347,3 +348,27 @@ def test_rm_deletes_only_the_releases_own_matching_files(tmp_path: Path, sample_
     assert all(not (outside / f.path).exists() for f in m.files[1:])
     assert changed in removal.foreign and (entry.gguf_dir / "hand-made.gguf") in removal.foreign
     assert (entry.gguf_dir / "hand-made.gguf").read_bytes() == b"GGUF mine" and store.entries() == []
+
+
+def test_convert_reads_only_the_verified_files_of_the_manifest(tmp_path: Path, homes: Homes) -> None:
+    """A shard planted in --dir beside the release (no index, so shards are found by name) and a
+    tokenizer one folder up must not reach the GGUF: convert sees the manifest's files only."""
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "flat-llama"
+    write_sample_model(model, SampleConfig(shards=1))
+    (model / "model.safetensors.index.json").unlink()  # one shard, found by its name
+    publish(model, tmp_path / "flat.toml")
+    peer = seeder(homes, (tmp_path / "flat.toml", model))
+    mine = tmp_path / "user" / "flat"
+    mine.mkdir(parents=True)
+    width = json.loads((model / "config.json").read_text())["hidden_size"]
+    save_file({"model.norm.weight": np.full(width, 7.0, np.float32)}, str(mine / "zz-old.safetensors"))
+    (mine.parent / "tokenizer.model").write_bytes(b"not a tokenizer")
+    b = homes("b")
+    p = cli(b, "fetch", str(tmp_path / "flat.toml"), "--dir", str(mine), "--peer", peer, "--quant", "F16", "-q")
+    assert p.returncode == 0, p.stderr
+    gguf = Store(b.models_dir).get("flat-llama").gguf_dir / "flat-llama.F16.gguf"
+    norm = next(t for t in GGUFReader(gguf).tensors if t.name == "output_norm.weight")
+    assert not np.any(np.asarray(norm.data) == 7.0)  # the release's norm, not the planted one
+    assert (mine / "zz-old.safetensors").is_file()  # and the user's file is still there
