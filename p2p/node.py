@@ -36,7 +36,7 @@ import blake3
 import libtorrent as lt
 
 from llamashare.errors import LlamashareError, ReleaseConflict, ReleaseError, VerificationError
-from llamashare.fsio import atomic_write, safe_join
+from llamashare.fsio import atomic_write, check_free_space, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
 from llamashare.manifests.torrent import v1_companion
@@ -214,11 +214,13 @@ def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
                 f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}{detail}{more}", reports
             )
         return
+    need = 0  # bytes still to be written: the selected files not on disk yet
     for entry in manifest.files:
         if not _selected(entry, spec.include):
             continue
         path = safe_join(save_dir, entry.path)
         if not path.exists():
+            need += entry.size
             continue
         if path.is_file() and path.stat().st_size == entry.size and _blake3(path) == entry.blake3:
             continue
@@ -226,6 +228,8 @@ def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
             f"{path} is in the way: it exists with other content than {manifest.name}'s "
             f"{entry.path}; move it away first (nothing was overwritten)"
         )
+    save_dir.mkdir(parents=True, exist_ok=True)
+    check_free_space(save_dir, need)
 
 
 def _blake3(path: Path) -> str:

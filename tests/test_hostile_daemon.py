@@ -127,3 +127,17 @@ def test_an_api_caller_cannot_have_unhashed_files_seeded(tmp_path: Path, homes: 
     assert client.status().releases == []
     with pytest.raises(Exception, match="no longer has"):
         release_status(client, "decoy")
+
+
+def test_a_release_larger_than_the_free_space_is_refused_up_front(tmp_path: Path, homes: Homes) -> None:
+    """A manifest claiming more than the target's file system can hold (here a real 1 MiB tmpfs)
+    is refused when it is added, before anything is written or saved."""
+    from tests.test_data_safety import small_disk
+
+    _, _, path = _release(tmp_path, "big", {"a.bin": 3 << 20})
+    node = homes("n")
+    with small_disk(tmp_path / "small", 1 << 20) as disk:
+        p = cli(node, "fetch", str(path), "--dir", str(disk / "big"), "--no-convert", "--timeout", "20")
+        assert p.returncode == 1 and "not enough free space" in p.stderr, p.stderr
+        assert list((disk / "big").iterdir()) == []
+    assert DaemonClient(node).status().releases == []
