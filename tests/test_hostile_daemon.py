@@ -141,3 +141,14 @@ def test_a_release_larger_than_the_free_space_is_refused_up_front(tmp_path: Path
         assert p.returncode == 1 and "not enough free space" in p.stderr, p.stderr
         assert list((disk / "big").iterdir()) == []
     assert DaemonClient(node).status().releases == []
+
+
+@pytest.mark.parametrize("name", ["good?x=1", "a b", "good/../good", "%2e%2e"])
+def test_stop_takes_the_name_literally(tmp_path: Path, homes: Homes, name: str) -> None:
+    """`stop "good?x=1"` once stopped `good` (the name went into the URL unquoted)."""
+    m, src, _ = _release(tmp_path, "good", {"a.bin": 100_000})
+    node = homes("n")
+    seed(node, m, FetchOptions(directory=src))
+    p = cli(node, "stop", name)
+    assert p.returncode == 1 and "no release named" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert [r.name for r in DaemonClient(node).status().releases] == ["good"]
