@@ -113,3 +113,14 @@ def peer_addresses(_ctx: click.Context, _param: click.Parameter, value: tuple[st
         except LlamashareError as exc:
             raise click.BadParameter(str(exc)) from None
     return value
+
+
+#: ``--peer``, for commands that hand a release to the daemon.
+PEER_OPTION = click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="IP:PORT",
+    callback=peer_addresses,
+    help="Connect to this peer too; repeat for more.",
+)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llamashare.cli.base import CONTEXT, cli, load_and_show, network_options, peer_addresses
+from llamashare.cli.base import CONTEXT, PEER_OPTION, cli, load_and_show, network_options
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
@@ -76,14 +76,7 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
 @click.option(
     "--include", multiple=True, metavar="GLOB", help="Only files matching (e.g. '*.safetensors'); repeat for more."
 )
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="IP:PORT",
-    callback=peer_addresses,
-    help="Connect to this peer too; repeat for more.",
-)
+@PEER_OPTION
 @click.option(
     "--timeout",
     type=click.FloatRange(0),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llamashare.cli.base import CONTEXT, cli, default_key_path, load_and_show, network_options, peer_addresses
+from llamashare.cli.base import CONTEXT, PEER_OPTION, cli, default_key_path, load_and_show, network_options
 from llamashare.errors import EXIT_FAILURE, ManifestError
 from llamashare.ui import byte_progress, err, human_size
 
@@ -254,14 +254,7 @@ def sign(manifest: Path, key_file: Path | None, output: Path | None) -> None:
     required=True,
     help="The release folder holding the files.",
 )
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="IP:PORT",
-    callback=peer_addresses,
-    help="Connect to this peer too; repeat for more.",
-)
+@PEER_OPTION
 @click.option(
     "--initial-seeding",
     is_flag=True,
