@@ -43,8 +43,27 @@ def session_settings(opts: NetworkOptions) -> dict:
         "alert_queue_size": 10_000,
         # uTP is a congestion-friendly protocol for shared home links; its user-space pacing caps
         # throughput far below TCP on fast links (the biggest single loss measured on loopback).
+        # So we never dial over uTP: with outgoing uTP on, libtorrent tries uTP first for every
+        # peer. TCP in and out stays on (libtorrent's default).
         "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
+        # But we answer peers that dial us over uTP: qBittorrent (like other libtorrent clients
+        # with default settings) dials uTP first, and a seed that ignores its uTP SYN costs it a
+        # connect timeout (~5 s measured with qBittorrent 4.5) before it retries over TCP
+        # (docs/interop.md). Such a connection stays uTP, slower than TCP on a fast link; the
+        # connections we open stay TCP.
+        "enable_incoming_utp": True,
+        # Bytes uTP's congestion window grows per round trip while it sees no queueing delay
+        # (after slow start, which does the ramp-up on long links and ignores this). libtorrent's
+        # 3000 is ~2 packets per RTT, above LEDBAT's limit of one (RFC 6817). With loopback's tiny
+        # RTT it overshot the receiver's default UDP buffer in bursts: losses, 500 ms timeouts,
+        # and qBittorrent pulled 256 MiB from us at ~8 MiB/s. At 500 (~1/3 packet per RTT) few
+        # packets were lost and it got ~45-60 MiB/s, CPU bound (2 cores; over TCP ~140 MiB/s).
+        "utp_gain_factor": 500,
+        # With uTP and TCP peers at once, libtorrent's default (peer_proportional) rate-limits
+        # TCP connections to their share of the current throughput (once 5 peers are busy and
+        # one is uTP), so uTP peers would throttle the fast TCP ones. prefer_tcp leaves TCP
+        # unlimited and lets uTP yield to it, as its delay-based congestion control intends.
+        "mixed_mode_algorithm": int(lt.bandwidth_mixed_algo_t.prefer_tcp),
         # Keep enough bytes queued per peer to fill a fast pipe: the default 500 kB watermark
         # stalls a loopback/LAN connection between round trips.
         "send_buffer_watermark": 64 * MiB,

@@ -1,13 +1,18 @@
-"""Real peers for swarm tests: Debian's opentracker (and, later, aria2c), on loopback only."""
+"""Real peers for swarm tests, on loopback only: Debian's opentracker, aria2c and qBittorrent-nox."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,6 +38,7 @@ DEBIAN_PEERS = {
     "opentracker": "opentracker",
     "aria2c": "aria2",
     "mktorrent": "mktorrent",
+    "qbittorrent-nox": "qbittorrent-nox",
     "chromium": "chromium",
     "chromedriver": "chromium-driver",
 }
@@ -126,3 +132,138 @@ class Tracker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+class QBittorrent:
+    """qBittorrent-nox (Debian 12: 4.5.2 on libtorrent 2.0.8) with its default settings, except
+    what keeps it on loopback and lets a test drive it headless: a fresh ``--profile`` folder,
+    the legal notice accepted, BitTorrent and WebUI bound to 127.0.0.1 on free ports, WebUI
+    without login for localhost, no DHT, PeX, LSD, UPnP/NAT-PMP or GeoIP download, and a log
+    file (``log()``) to print when a test fails. Peer protocol (uTP first) etc. stay default."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.profile = workdir / "profile"
+        self.downloads = workdir / "downloads"
+        self.logs = workdir / "logs"
+        self.port = free_port()
+        self.webui_port = free_port()
+        conf = self.profile / "qBittorrent" / "config" / "qBittorrent.conf"
+        conf.parent.mkdir(parents=True)
+        self.downloads.mkdir(parents=True)
+        # QSettings INI: [Group] then keys with "\" for the deeper levels of "Group/Key/Sub".
+        conf.write_text(
+            "[LegalNotice]\nAccepted=true\n\n"
+            "[BitTorrent]\n"
+            f"Session\\Port={self.port}\n"
+            "Session\\InterfaceAddress=127.0.0.1\n"
+            "Session\\DHTEnabled=false\n"
+            "Session\\PeXEnabled=false\n"
+            "Session\\LSDEnabled=false\n"
+            f"Session\\DefaultSavePath={self.downloads}\n\n"
+            "[Network]\nPortForwardingEnabled=false\n\n"
+            "[Preferences]\n"
+            "WebUI\\Address=127.0.0.1\n"
+            f"WebUI\\Port={self.webui_port}\n"
+            "WebUI\\LocalHostAuth=false\n"
+            "Connection\\ResolvePeerCountries=false\n\n"
+            "[Application]\n"
+            "FileLogger\\Enabled=true\n"
+            f"FileLogger\\Path={self.logs}\n"
+        )
+        self.version = "(not started)"
+        self.output = open(workdir / "stdout.txt", "wb")
+        self.proc = subprocess.Popen(
+            [require("qbittorrent-nox"), f"--profile={self.profile}"],
+            stdin=subprocess.DEVNULL,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"qbittorrent-nox exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    self.version = self.api("app/version").decode()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"qbittorrent-nox's WebUI did not answer in 30 s:\n{self.log()}") from None
+                    time.sleep(0.1)
+            prefs = json.loads(self.api("app/preferences"))
+            isolated = {"dht": False, "pex": False, "lsd": False, "upnp": False, "listen_port": self.port}
+            wrong = {k: prefs.get(k) for k, v in isolated.items() if prefs.get(k) != v}
+            if wrong or prefs.get("current_interface_address") != "127.0.0.1":
+                raise RuntimeError(f"qbittorrent-nox ignored the loopback-only settings: {wrong}")
+        except BaseException:
+            self.close()
+            raise
+
+    def api(self, method: str, fields: dict[str, str] | None = None, files: dict[str, bytes] | None = None) -> bytes:
+        """Call /api/v2/METHOD: GET without arguments, else POST (multipart when files are given)."""
+        url = f"http://127.0.0.1:{self.webui_port}/api/v2/{method}"
+        if files:
+            boundary = uuid.uuid4().hex
+            parts = [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                for k, v in (fields or {}).items()
+            ]
+            for i, (name, data) in enumerate(files.items()):
+                parts.append(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="torrents"; filename="{i}-{name}"\r\n'
+                    "Content-Type: application/x-bittorrent\r\n\r\n".encode()
+                    + data
+                    + b"\r\n"
+                )
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            req = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        elif fields is not None:
+            req = urllib.request.Request(url, urllib.parse.urlencode(fields).encode())
+        else:
+            req = urllib.request.Request(url)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.read()
+
+    def add(self, torrent: bytes, save_path: Path) -> None:
+        """Add a .torrent (started at once; qBittorrent checks any files already in save_path)."""
+        answer = self.api("torrents/add", {"savepath": str(save_path)}, {"release.torrent": torrent})
+        if answer.strip() != b"Ok.":
+            raise RuntimeError(f"qBittorrent refused the torrent: {answer!r}")
+
+    def torrents(self) -> list[dict]:
+        return json.loads(self.api("torrents/info"))
+
+    def add_peer(self, torrent_hash: str, port: int) -> None:
+        self.api("torrents/addPeers", {"hashes": torrent_hash, "peers": f"127.0.0.1:{port}"})
+
+    def log(self) -> str:
+        """qBittorrent's own log (its file logger) and whatever it printed."""
+        texts = [p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))]
+        if (self.dir / "stdout.txt").exists():
+            texts.append((self.dir / "stdout.txt").read_text(errors="replace"))
+        # (Its stdout also says "QtSingleCoreApplication: listen on local socket failed" when the
+        # profile path is too long for a Unix socket: only its single-instance check, harmless.)
+        return "\n".join(texts)[-6000:]
+
+    def describe(self) -> str:
+        """For a failing test: its torrents as the API shows them (if it still answers) and its log."""
+        try:
+            torrents = json.dumps(self.torrents(), indent=1)
+        except (OSError, ValueError) as exc:
+            torrents = f"(WebUI did not answer: {exc})"
+        return f"qBittorrent {self.version}, torrents: {torrents}\n--- its log ---\n{self.log()}"
+
+    def close(self) -> None:
+        """Ask it to quit through the API; terminate, then kill, if it does not within 10 s."""
+        if self.proc.poll() is None:
+            try:
+                self.api("app/shutdown", {})
+            except (OSError, urllib.error.URLError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.output.close()
