@@ -173,7 +173,7 @@ def test_the_page_without_signing_in(homes, browser) -> None:
     link = cli(home, "dashboard").stdout.strip()
     browser.get(link)
     # Signed in: the page reaches this daemon's event stream and renders its (empty) state.
-    pid = client.call("GET", "/status")["node"]["pid"]
+    pid = client.status().node["pid"]
     wait_for("the page live on this daemon", lambda: f"pid {pid}" in browser.find_element("id", "node").text)
     assert browser.find_element("tag name", "h1").text == "llamashare"
     wait_for("the live badge", lambda: browser.find_element("id", "live").text == "live")

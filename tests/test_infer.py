@@ -1,24 +1,28 @@
 """`llamashare run` / `perplexity` against llama.cpp (llama-cpp-python) on the same files.
 
-What can be asked of a float32 NumPy engine: tokens identical; first-step logits close; greedy
-output identical until a true tie. llama.cpp quantizes activations before each quantized matrix
-product, and the engine does too (infer/weights.py), so a rounding flip from a 1e-7 difference
-in summation order moves logits by up to ~1 (out of ~27) on SmolLM2 — llama.cpp's own logits
-differ that much between batched and token-by-token evaluation. Greedy runs are therefore
-compared step by step, and a divergence is accepted only where llama.cpp rates our choice within
-the two engines' logit difference of its own (a tie within the numerical noise).
+What can be asked of a float32 NumPy engine: tokens identical; logits as close to the exact
+result as llama.cpp's; the same greedy token wherever llama.cpp's choice is clear. llama.cpp
+quantizes activations before each quantized matrix product, and the engine does too
+(infer/weights.py), so a rounding flip from a 1e-7 difference in summation order moves logits by
+up to ~1 (out of ~20) on SmolLM2: llama.cpp's own logits differ that much between batched and
+token-by-token evaluation, and between CPUs. Quantized logits are therefore judged against a
+float32 reference R, the same weights decoded by ggml and run by llama.cpp without quantized
+kernels (tests/float_reference.py), with bounds fixed in advance; greedy runs follow llama.cpp's
+tokens, and our choice must match wherever llama.cpp's top-2 margin exceeds a fixed fraction of
+the logit range (anything closer is a tie, and a divergence there is accepted).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import pydoc_data.topics
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -140,28 +144,33 @@ def test_tokens_equal_llama_cpp_sentencepiece(tmp_path: Path) -> None:
 
 @dataclass
 class Run:
-    """Our engine and llama.cpp on one file, and llama.cpp on its float32 copy (the reference R),
-    teacher-forced along llama.cpp's greedy tokens. Per step: distances to R as max |Δlogit| /
-    max |R|, llama.cpp's top-2 margin (logits), and whether our argmax is llama.cpp's."""
+    """Our engine and llama.cpp on one file, and llama.cpp on its float32 copy R (tests/
+    float_reference.py), teacher-forced along llama.cpp's greedy tokens. Per step: each engine's
+    distance to R as max |Δlogit| / max |R|, llama.cpp's top-2 margin as a fraction of max |R|,
+    and whether our argmax is llama.cpp's."""
 
-    ours: list[float]
-    theirs: list[float]
-    between: list[float]  # ours vs llama.cpp
-    margin: list[float]
-    agree: list[bool]
+    ours: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)
+    between: list[float] = field(default_factory=list)  # ours vs llama.cpp, reported only
+    margin: list[float] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
 
-    def decisive(self, bound: float) -> list[int]:
-        """Steps where llama.cpp's own top-2 margin exceeds ``bound``."""
+    def clear_steps(self, bound: float) -> list[int]:
+        """Steps where llama.cpp's own top-2 margin exceeds ``bound`` (not a tie)."""
         return [i for i, m in enumerate(self.margin) if m > bound]
 
+    def differ(self, bound: float) -> list[tuple[int, float]]:
+        """(step, llama.cpp's margin) where it chose clearly and we chose otherwise."""
+        return [(i, round(self.margin[i], 3)) for i in self.clear_steps(bound) if not self.agree[i]]
+
     def summary(self, bound: float) -> str:
-        judged = self.decisive(bound)
+        clear = self.clear_steps(bound)
         return (
-            f"first-step max |Δlogit| / max |R|: ours {self.ours[0]:.4f}, llama.cpp {self.theirs[0]:.4f} "
-            f"(between them {self.between[0]:.4f}); mean over {len(self.ours)} steps: ours "
+            f"max |Δlogit| / max |R| at the first step: ours {self.ours[0]:.4f}, llama.cpp {self.theirs[0]:.4f} "
+            f"(ours vs llama.cpp {self.between[0]:.4f}); mean over {len(self.ours)} steps: ours "
             f"{np.mean(self.ours):.4f}, llama.cpp {np.mean(self.theirs):.4f}; same token at "
-            f"{sum(self.agree)}/{len(self.agree)} steps, at {sum(self.agree[i] for i in judged)}/{len(judged)} "
-            f"with llama.cpp's margin > {bound}"
+            f"{sum(self.agree)}/{len(self.agree)} steps, at {sum(self.agree[i] for i in clear)}/{len(clear)} "
+            f"where llama.cpp's margin > {bound}"
         )
 
 
@@ -172,15 +181,15 @@ def compare(path: Path, reference: Path, prompt: str, steps: int = 32) -> Run:
     theirs.eval(ids)
     ref.eval(ids)
     x = ours.prefill(ids)
-    run = Run([], [], [], [], [])
+    run = Run()
     for step in range(steps):
         c, r = np.array(theirs.scores[theirs.n_tokens - 1]), np.array(ref.scores[ref.n_tokens - 1])
         scale = float(np.abs(r).max())
         run.ours.append(float(np.abs(x - r).max()) / scale)
         run.theirs.append(float(np.abs(c - r).max()) / scale)
         run.between.append(float(np.abs(x - c).max()) / scale)
-        top2 = np.partition(c, -2)[-2:]
-        run.margin.append(float(top2[1] - top2[0]))
+        second, first = np.partition(c, -2)[-2:]
+        run.margin.append(float(first - second) / scale)
         b = int(np.argmax(c))
         run.agree.append(int(np.argmax(x)) == b)
         if step + 1 < steps:
@@ -190,11 +199,42 @@ def compare(path: Path, reference: Path, prompt: str, steps: int = 32) -> Run:
     return run
 
 
-def reference_for(path: Path, tmp_path: Path) -> Path:
-    """The float32 copy of ``path``'s weights (the file itself if it is float32 already)."""
-    if all(t.ggml_type == T.F32 for t in ModelFile(path).tensors.values()):
-        return path
-    return float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf")
+@pytest.fixture
+def reference(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """The float32 copy of a file's weights (the file itself if it is float32 already), removed
+    after the test (SmolLM2's is 540 MB)."""
+    made: list[Path] = []
+
+    def get(path: Path) -> Path:
+        if all(t.ggml_type == T.F32 for t in ModelFile(path).tensors.values()):
+            return path
+        made.append(float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf"))
+        return made[-1]
+
+    yield get
+    for p in made:
+        p.unlink(missing_ok=True)
+
+
+#: Bounds, fixed in advance (the measurements behind them are in the docstrings below), for
+#: float files and quantized ones. CAP: our distance to R at the first step. RATIO, FLOOR: our
+#: mean distance to R over the run may exceed llama.cpp's by this factor, plus FLOOR for float32
+#: summation order (llama.cpp's distance is 0 on a float32 file, which is its own reference).
+#: CLEAR: a top-2 margin (fraction of max |R|) above which llama.cpp's choice is no tie.
+FLOAT, QUANT = "float", "quantized"
+CAP = {"F32": 0.005, "F16": 0.01, "BF16": 0.03, QUANT: 0.2}
+RATIO = {FLOAT: 1.2, QUANT: 1.3}
+FLOOR = 0.001
+CLEAR = {FLOAT: 0.025, QUANT: 0.1}
+
+
+def check(run: Run, preset: str) -> None:
+    kind = FLOAT if preset in ("F32", "F16", "BF16") else QUANT
+    assert run.ours[0] <= CAP.get(preset, CAP[QUANT]), run.ours[0]
+    assert np.mean(run.ours) <= RATIO[kind] * np.mean(run.theirs) + FLOOR
+    assert not run.differ(CLEAR[kind]), (
+        f"llama.cpp chose otherwise by a clear margin at (step, margin) {run.differ(CLEAR[kind])}"
+    )
 
 
 #: Chat-formatted, so the answer (a list of planets) has many clear greedy choices.
@@ -216,69 +256,53 @@ SMOLLM2_TYPES = [
     "Q3_K_M",
     "Q2_K",
 ]
-#: Bounds, fixed in advance (measured values in the test's docstring), for float files and for
-#: quantized ones: how much farther from R than llama.cpp our logits may be, at the first step and
-#: on average over the run; an absolute cap at the first step; and the top-2 margin (logits) above
-#: which llama.cpp's choice is not a tie, so ours must be the same.
-FLOAT, QUANT = "float", "quantized"
-SLACK_FIRST = {FLOAT: 0.005, QUANT: 0.05}
-SLACK_MEAN = {FLOAT: 0.002, QUANT: 0.015}
-CAP_FIRST = {FLOAT: 0.01, QUANT: 0.15}
-DECISIVE = {FLOAT: 0.5, QUANT: 2.0}
-
-
-def family(preset: str) -> str:
-    return FLOAT if preset in ("F32", "F16", "BF16") else QUANT
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", SMOLLM2_TYPES)
-def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SmolLM2 in every preset: our logits are as close to the float32 reference R (the same
-    weights decoded by ggml, run by llama.cpp) as llama.cpp's own, and where llama.cpp's choice is
-    clear our greedy token is the same.
+def test_smollm2_greedy_and_logits_match_llama_cpp(preset: str, smollm2_as, reference) -> None:
+    """SmolLM2 in every preset: our logits are about as close to the float32 reference R (the
+    same weights decoded by ggml, run by llama.cpp) as llama.cpp's own, and where llama.cpp's
+    greedy choice is clear ours is the same.
 
     Why R and not llama.cpp's quantized logits: both engines round every activation before a
-    quantized product (Q8_0/Q8_1/Q8_K), and that rounding is a step function, so a last-bit
-    difference in a sum (summation order: CPU kernels, batching) moves a value by a whole step;
-    through 30 layers this leaves each engine a different draw of the same rounding noise.
-    llama.cpp picks CPU-specific kernels (Q4_0 and Q4_K are repacked into interleaved 8-row
-    blocks, q4_0_8x8 / q4_K_8x8, on AVX2 and AVX-512 CPUs; AVX-512 builds sum in other orders), so
-    its draw differs between CPUs, and a direct bound on ours vs llama.cpp judges the CPU.
+    quantized product (to Q8_0/Q8_1/Q8_K blocks), a step function, so a last-bit difference in a
+    sum (summation order: CPU kernels, batch sizes) moves a value by a whole step, and through 30
+    layers each engine ends up with its own draw of the same rounding noise. llama.cpp picks its
+    kernels by CPU (Q4_0 and Q4_K are repacked into interleaved 8-row blocks, q4_0_8x8 and
+    q4_K_8x8, on AVX2 and AVX-512 CPUs; AVX-512 builds add 16-row GEMM blocks and sum in other
+    orders), so its draw moves between CPUs, and a bound on ours vs llama.cpp judges the CPU. The
+    distance to R is that noise's size, which no CPU path changes; so the claims are:
+    our first-step distance to R is at most CAP (0.2 for quantized files, 0.01 F16, 0.03 BF16);
+    our mean distance to R over 32 steps is at most 1.3x llama.cpp's (1.2x for F16/BF16, + 0.001);
+    at every step where llama.cpp's top-2 margin exceeds 0.1 of max |R| (0.025 for F16/BF16; about
+    2 and 0.5 logits here) our token is the same; and at least 8 of the 32 steps are that clear.
 
-    Measured on AMD EPYC (Zen 3, AVX2, no AVX-512; llama-cpp-python 0.3.36 built -march=native),
-    prompt "The capital of France is", over re-batchings of both engines (other summation
-    orders): Q4_0 first-step distance to R, ours 0.060-0.092, llama.cpp 0.067-0.083 (each other
-    0.043-0.066); 32-step means ours 0.030-0.036, llama.cpp 0.033-0.036. On an Intel Xeon
-    (AVX-512, VNNI) ours vs llama.cpp was 0.0804 at the first step, inside that noise: within the
-    first-step slack (0.05) whenever our distance to R is at most ~0.065 as here. The other
-    types: first-step distances 0.001 (F16), 0.006-0.008 (BF16), 0.03-0.14 (quantized; Q3_K_M
-    the widest); 32-step means differ by at most 0.0084 (Q4_K_M: ours 0.054, llama.cpp 0.045),
-    against a slack of 0.015. A decoding bug is far outside: Q4_0 without its -8 offset, or
-    with its scale 10% off, puts ours at 0.5-1 of the logit range.
-
-    Greedy tokens are compared where llama.cpp's top-2 margin exceeds 2 logits (0.5 for F16 and
-    BF16). Between the engines that margin moved by at most 1.16 logits (Q3_K_M; F16 0.013,
-    BF16 0.09); SmolLM2's first token after "The capital of France is" is a near-tie (Q4_0:
-    0.17 in llama.cpp, 0.09 in R, whose choice differs), which is why that prompt failed on the
-    Xeon, and why this one asks for a list instead. At least 8 of the 32 steps must be judged.
+    Measured on AMD EPYC (Zen 3: AVX2, FMA, F16C, no AVX-512; llama-cpp-python 0.3.36 built
+    -march=native, so llama.cpp's AVX2 and q4_0_8x8/q4_K_8x8 repacked paths), this prompt, each
+    engine also re-batched (prompt in 1, 2, 4 or 3-token batches: other summation orders):
+    first-step distance to R, ours 0.017-0.041 (F16 0.0007, BF16 0.008), llama.cpp 0.020-0.040;
+    mean-distance ratio ours/llama.cpp 0.85-1.08 (F16 0.9, BF16 1.05); disagreements only where
+    llama.cpp's margin was below 0.018 of max |R|; the margin moved between the engines by at most
+    0.062 of max |R|; 11-19 clear steps (Q4_0 the fewest). With the earlier prompt "The capital of
+    France is", Q4_0's first step is a three-way near tie (0.17 logits in llama.cpp, 0.09 in R,
+    whose choice differs), and the distances to R there were ours 0.060-0.092, llama.cpp
+    0.067-0.083, ours vs llama.cpp 0.043-0.066 here and 0.0804 on an Intel Xeon (AVX-512, VNNI;
+    not run here): the same noise, and the tie the Xeon's "tie at step 0" fell on. Its worst
+    32-step ratio was 1.19 (Q4_K_M). A decoding bug fails these claims: in a scratch run with
+    Q4_0 decoded without its -8 offset (ours at 1.35 of the logit range), with -7, or with its
+    scale 10% or even 2% off (mean 0.045 vs llama.cpp's 0.029), while the intact float path passed.
     """
     path = smollm2_as(preset)
-    types = {t.ggml_type for t in ModelFile(path).tensors.values()}
     if preset == "Q2_K":
-        # SmolLM2's rows (576) are no multiple of 256, so only ffn_down (1536) keeps a K type
-        # (Q3_K under this preset, as llama-quantize does): no Q2_K block on this model.
-        assert T.Q3_K in types
-    run = compare(path, reference_for(path, tmp_path), CHAT_PROMPT)
-    kind = family(preset)
-    print(f"SmolLM2 {preset}: {run.summary(DECISIVE[kind])}")
-    assert run.ours[0] <= run.theirs[0] + SLACK_FIRST[kind]
-    assert run.ours[0] <= CAP_FIRST[kind]
-    assert np.mean(run.ours) <= np.mean(run.theirs) + SLACK_MEAN[kind]
-    judged = run.decisive(DECISIVE[kind])
-    assert len(judged) >= 8, judged
-    differ = [(i, round(run.margin[i], 2)) for i in judged if not run.agree[i]]
-    assert not differ, f"llama.cpp chose otherwise by a clear margin at (step, margin) {differ}"
+        # SmolLM2's rows (576) are no multiple of 256, so only ffn_down (1536 wide) keeps a K type:
+        # Q3_K under this preset, as llama-quantize does; no Q2_K block exists on this model.
+        assert T.Q3_K in {t.ggml_type for t in ModelFile(path).tensors.values()}
+    run = compare(path, reference(path), CHAT_PROMPT)
+    kind = FLOAT if preset in ("F16", "BF16") else QUANT
+    print(f"SmolLM2 {preset}: {run.summary(CLEAR[kind])}")
+    check(run, preset)
+    assert len(run.clear_steps(CLEAR[kind])) >= 8  # the greedy comparison judges a good part of the run
 
 
 EVERY_TYPE = {
@@ -299,20 +323,19 @@ EVERY_TYPE = {
 
 
 @pytest.mark.parametrize("preset", EVERY_TYPE)
-def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny, reference) -> None:
     """Every tensor type the engine reads (--pure files), on the generated model, with the
-    claims and bounds of the SmolLM2 test. Its random weights give near-uniform logits, so few
-    steps are clear choices for quantized types."""
+    SmolLM2 test's claims and bounds. Its random weights give near-uniform logits (max |R| ~ 1)
+    and noisier ones: measured (AMD EPYC, AVX2) first-step distances to R up to 0.134 (Q3_K_S,
+    both engines), 32-step means 0.034 (F16) to 0.116 (Q4_K_S), ours at most 1.14x llama.cpp's
+    (Q5_1: 0.087 vs 0.076), and disagreements only where llama.cpp's margin was below 0.045 of
+    max |R|. Fewer steps are clear choices here (9-18 of 32 for quantized types)."""
     path = tiny(preset)
     assert EVERY_TYPE[preset] in {t.ggml_type for t in ModelFile(path).tensors.values()}
-    run = compare(path, reference_for(path, tmp_path), "the rain in spain")
-    kind = family(preset)
-    print(f"tiny {preset}: {run.summary(DECISIVE[kind])}")
-    assert run.ours[0] <= run.theirs[0] + SLACK_FIRST[kind]
-    assert run.ours[0] <= CAP_FIRST[kind]
-    assert np.mean(run.ours) <= np.mean(run.theirs) + SLACK_MEAN[kind]
-    differ = [(i, round(run.margin[i], 2)) for i in run.decisive(DECISIVE[kind]) if not run.agree[i]]
-    assert not differ, f"llama.cpp chose otherwise by a clear margin at (step, margin) {differ}"
+    run = compare(path, reference(path), "the rain in spain")
+    kind = FLOAT if preset in ("F32", "F16", "BF16") else QUANT
+    print(f"tiny {preset}: {run.summary(CLEAR[kind])}")
+    check(run, preset)
     if preset in ("F32", "F16"):
         assert all(run.agree)
 
@@ -426,6 +449,7 @@ def test_chat_template_renders_as_llama_cpp_python_does(smollm2: Path) -> None:
     m = Llama(smollm2, n_ctx=512)
     tok = GGUFTokenizer(m.file)
     template = m.file.meta("tokenizer.chat_template")
+    assert isinstance(template, str)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
     theirs = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(messages=messages).prompt
     assert render(template, messages, tok) == theirs
@@ -491,6 +515,9 @@ def test_bad_models_and_prompts_are_one_line_errors(tiny, tmp_path: Path) -> Non
 
 
 def test_ctrl_c_stops_generation_cleanly(tiny) -> None:
+    # A child inherits an ignored SIGINT (pytest started in the background by a shell without job
+    # control), and Python then never raises KeyboardInterrupt: give it the default disposition.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -510,14 +537,20 @@ def test_ctrl_c_stops_generation_cleanly(tiny) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout is not None
-        proc.stdout.read(1)  # generating
+        first = proc.stdout.read(1)  # generating
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         out, errs = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, errs
-    assert "Traceback" not in errs and "(interrupted)" in errs and "generation:" in errs
-    assert os.path.exists(tiny("F32"))
+    assert "Traceback" not in errs and "(interrupted)" in errs
+    # What was generated before the signal is kept and counted: the text so far, ended with a
+    # newline, and the statistics line for those tokens.
+    text = first + out
+    assert text.strip() and text.endswith("\n"), text
+    generated = re.search(r"generation: (\d+) tokens", errs)
+    assert generated and int(generated.group(1)) >= 1, errs

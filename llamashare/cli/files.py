@@ -143,7 +143,12 @@ def quantize(
 
 @cli.group(context_settings=CONTEXT)
 def delta() -> None:
-    """Delta weights (target − base), for models whose base may not be redistributed."""
+    """Delta weights (target − base), for models whose base may not be redistributed.
+
+    \b
+    Example:
+      llamashare delta make ./vicuna-7b --base ./llama-7b -o ./vicuna-7b-delta
+    """
 
 
 @delta.command("make", context_settings=CONTEXT)

@@ -111,7 +111,12 @@ def daemon() -> None:
 @network_options
 @click.pass_obj
 def daemon_start(home: Home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
-    """Start the daemon in the background (nothing happens if it already runs)."""
+    """Start the daemon in the background (nothing happens if it already runs).
+
+    \b
+    Example:
+      llamashare daemon start --listen-port 6881
+    """
     from llamashare.daemon.client import start_daemon
 
     info = start_daemon(home, listen_port, api_port, local_only).info
@@ -123,7 +128,12 @@ def daemon_start(home: Home, listen_port: int | None, api_port: int | None, loca
 @daemon.command("stop", context_settings=CONTEXT)
 @click.pass_obj
 def daemon_stop(home: Home) -> None:
-    """Save resume data and stop the daemon."""
+    """Save resume data and stop the daemon (releases resume where they stood at the next start).
+
+    \b
+    Example:
+      llamashare daemon stop
+    """
     from llamashare.daemon.client import stop_daemon
 
     click.echo("daemon stopped" if stop_daemon(home) else "no daemon was running")
@@ -132,7 +142,12 @@ def daemon_stop(home: Home) -> None:
 @daemon.command("status", context_settings=CONTEXT)
 @click.pass_obj
 def daemon_status(home: Home) -> None:
-    """Say whether the daemon runs (exit 0) or not (exit 1)."""
+    """Say whether the daemon runs (exit 0) or not (exit 1).
+
+    \b
+    Example:
+      llamashare daemon status || llamashare daemon start
+    """
     from llamashare.daemon.client import running_client
 
     client = running_client(home)
@@ -150,7 +165,13 @@ def daemon_status(home: Home) -> None:
 @network_options
 @click.pass_obj
 def daemon_run(home: Home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
-    """Run the daemon in the foreground (what `daemon start` runs in the background)."""
+    """Run the daemon in the foreground (what `daemon start` runs in the background), e.g. under
+    a service manager; it logs to daemon.log in the home and stops on SIGTERM.
+
+    \b
+    Example:
+      llamashare --home /srv/llamashare daemon run --listen-port 6881
+    """
     from llamashare.daemon.service import run_daemon
 
     run_daemon(home, listen_port, api_port, local_only or None)
