@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import gguf
 import numpy as np
@@ -65,7 +66,7 @@ TINY = SampleConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4)
 T = gguf.GGMLQuantizationType
 
 
-def llama_cpp(path: Path, n_ctx: int = 256, **kw: object) -> LlamaCpp:
+def llama_cpp(path: Path, n_ctx: int = 256, **kw: Any) -> LlamaCpp:
     return LlamaCpp(model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, **kw)
 
 
@@ -451,7 +452,8 @@ def test_chat_template_renders_as_llama_cpp_python_does(smollm2: Path) -> None:
     template = m.file.meta("tokenizer.chat_template")
     assert isinstance(template, str)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
-    theirs = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(messages=messages).prompt
+    formatter = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")
+    theirs = formatter(messages=cast(Any, messages)).prompt  # its messages are TypedDicts of the same keys
     assert render(template, messages, tok) == theirs
     chat = Chat(m, tok, Sampler(SamplingParams(temperature=0)), system="Be brief.")
     pieces: list[str] = []
