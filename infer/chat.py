@@ -2,7 +2,8 @@
 renders the conversation; each turn re-sends it and the KV cache keeps what is unchanged.
 
 The template comes from a downloaded file, so it runs in Jinja's immutable sandbox: no attribute
-access to Python internals, no mutation of passed objects — a hostile template can fail, not act.
+access to Python internals, no mutation of passed objects — a hostile template can fail, not act;
+infer/sandbox.py bounds it in time and size too, so it cannot hang or exhaust memory either.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llamashare.errors import InferenceError
 from llamashare.infer.generate import Stats, generate
 from llamashare.infer.model import Llama
 from llamashare.infer.sampling import Sampler
+from llamashare.infer.sandbox import RenderError, render_bounded, weight
 from llamashare.infer.tokenizer import GGUFTokenizer
 
 
@@ -24,20 +25,37 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
+#: Characters a rendered conversation may reach beyond four times its messages' own text, and
+#: the most any one value inside the render may have (see infer/sandbox.py).
+RENDER_CHARS = 1 << 20
+#: Seconds a render may take (real templates take about a millisecond).
+RENDER_SECONDS = 2.0
+
+
+def _special_tokens(tok: GGUFTokenizer) -> dict[str, str]:
+    return {
+        name: tok.tokens[i] if i is not None else "" for name, i in (("bos_token", tok.bos), ("eos_token", tok.eos))
+    }
+
+
+def render_limit(messages: list[dict[str, str]], tok: GGUFTokenizer) -> int:
+    """Characters a render of ``messages`` may output (and any value inside it may have): what
+    the conversation can justify, four times its own text, plus RENDER_CHARS for the template's."""
+    return RENDER_CHARS + 4 * (weight(messages, 1 << 62) + sum(map(len, _special_tokens(tok).values())))
+
+
 def render(
     template: str, messages: list[dict[str, str]], tok: GGUFTokenizer, add_generation_prompt: bool = True
 ) -> str:
-    """The prompt text for ``messages`` (dicts with role and content)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    special = {
-        name: tok.tokens[i] if i is not None else "" for name, i in (("bos_token", tok.bos), ("eos_token", tok.eos))
-    }
+    """The prompt text for ``messages`` (dicts with role and content), rendered in a sandbox
+    bounded in time and size: a hostile template fails with one InferenceError."""
+    special = _special_tokens(tok)
+    limit = render_limit(messages, tok)
+    helpers = {"raise_exception": _raise, "strftime_now": lambda fmt: datetime.now().strftime(fmt)}
+    variables = {"messages": messages, "add_generation_prompt": add_generation_prompt, **special}
     try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **special
-        )
-    except TemplateError as e:
+        return render_bounded(template, variables, helpers, limit, RENDER_SECONDS, trim_blocks=True, lstrip_blocks=True)
+    except RenderError as e:
         raise InferenceError(f"the model's chat template failed: {e}") from None
 
 

@@ -128,6 +128,51 @@ class KVCache:
         del self.tokens[n:]
 
 
+def context_bytes(cfg: Config, n_ctx: int) -> int:
+    """Memory a context of ``n_ctx`` positions takes: the float32 key and value caches of every
+    layer, and the rotary tables with the temporaries that build them (six (n_ctx, head_dim/2)
+    float32 arrays at the peak of ``rope_tables``)."""
+    per_position = 2 * 4 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim + 6 * 4 * (cfg.head_dim // 2)
+    return n_ctx * per_position
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel can still hand out without swapping (MemAvailable), if it says."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_context(cfg: Config, n_ctx: int) -> None:
+    """Refuse a context the model was not made for or the machine cannot hold, before anything
+    is allocated for it. The limit is the model's training context, or DEFAULT_CTX when that is
+    larger (a short context costs little, and small test models are trained on a few hundred
+    tokens); then the key/value cache must fit in the memory available."""
+    if n_ctx < 1:
+        raise InferenceError(f"context size must be at least 1 (got {n_ctx})")
+    limit = max(cfg.n_ctx_train, DEFAULT_CTX)
+    if n_ctx > limit:
+        raise InferenceError(
+            f"a context of {n_ctx} tokens was asked; this model was trained on {cfg.n_ctx_train}, so the limit is "
+            f"{limit} tokens"
+        )
+    need, free = context_bytes(cfg, n_ctx), available_memory()
+    if free is not None and need > free:
+        raise InferenceError(
+            f"a context of {n_ctx} tokens was asked; its key/value cache needs {need / 2**30:.1f} GiB and "
+            f"{free / 2**30:.1f} GiB of memory are available, so the limit here is "
+            f"{free // context_bytes(cfg, 1)} tokens"
+        )
+
+
 class Llama:
     """A loaded model: weights in memory (see weights.py) and a KV cache of ``n_ctx`` positions."""
 
@@ -135,8 +180,7 @@ class Llama:
         self.file = mf = ModelFile(path)
         self.cfg = cfg = mf.config
         self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
-        if self.n_ctx < 1:
-            raise InferenceError(f"context size must be at least 1 (got {self.n_ctx})")
+        check_context(cfg, self.n_ctx)
         kinds: dict[str, type[Dense] | type[Streamed]] = {"f32": Dense, "streamed": Streamed}
         kind = _auto_kind(mf) if weights == "auto" else kinds.get(weights)
         if kind is None:

@@ -8,6 +8,7 @@ checked here, before any weight is touched, so a wrong file fails in one line at
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,12 @@ class Config:
         return self.n_embd // self.n_head
 
 
+def _show(value: object) -> str:
+    """A metadata value for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class ModelFile:
     """The header of ``path`` plus typed access to its tensors (nothing is read until asked)."""
 
@@ -65,21 +72,26 @@ class ModelFile:
         if self.meta(f"{arch}.expert_count", 0):
             raise self._fail("is a mixture-of-experts model; llamashare runs dense LLaMA-family models only")
 
-        def need(key: str) -> int | float:
-            v = self.meta(f"{arch}.{key}")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise self._fail(f"metadata key {arch}.{key} is missing or not a positive number ({v!r})")
-            return v
-
-        def number(key: str, default: int | float) -> int | float:
+        def count(key: str, default: int | None = None) -> int:
+            """A positive integer (GGUF writes counts as integers: a float, NaN or string is damage)."""
             v = self.meta(f"{arch}.{key}", default)
-            if not isinstance(v, (int, float)):
-                raise self._fail(f"metadata key {arch}.{key} is not a number ({v!r})")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problem = "is missing" if v is None else f"is not a positive integer ({_show(v)})"
+                raise self._fail(f"metadata key {arch}.{key} {problem}")
             return v
 
-        n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-        n_head_kv = int(number("attention.head_count_kv", n_head))
-        if n_embd % n_head or n_head_kv <= 0 or n_head % n_head_kv:
+        def number(key: str, default: float | None, zero_ok: bool = False) -> float:
+            """A finite number above zero (or zero, where zero means "none")."""
+            v = self.meta(f"{arch}.{key}", default)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise self._fail(f"metadata key {arch}.{key} is missing or not a finite number ({_show(v)})")
+            if v < 0 or (v == 0 and not zero_ok):
+                raise self._fail(f"metadata key {arch}.{key} is not a finite positive number ({_show(v)})")
+            return float(v)
+
+        n_embd, n_head = count("embedding_length"), count("attention.head_count")
+        n_head_kv = count("attention.head_count_kv", n_head)
+        if n_embd % n_head or n_head % n_head_kv:
             raise self._fail(f"{n_head} heads ({n_head_kv} for keys/values) do not divide a width of {n_embd}")
         head_dim = n_embd // n_head
         if self.meta(f"{arch}.rope.dimension_count", head_dim) != head_dim:
@@ -88,25 +100,25 @@ class ModelFile:
             if self.meta(f"{arch}.{key}", head_dim) != head_dim:
                 raise self._fail(f"{arch}.{key} differs from the head size {head_dim}; not supported")
         scaling = self.meta(f"{arch}.rope.scaling.type", "none")
-        factor = float(number("rope.scaling.factor", 0.0) or 0.0)
+        factor = number("rope.scaling.factor", 0.0, zero_ok=True)
         if scaling not in ("none", "linear") and factor not in (0.0, 1.0):
-            raise self._fail(f"rope scaling {scaling!r} is not supported (only linear)")
-        n_layer = int(need("block_count"))
+            raise self._fail(f"rope scaling {_show(scaling)} is not supported (only linear)")
+        n_layer = count("block_count")
         if 9 * n_layer > len(self.tensors):  # before anything is sized by it: a damaged count is not a model
             raise self._fail(f"metadata says {n_layer} layers, but the file has only {len(self.tensors)} tensors")
         tokens = self.meta("tokenizer.ggml.tokens")
-        n_vocab = len(tokens) if isinstance(tokens, list) else int(number("vocab_size", 0))
+        n_vocab = len(tokens) if isinstance(tokens, list) else count("vocab_size")
         return Config(
             n_vocab=n_vocab,
             n_embd=n_embd,
             n_layer=n_layer,
-            n_ff=int(need("feed_forward_length")),
+            n_ff=count("feed_forward_length"),
             n_head=n_head,
             n_head_kv=n_head_kv,
-            rms_eps=float(need("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(number("rope.freq_base", 10000.0)),
+            rms_eps=number("attention.layer_norm_rms_epsilon", None),
+            rope_theta=number("rope.freq_base", 10000.0),
             rope_freq_scale=1.0 / factor if scaling == "linear" and factor > 0 else 1.0,
-            n_ctx_train=int(number("context_length", 2048)),
+            n_ctx_train=count("context_length", 2048),
         )
 
     def _check_tensors(self) -> None:

@@ -21,8 +21,11 @@ and ``<0xXX>`` → a byte), so a stream of tokens can be printed as UTF-8 comple
 from __future__ import annotations
 
 import codecs
+import math
 import re
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
+from typing import TypeVar
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
@@ -58,6 +61,32 @@ EOG_TEXTS = {
 }
 
 
+#: Pieces longer than this are not searched for merges (SentencePiece's own limit is 512).
+MAX_MERGED_PIECE = 512
+
+T = TypeVar("T")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _tokenizers(failure: str, work: Callable[[], T]) -> T:
+    """Run a call into Hugging Face's ``tokenizers``; its failures become InferenceError(failure:
+    why). Its errors are plain ``Exception``s, and a Rust panic inside it arrives as
+    ``pyo3_runtime.PanicException``, which derives from BaseException (so ``except Exception``
+    misses it) and cannot be imported by name. KeyboardInterrupt and SystemExit pass through."""
+    try:
+        return work()
+    except Exception as e:
+        raise InferenceError(f"{failure}: {str(e)[:200]}") from None
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise InferenceError(f"{failure} (a panic inside tokenizers): {str(e)[:200]}") from None
+
+
 @cache
 def gpt2_byte_map() -> dict[int, str]:
     """GPT-2's byte → printable character table: printable Latin-1 bytes map to themselves,
@@ -77,11 +106,15 @@ class GGUFTokenizer:
         if not isinstance(tokens, list) or not tokens:
             raise InferenceError(f"{mf.path}: has no tokenizer.ggml.tokens vocabulary")
         n = len(tokens)
+        if not all(isinstance(t, str) for t in tokens):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.tokens holds something other than strings")
         types = meta("tokenizer.ggml.token_type") or [NORMAL] * n
         if not isinstance(types, list):
             raise InferenceError(f"{mf.path}: tokenizer.ggml.token_type is not an array (a {type(types).__name__})")
         if len(types) != n:
             raise InferenceError(f"{mf.path}: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in types):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.token_type holds something other than integers")
         self.tokens: list[str] = tokens
         self.types: list[int] = types
         self.n_vocab = n
@@ -120,8 +153,22 @@ class GGUFTokenizer:
         merges = mf.meta("tokenizer.ggml.merges") or []
         if not isinstance(merges, list):
             raise InferenceError(f"{mf.path}: tokenizer.ggml.merges is not an array (a {type(merges).__name__})")
-        pairs = [tuple(m.split(" ", 1)) for m in merges if " " in m]
-        bpe = Tokenizer(models.BPE(vocab=self.token_to_id, merges=pairs, ignore_merges=pre in _IGNORE_MERGES))
+        vocab = self.token_to_id
+        pairs = []
+        for m in merges:
+            if not isinstance(m, str):
+                raise InferenceError(f"{mf.path}: tokenizer.ggml.merges holds {_show(m)}, not a string 'left right'")
+            if " " not in m:
+                continue
+            left, right = m.split(" ", 1)
+            # tokenizers refuses unknown halves and panics (a Rust panic) on an unknown result
+            if left not in vocab or right not in vocab or left + right not in vocab:
+                raise InferenceError(f"{mf.path}: BPE merge {_show(m)} names a token the vocabulary does not have")
+            pairs.append((left, right))
+        bpe = _tokenizers(
+            f"{mf.path}: the vocabulary cannot be used by tokenizers",
+            lambda: Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in _IGNORE_MERGES)),
+        )
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
         bpe.pre_tokenizer = pre_tokenizers.Sequence(
             [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -132,10 +179,19 @@ class GGUFTokenizer:
         scores = mf.meta("tokenizer.ggml.scores") or [0.0] * self.n_vocab
         if not isinstance(scores, list):
             raise InferenceError(f"{mf.path}: tokenizer.ggml.scores is not an array (a {type(scores).__name__})")
+        if len(scores) != self.n_vocab:
+            raise InferenceError(
+                f"{mf.path}: tokenizer.ggml.scores has {len(scores)} entries for {self.n_vocab} tokens"
+            )
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
+            raise InferenceError(f"{mf.path}: tokenizer.ggml.scores holds something other than finite numbers")
         vocab = self.token_to_id
         merges = []  # (score of the merged piece, its id, left, right)
         for piece, i in vocab.items():
-            if self.types[i] == BYTE:
+            # every split of a piece is tried (quadratic in its length); SentencePiece's pieces are
+            # at most 16 characters by default and 512 at most, so longer ones (only user-defined
+            # tokens, matched whole by _partition) are never formed by merging
+            if self.types[i] == BYTE or len(piece) > MAX_MERGED_PIECE:
                 continue
             for k in range(1, len(piece)):
                 left, right = piece[:k], piece[k:]
@@ -143,10 +199,17 @@ class GGUFTokenizer:
                     merges.append((-scores[i], i, left, right))
         merges.sort()
         unk = self.tokens[self.unk] if self.unk is not None else None
-        return Tokenizer(
-            models.BPE(
-                vocab=vocab, merges=[(a, b) for _, _, a, b in merges], unk_token=unk, byte_fallback=True, fuse_unk=False
-            )
+        return _tokenizers(
+            f"{mf.path}: the vocabulary cannot be used by tokenizers",
+            lambda: Tokenizer(
+                models.BPE(
+                    vocab=vocab,
+                    merges=[(a, b) for _, _, a, b in merges],
+                    unk_token=unk,
+                    byte_fallback=True,
+                    fuse_unk=False,
+                )
+            ),
         )
 
     @staticmethod
@@ -180,7 +243,7 @@ class GGUFTokenizer:
                 continue
             if self.model == "llama":
                 frag = (" " + frag if self.add_space_prefix and prev_special else frag).replace(" ", "\u2581")
-            out.extend(self.bpe.encode(frag, add_special_tokens=False).ids)
+            out.extend(_tokenizers("tokenizing failed", partial(self.bpe.encode, frag, add_special_tokens=False)).ids)
             prev_special = False
         if add_special and self.add_eos and self.eos is not None:
             out.append(self.eos)

@@ -14,12 +14,13 @@ Nothing is read until a tensor's ``load()`` is called, and then only that tensor
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -126,9 +127,11 @@ def read_json(path: Path) -> dict[str, Any]:
 def _open_hf(root: Path) -> Checkpoint:
     config = read_json(root / "config.json")
     archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise CheckpointError(f"'architectures' must be a list of names, not {_show(archs)}", root / "config.json")
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise CheckpointError(
-            f"architecture {', '.join(map(str, archs)) or config.get('model_type', '?')} is not "
+            f"architecture {', '.join(archs) or _show(config.get('model_type', '?'))} is not "
             f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)} (llama.cpp's 'llama')",
             root / "config.json",
         )
@@ -138,10 +141,10 @@ def _open_hf(root: Path) -> Checkpoint:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError("has no weight_map", index)
-        shards = sorted(set(weight_map.values()))
-        for shard in shards:
+        for shard in weight_map.values():
             if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
-                raise CheckpointError(f"names shard {shard!r}, which is not a file name in the folder", index)
+                raise CheckpointError(f"names shard {_show(shard)}, which is not a file name in the folder", index)
+        shards = sorted(set(weight_map.values()))
     else:
         shards = sorted(p.name for p in root.glob("*.safetensors"))
         weight_map = None
@@ -168,35 +171,145 @@ def _open_hf(root: Path) -> Checkpoint:
             raise CheckpointError(
                 f"tensor {missing[0]} is listed in the index but not in {weight_map[missing[0]]}", root
             )
+    check_params(params, tensors, "hf", root / "config.json")
     params = _with_tied(params, tensors, "lm_head.weight")
     return Checkpoint("hf", root, params, tensors, config)
 
 
 def hf_params(config: dict[str, Any], where: Path) -> LlamaParams:
-    def need(key: str, kind: type = int) -> Any:
-        value = config.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise CheckpointError(f"needs {key!r} ({kind.__name__})", where)
-        return value
-
-    n_head = need("num_attention_heads")
-    scaling = config.get("rope_scaling")
-    if scaling is not None and not isinstance(scaling, dict):
-        raise CheckpointError("rope_scaling must be an object or null", where)
+    n_head = _positive_int(config, "num_attention_heads", where)
     return LlamaParams(
-        n_vocab=need("vocab_size"),
-        n_embd=need("hidden_size"),
-        n_layer=need("num_hidden_layers"),
-        n_ff=need("intermediate_size"),
+        n_vocab=_positive_int(config, "vocab_size", where),
+        n_embd=_positive_int(config, "hidden_size", where),
+        n_layer=_positive_int(config, "num_hidden_layers", where),
+        n_ff=_positive_int(config, "intermediate_size", where),
         n_head=n_head,
-        n_head_kv=config.get("num_key_value_heads") or n_head,
-        n_ctx=config.get("max_position_embeddings") or 2048,
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(config.get("rope_theta") or 10000.0),
-        head_dim=config.get("head_dim"),
-        rope_scaling=scaling,
+        n_head_kv=_positive_int(config, "num_key_value_heads", where, default=n_head),
+        n_ctx=_positive_int(config, "max_position_embeddings", where, default=2048),
+        norm_eps=_positive_float(config, "rms_norm_eps", where, 1e-6),
+        rope_theta=_positive_float(config, "rope_theta", where, 10000.0, zero_is_unset=True),
+        head_dim=_positive_int(config, "head_dim", where, default=0) or None,
+        rope_scaling=rope_scaling(config.get("rope_scaling"), where),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
+
+
+def _show(value: object) -> str:
+    """A config value as the file spells it, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _positive_int(config: dict[str, Any], key: str, where: Path, default: int | None = None) -> int:
+    """``config[key]``, a positive integer; ``default`` when missing or null (required if None)."""
+    value = config.get(key)
+    if value is None:
+        if default is None:
+            raise CheckpointError(f"needs {key!r} (a positive integer)", where)
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{key!r} must be a positive integer, not {_show(value)}", where)
+    return value
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_float(
+    config: dict[str, Any], key: str, where: Path, default: float, zero_is_unset: bool = False
+) -> float:
+    """``config[key]``, a finite positive number; ``default`` when missing or null (or 0, where
+    Hugging Face's own code reads 0 as unset)."""
+    value = config.get(key)
+    if value is None or (zero_is_unset and _is_number(value) and value == 0):
+        return default
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{key!r} must be a positive number, not {_show(value)}", where)
+    return float(value)
+
+
+#: rope_scaling types convert writes, and the numeric fields each needs (with HF's defaults).
+ROPE_SCALING: dict[str, dict[str, float | None]] = {
+    "linear": {"factor": None},
+    "llama3": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+}
+
+
+def rope_scaling(scaling: object, where: Path) -> dict[str, Any] | None:
+    """``rope_scaling`` checked: null, or an object of a supported type whose factors are
+    positive numbers (linear needs its factor; llama3 takes HF's defaults for missing ones)."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise CheckpointError(f"rope_scaling must be an object or null, not {_show(scaling)}", where)
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in (None, "default"):
+        return scaling
+    if not isinstance(kind, str) or kind not in ROPE_SCALING:
+        raise CheckpointError(f"rope_scaling type {_show(kind)} is not supported (linear and llama3 are)", where)
+    for key, default in ROPE_SCALING[kind].items():
+        if default is not None:
+            _positive_float(scaling, key, where, default)
+        else:
+            factor = scaling.get(key)
+            if not _is_number(factor) or not math.isfinite(factor) or factor <= 0:
+                raise CheckpointError(f"{kind} rope_scaling needs a positive {key!r}, not {_show(factor)}", where)
+    if kind == "llama3" and _positive_float(scaling, "high_freq_factor", where, 4.0) <= _positive_float(
+        scaling, "low_freq_factor", where, 1.0
+    ):
+        raise CheckpointError("llama3 rope_scaling needs high_freq_factor above low_freq_factor", where)
+    return scaling
+
+
+#: Where each layout keeps the tensors whose shapes fix the hyper-parameters.
+_SHAPE_TENSORS = {
+    "hf": (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+    ),
+    "meta": (
+        "tok_embeddings.weight",
+        "layers.0.attention.wq.weight",
+        "layers.0.attention.wk.weight",
+        "layers.0.feed_forward.w1.weight",
+    ),
+}
+_LAYER = {"hf": re.compile(r"^model\.layers\.(\d+)\."), "meta": re.compile(r"^layers\.(\d+)\.")}
+
+
+def check_params(params: LlamaParams, tensors: dict[str, Tensor], layout: str, where: Path) -> None:
+    """The hyper-parameters against the tensors' shapes, before anything is sized by them: a
+    config claiming 10^8 layers or a 3·10^7-token vocabulary fails here, in microseconds, rather
+    than after building tables that large. The full per-tensor check is convert's ``plan``."""
+    layers = {m[1] for name in tensors if (m := _LAYER[layout].match(name))}  # digits, kept as text
+    if params.n_layer > len(layers):
+        raise CheckpointError(
+            f"the config says {params.n_layer} layers, but the checkpoint has tensors for {len(layers)}", where
+        )
+    emb, wq, wk, ff = (tensors.get(name) for name in _SHAPE_TENSORS[layout])
+    want = [
+        (emb, (params.n_vocab, params.n_embd), "vocabulary size × width"),
+        (wq, (params.n_head * params.n_rot, params.n_embd), "heads × head size, width"),
+        (wk, (params.n_head_kv * params.n_rot, params.n_embd), "key/value heads × head size, width"),
+        (ff, (params.n_ff, params.n_embd), "feed-forward size × width"),
+    ]
+    for tensor, shape, meaning in want:
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise CheckpointError(
+                f"tensor {tensor.name} has shape {list(tensor.shape)}, the config implies {list(shape)} ({meaning})",
+                where,
+            )
 
 
 def _with_tied(params: LlamaParams, tensors: dict[str, Tensor], output: str) -> LlamaParams:
@@ -291,27 +404,27 @@ def _joined_rows(parts: list[LazyTensor], axis: int, start: int, stop: int) -> n
 
 def meta_params(config: dict[str, Any], tensors: dict[str, Tensor], root: Path) -> LlamaParams:
     where = root / "params.json"
-    for key in ("dim", "n_layers", "n_heads"):
-        if not isinstance(config.get(key), int):
-            raise CheckpointError(f"needs {key!r} (integer)", where)
+    dim, n_layers, n_heads = (_positive_int(config, key, where) for key in ("dim", "n_layers", "n_heads"))
     emb = tensors.get("tok_embeddings.weight")
     ff = tensors.get("layers.0.feed_forward.w1.weight")
-    if emb is None or ff is None:
+    if emb is None or ff is None or len(emb.shape) != 2 or len(ff.shape) != 2:
         raise CheckpointError(
-            "has no tok_embeddings.weight or layers.0.feed_forward.w1.weight: not a LLaMA checkpoint", root
+            "has no tok_embeddings.weight or layers.0.feed_forward.w1.weight matrix: not a LLaMA checkpoint", root
         )
-    eps = float(config.get("norm_eps", 1e-6))
+    eps = _positive_float(config, "norm_eps", where, 1e-6)
     # params.json has no context length. LLaMA 1 (eps 1e-6) was trained on 2048 tokens, LLaMA 2
     # (eps 1e-5) on 4096: the same rule llama.cpp's original converter used.
-    n_ctx = int(config.get("max_seq_len") or (4096 if eps == 1e-5 else 2048))
-    return LlamaParams(
+    n_ctx = _positive_int(config, "max_seq_len", where, default=4096 if eps == 1e-5 else 2048)
+    params = LlamaParams(
         n_vocab=emb.shape[0],  # params.json says -1 in LLaMA 1; the embedding knows
-        n_embd=config["dim"],
-        n_layer=config["n_layers"],
+        n_embd=dim,
+        n_layer=n_layers,
         n_ff=ff.shape[0],
-        n_head=config["n_heads"],
-        n_head_kv=config.get("n_kv_heads") or config["n_heads"],
+        n_head=n_heads,
+        n_head_kv=_positive_int(config, "n_kv_heads", where, default=n_heads),
         n_ctx=n_ctx,
         norm_eps=eps,
-        rope_theta=float(config.get("rope_theta") or 10000.0),
+        rope_theta=_positive_float(config, "rope_theta", where, 10000.0, zero_is_unset=True),
     )
+    check_params(params, tensors, "meta", where)
+    return params

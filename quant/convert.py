@@ -113,12 +113,12 @@ def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list
         blocks = _blocks(src, base.tensors.get(src.name) if base else None, rotary_heads, base)
         shape = src.shape  # with a delta, the delta's shape wins (a larger vocabulary extends the base)
         out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, blocks))
+    _check_complete(out, p, ckpt.root)  # before anything is sized by the config (the rope table by its head size)
     factors = llama3_rope_factors(p)
     if factors is not None:
         out.append(
             OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: iter([factors]))
         )
-    _check_complete(out, p, ckpt.root)
     order = {n: i for i, n in enumerate(("token_embd.weight", "rope_freqs.weight"))}
     return sorted(
         out,
@@ -143,8 +143,8 @@ def _blocks(
             [apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()]
         )
     rows, width = src.shape[0], math.prod(src.shape[1:])
-    step = max(1, BLOCK_BYTES // (4 * width))
-    head = rows // rotary_heads if rotary_heads else 1
+    step = max(1, BLOCK_BYTES // (4 * max(1, width)))  # a zero width fails in _check_complete
+    head = max(1, rows // rotary_heads) if rotary_heads else 1  # a wrong row count fails in _check_complete
     step = max(head, step // head * head)  # whole heads per block: the permutation is per head
 
     def gen() -> Iterator[np.ndarray]:
@@ -249,8 +249,10 @@ def convert(
     if out.exists() and not force:
         raise OutputExistsError(out)
     with open_checkpoint(src) as ckpt, open_checkpoint(base) if base else nullcontext() as base_ckpt:
-        vocab = read_vocab(src, ckpt.params.n_vocab)  # before any weights: a missing tokenizer fails fast
+        # Both before any weights are read; the tensors first, so that the vocabulary is built
+        # only once the config's vocabulary size is known to match the embedding.
         tensors = plan(ckpt, outtype, base_ckpt)
+        vocab = read_vocab(src, ckpt.params.n_vocab)
         if on_total:
             on_total(sum(t.nbytes for t in tensors))
         with partial_output(out) as partial:

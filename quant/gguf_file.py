@@ -35,6 +35,7 @@ _SCALAR = {
     V.FLOAT64: "<d",
 }
 MAX_DIMS = 4
+MAX_ARRAY_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ class GGUFHeader:
         return _Cursor(raw, 8 + klen).value()
 
 
+def _check_depth(depth: int) -> None:
+    """Arrays of arrays nest at most MAX_ARRAY_DEPTH deep (llama.cpp reads none; a file nesting
+    100,000 deep would otherwise exhaust the stack of this recursive reader)."""
+    if depth >= MAX_ARRAY_DEPTH:
+        raise ValueError(f"metadata arrays nest more than {MAX_ARRAY_DEPTH} deep")
+
+
 class _Cursor:
     """Reads GGUF's little-endian encoding from a buffer, raising one clear error at the end."""
 
@@ -87,7 +95,7 @@ class _Cursor:
         self.pos += n
         return s
 
-    def skip_value(self, vtype: int) -> None:
+    def skip_value(self, vtype: int, depth: int = 0) -> None:
         if vtype == V.STRING:
             n = int(self.take("<Q"))
             self.pos += n
@@ -96,8 +104,11 @@ class _Cursor:
             if sub in _SCALAR:
                 self.pos += count * struct.calcsize(_SCALAR[V(sub)])
             else:
+                _check_depth(depth)
                 for _ in range(count):
-                    self.skip_value(sub)
+                    self.skip_value(sub, depth + 1)
+                    if self.pos > len(self.buf):
+                        raise EOFError
         elif vtype in _SCALAR:
             self.pos += struct.calcsize(_SCALAR[V(vtype)])
         else:
@@ -109,12 +120,14 @@ class _Cursor:
         vtype = int(self.take("<I"))
         return self._typed(vtype)
 
-    def _typed(self, vtype: int) -> object:
+    def _typed(self, vtype: int, depth: int = 0) -> object:
         if vtype == V.STRING:
             return self.string().decode("utf-8", errors="replace")
         if vtype == V.ARRAY:
             sub, count = int(self.take("<I")), int(self.take("<Q"))
-            return [self._typed(sub) for _ in range(count)]
+            if sub == V.ARRAY:
+                _check_depth(depth)
+            return [self._typed(sub, depth + 1) for _ in range(count)]
         if vtype in _SCALAR:
             return self.take(_SCALAR[V(vtype)])
         raise ValueError(f"unknown metadata value type {vtype}")

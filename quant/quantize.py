@@ -77,13 +77,13 @@ def _model(h: GGUFHeader) -> Model:
     if not isinstance(arch, str):
         raise QuantizeError(f"{h.path}: no general.architecture key; not a model file")
     n_layer = h.value(f"{arch}.block_count")
-    if not isinstance(n_layer, int):
-        raise QuantizeError(f"{h.path}: no {arch}.block_count key")
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 0:
+        raise QuantizeError(f"{h.path}: no {arch}.block_count key (a count of layers)")
 
     def count(key: str, default: int) -> int:
         v = h.value(f"{arch}.{key}", default) or 0
-        if not isinstance(v, (int, float)):
-            raise QuantizeError(f"{h.path}: {arch}.{key} is not a number")
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise QuantizeError(f"{h.path}: {arch}.{key} is not a count ({v!r:.40})")
         return int(v)
 
     n_head = count("attention.head_count", 0)
@@ -94,6 +94,8 @@ def _model(h: GGUFHeader) -> Model:
 def _plan(h: GGUFHeader, p: Preset, pure: bool, allow_requantize: bool) -> list[TensorPlan]:
     have: dict[str, tuple[tuple[int, ...], type[QuantType], int, int]] = {}
     for t in h.tensors:
+        if 0 in t.ne:  # rows of nothing: nothing to quantize, and no row size to slab by
+            raise QuantizeError(f"{h.path}: tensor {t.name} has shape {list(t.ne)}, a zero dimension; not a weight")
         cur = by_ggml(t.ggml_type)
         nbytes = math.prod(t.ne[1:]) * cur.row_bytes(t.ne[0])
         offset = h.data_start + t.offset

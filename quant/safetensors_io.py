@@ -12,6 +12,7 @@ The ``safetensors`` package still writes the files in tests and the sample model
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ DTYPES = {
     "BOOL": np.bool_,
 }
 MAX_HEADER = 100 * 1024 * 1024
+#: Bytes a tensor's dimensions may span, zeros aside (NumPy refuses larger shapes, even empty).
+MAX_SPAN = 2**62
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(DTYPES[self.dtype]).itemsize
+        # Python integers: NumPy's int64 product would wrap ([2**32, 2**32] is 0 there).
+        return math.prod(self.shape) * np.dtype(DTYPES[self.dtype]).itemsize
 
 
 def read_header(path: Path) -> dict[str, TensorRef]:
@@ -67,8 +71,12 @@ def read_header(path: Path) -> dict[str, TensorRef]:
                     f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors", path
                 )
             header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except CheckpointError:
+        raise
+    except ValueError:  # not UTF-8, not JSON, or a number of more digits than Python converts
         raise CheckpointError("header is not valid JSON: not a safetensors file", path) from None
+    except RecursionError:  # a header nested thousands deep: json's parser recurses per level
+        raise CheckpointError("header nests too deep to be a safetensors header", path) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read: {exc.strerror or exc}", path) from None
     if not isinstance(header, dict):
@@ -81,7 +89,13 @@ def read_header(path: Path) -> dict[str, TensorRef]:
             continue
         try:
             dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            ok = all(isinstance(d, int) and d >= 0 for d in (*shape, start, end)) and start <= end
+            ok = (
+                isinstance(dtype, str)
+                and all(_is_count(d) for d in shape)
+                and _is_count(start)
+                and _is_count(end)
+                and start <= end
+            )
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
@@ -90,6 +104,8 @@ def read_header(path: Path) -> dict[str, TensorRef]:
             raise CheckpointError(
                 f"tensor {name!r} has dtype {dtype!r}, which llamashare cannot read (known: {', '.join(DTYPES)})", path
             )
+        if math.prod(max(d, 1) for d in shape) * np.dtype(DTYPES[dtype]).itemsize > MAX_SPAN:
+            raise CheckpointError(f"tensor {name!r} has dimensions no array can have", path)
         ref = TensorRef(name, dtype, shape, path, base + start)
         if end - start != ref.nbytes:
             raise CheckpointError(f"tensor {name!r}: {end - start} bytes for shape {list(shape)} {dtype}", path)
@@ -102,6 +118,10 @@ def read_header(path: Path) -> dict[str, TensorRef]:
         if start_b < end_a:
             raise CheckpointError(f"tensors {a!r} and {b!r} overlap", path)
     return refs
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load(ref: TensorRef) -> np.ndarray:
@@ -148,8 +168,10 @@ def write(
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, dtype, shape, data in items:
-            array = data() if callable(data) else data
-            array = np.ascontiguousarray(array, dtype=DTYPES[dtype])
+            array: np.ndarray = np.asarray(data() if callable(data) else data, dtype=DTYPES[dtype])
+            if not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array)  # (which would also turn a 0-d array into 1-d)
             if array.shape != tuple(shape):
                 raise CheckpointError(f"tensor {name!r} has shape {array.shape}, expected {tuple(shape)}", path)
-            f.write(array.data.cast("B"))
+            if array.size:  # an empty tensor has no bytes (and a memoryview of it cannot be cast)
+                f.write(array.reshape(-1).view(np.uint8).data)

@@ -15,7 +15,10 @@ are ``("storage", storage_type, key, location, numel)``; tensors rebuild through
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -27,6 +30,18 @@ from typing import Any
 import numpy as np
 
 from llamashare.errors import CheckpointError, UnsafePickleError
+
+#: The largest data.pkl read: it indexes tensors (about 100 bytes each), so even a checkpoint of
+#: 100,000 tensors needs a few MiB.
+MAX_PICKLE = 32 * 1024 * 1024
+
+
+#: Opcodes that store into the unpickler's memo at an index they name.
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+#: The largest offset, size or stride (in elements) a view may have: NumPy's byte strides and
+#: sizes are int64, and elements are at most 8 bytes.
+MAX_INDEX = 2**60
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,24 @@ class LazyTensor:
         return np.lib.stride_tricks.as_strided(
             base[self.offset :], self.shape, tuple(s * item for s in self.stride), writeable=False
         )
+
+
+def _view_problem(t: LazyTensor) -> str | None:
+    """Why ``t`` is not a plain, non-overlapping view inside its storage (None if it is)."""
+    if t.offset < 0 or any(n < 0 for n in t.shape) or any(s < 0 for s in t.stride):
+        return "has a negative offset, size or stride"
+    if max((t.offset, *t.shape, *t.stride)) > MAX_INDEX:
+        return "has an offset, size or stride no array can have"
+    if 0 in t.shape:
+        return None
+    if t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride)) + 1 > t.storage.numel:
+        return f"reaches outside its storage {t.storage.key}"
+    span = 1  # elements covered by the dimensions seen so far, innermost first
+    for stride, n in sorted((s, n) for n, s in zip(t.shape, t.stride) if n > 1):
+        if stride < span:
+            return "is a view whose elements overlap (a stride of 0, or strides that interleave)"
+        span = stride * n
+    return None
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> LazyTensor:
@@ -170,11 +203,11 @@ class TorchArchive:
         if len(pkls) != 1:
             raise CheckpointError("no <archive>/data.pkl inside: not a PyTorch checkpoint", path)
         self.prefix = pkls[0][: -len("data.pkl")]
-        self._starts: dict[str, int] = {}
+        self._starts: dict[Storage, int] = {}
         try:
-            with self._zip.open(pkls[0]) as f:
-                obj = _RestrictedUnpickler(f, self).load()
-        except UnsafePickleError:
+            raw = self._read_pickle(pkls[0])
+            obj = _RestrictedUnpickler(io.BytesIO(raw), self).load()
+        except (UnsafePickleError, CheckpointError):
             raise
         except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, OSError, *ZIP_ERRORS) as exc:
             raise CheckpointError(f"its pickle is malformed or its zip damaged: {exc}", path) from None
@@ -185,16 +218,76 @@ class TorchArchive:
         ):
             raise CheckpointError("is not a state dict (a mapping of names to tensors)", path)
         self.tensors: dict[str, LazyTensor] = dict(obj)
+        self._check_views()
+
+    def _read_pickle(self, name: str) -> bytes:
+        """data.pkl's bytes, only if stored as ``torch.save`` stores it (uncompressed) and no
+        larger than MAX_PICKLE; then every length an opcode claims is checked against the bytes
+        that follow it (pickletools walks the opcodes without building anything), because the
+        unpickler allocates what a BINBYTES8 claims (2^44 bytes, say) before it reads, and every
+        memo index against the pickle's size (a memo holds at most one object per opcode)."""
+        info = self._zip.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{name} is compressed; torch.save never compresses it (refused: a compressed pickle can "
+                "claim any size)",
+                self.path,
+            )
+        if info.file_size > MAX_PICKLE:
+            raise CheckpointError(
+                f"{name} is {info.file_size} bytes; a checkpoint's tensor index is far smaller (at most "
+                f"{MAX_PICKLE >> 20} MiB here)",
+                self.path,
+            )
+        raw = self._zip.read(name)  # stored: as many bytes as the entry holds, CRC checked
+        try:
+            for op, arg, _ in pickletools.genops(raw):
+                # the unpickler grows its memo table to the index a PUT names (2^27 → 2 GB)
+                if op.name in _MEMO_PUTS and isinstance(arg, int) and arg > len(raw):
+                    raise CheckpointError(f"its pickle stores an object at memo index {arg}", self.path)
+        except CheckpointError:
+            raise
+        except (ValueError, struct.error, EOFError, OverflowError) as exc:
+            raise CheckpointError(f"its pickle is malformed: {exc}", self.path) from None
+        return raw
+
+    def _check_views(self) -> None:
+        """Every tensor a plain view of bytes that are there: its storage's zip entry exists, is
+        stored and holds exactly what the pickle claims; the view stays inside it, and no two of
+        its elements share a place (no stride 0, no overlapping strides), since a torch.save'd
+        weight stores every element once. Across tensors, views may repeat a storage at most as a
+        tied copy does: what the tensors claim in all is at most twice the bytes the storages hold,
+        so what a converter writes is bounded by the file it read."""
+        claimed = 0
+        held: dict[str, int] = {}  # bytes per zip entry
+        for name, t in self.tensors.items():
+            s = t.storage
+            itemsize = np.dtype(s.type.numpy).itemsize
+            if s.numel < 0:
+                raise CheckpointError(f"tensor {name}: its storage claims {s.numel} elements", self.path)
+            if s.numel and s not in self._starts:  # each (entry, type, count) a pickle claims is checked
+                self._starts[s] = self._locate(s)
+            held[s.key] = s.numel * itemsize
+            problem = _view_problem(t)
+            if problem:
+                raise CheckpointError(f"tensor {name} {problem}", self.path)
+            claimed += math.prod(t.shape) * itemsize
+        if claimed > 2 * sum(held.values()):
+            raise CheckpointError(
+                f"its tensors claim {claimed} bytes but its storages hold {sum(held.values())}: views repeat "
+                "the same bytes (a tensor checkpoint stores each weight once)",
+                self.path,
+            )
 
     def storage_array(self, storage: Storage) -> np.ndarray:
         """The storage's elements, memory-mapped straight from the (uncompressed) zip entry.
         A fresh mapping each call: it is unmapped (and leaves RSS) when the caller drops it."""
         if storage.numel == 0:
             return np.zeros(0, storage.type.numpy)
-        if storage.key not in self._starts:
-            self._starts[storage.key] = self._locate(storage)
+        if storage not in self._starts:
+            self._starts[storage] = self._locate(storage)
         return np.memmap(
-            self.path, dtype=storage.type.numpy, mode="r", offset=self._starts[storage.key], shape=(storage.numel,)
+            self.path, dtype=storage.type.numpy, mode="r", offset=self._starts[storage], shape=(storage.numel,)
         )
 
     def _locate(self, storage: Storage) -> int:

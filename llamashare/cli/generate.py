@@ -85,6 +85,21 @@ def _model_path(home: Home, model: str) -> Path:
     return best
 
 
+def _read_text(path: Path) -> str:
+    """A prompt or text file as ``Path.read_text`` reads it (UTF-8, universal newlines), or one
+    line naming the file and the first byte that is not UTF-8."""
+    from llamashare.errors import InferenceError
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InferenceError(
+            f"{path}: is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason})"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _load_model(
     home: Home, model_arg: str, ctx_size: int | None, weights: str, quiet: bool
 ) -> tuple[Llama, GGUFTokenizer]:
@@ -179,7 +194,7 @@ def run(
     from llamashare.infer.sampling import Sampler, SamplingParams
 
     if prompt_file is not None:
-        prompt = prompt_file.read_text(encoding="utf-8")
+        prompt = _read_text(prompt_file)
     if prompt is None and not chat:
         raise click.UsageError("give a prompt (-p TEXT or -f FILE), or --chat")
     try:
@@ -255,11 +270,12 @@ def perplexity(home: Home, model: str, text_file: Path, ctx_size: int, weights: 
     """
     from llamashare.infer.perplexity import perplexity as measure
 
+    text = _read_text(text_file)  # before the model: a wrong file fails at once
     llm, tok = _load_model(home, model, ctx_size, weights, quiet)
 
     def progress(chunk: int, total: int, ppl: float) -> None:
         if not quiet:
             err.print(f"[{chunk}/{total}] {ppl:.4f}", markup=False, highlight=False)
 
-    r = measure(llm, tok, text_file.read_text(encoding="utf-8"), ctx_size, progress)
+    r = measure(llm, tok, text, ctx_size, progress)
     click.echo(f"perplexity {r.ppl:.4f} ± {r.stderr:.4f} ({r.chunks} chunks of {r.n_ctx} tokens, {r.scored} scored)")
