@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
-
 from llamashare.errors import ManifestError, StoreError, UnsafePathError
 from llamashare.fsio import atomic_write, safe_join
+from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, check_name, dumps, load_manifest, manifest_id
 
 
@@ -273,9 +272,8 @@ class Store:
     def remove(self, entry: Entry, keep_source: bool) -> Removal:
         """Delete a release from the store: only what the store wrote (its records, the GGUF
         files its steps made) and, unless ``keep_source``, the release's own source files —
-        each one only if it still is the manifest's file (its size; and, outside the store's own
-        folder, its BLAKE3, since a user's file of the same size may sit there). Anything else
-        stays where it is and is reported."""
+        each one only if it still is the manifest's file (size and BLAKE3: a user's file of the
+        same size may sit at the path). Anything else stays where it is and is reported."""
         manifest, source, owned = entry.manifest(), entry.source_dir, entry.owns_source
         removal = Removal()
         steps = entry.record()["steps"]
@@ -290,18 +288,19 @@ class Store:
         if keep_source:
             removal.kept.append(source)
         else:
-            for f in manifest.files:
-                try:
-                    path = safe_join(source, f.path)
-                except UnsafePathError:
-                    continue
-                # Always by hash: a file of the user's with the release's size may sit at the
-                # path, in the store's folder too (a refused fetch is rolled back through here).
-                if _is_release_file(path, f):
-                    path.unlink()
-                    removal.deleted_bytes += f.size
-                elif path.exists():
-                    removal.foreign.append(path)
+            with Hasher() as hasher:
+                for f in manifest.files:
+                    try:
+                        path = safe_join(source, f.path)
+                    except UnsafePathError:
+                        continue
+                    # Always by hash: a file of the user's with the release's size may sit at the
+                    # path, in the store's folder too (a refused fetch is rolled back through here).
+                    if _is_release_file(hasher, path, f):
+                        path.unlink()
+                        removal.deleted_bytes += f.size
+                    elif path.exists():
+                        removal.foreign.append(path)
             if owned:
                 _prune_empty(source, stop=entry.root)
             else:  # a user's folder: only the release's own subfolders, once empty
@@ -346,17 +345,15 @@ def _foreign_files(root: Path, allowed: AbstractSet[str] = frozenset()) -> list[
     )
 
 
-def _is_release_file(path: Path, entry: FileEntry) -> bool:
+def _is_release_file(hasher: Hasher, path: Path, entry: FileEntry) -> bool:
+    """Whether ``path`` is still the release's own file (a regular file, not a link)."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.size:
             return False
-        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        with path.open("rb") as fh:
-            while chunk := fh.read(8 << 20):
-                h.update(chunk)
-        return h.hexdigest() == entry.blake3
+        digest = hasher.hash_file(path, sha256=False)
     except OSError:
         return False
+    return entry.mismatch(digest.size, digest.blake3) is None
 
 
 def _prune_empty(folder: Path, stop: Path) -> None:

@@ -215,29 +215,24 @@ def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
             )
         return
     need = 0  # bytes still to be written: the selected files not on disk yet
-    for entry in manifest.files:
-        if not _selected(entry, spec.include):
-            continue
-        path = safe_join(save_dir, entry.path)
-        if not path.exists():
-            need += entry.size
-            continue
-        if path.is_file() and path.stat().st_size == entry.size and _blake3(path) == entry.blake3:
-            continue
-        raise ReleaseConflict(
-            f"{path} is in the way: it exists with other content than {manifest.name}'s "
-            f"{entry.path}; move it away first (nothing was overwritten)"
-        )
+    with Hasher() as hasher:
+        for entry in manifest.files:
+            if not _selected(entry, spec.include):
+                continue
+            path = safe_join(save_dir, entry.path)
+            if not path.exists():
+                need += entry.size
+                continue
+            if path.is_file() and path.stat().st_size == entry.size:
+                digest = hasher.hash_file(path, sha256=False)
+                if entry.mismatch(digest.size, digest.blake3) is None:
+                    continue
+            raise ReleaseConflict(
+                f"{path} is in the way: it exists with other content than {manifest.name}'s "
+                f"{entry.path}; move it away first (nothing was overwritten)"
+            )
     save_dir.mkdir(parents=True, exist_ok=True)
     check_free_space(save_dir, need)
-
-
-def _blake3(path: Path) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with path.open("rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return str(h.hexdigest())
 
 
 class Node:
