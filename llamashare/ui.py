@@ -6,7 +6,6 @@ sees a plain ``progress(nbytes)`` callback.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,19 +22,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
-
-
-def printable(text: object, multiline: bool = True) -> str:
-    """``text`` safe for a terminal: control, C1 and bidi characters (from a peer, a tracker, a
-    file) shown as escapes (``\\x1b``, ``\\u202e``), never sent raw, so a string cannot move the
-    cursor, set the clipboard or reorder a line. Newlines and tabs stay unless ``multiline`` is off."""
-    s = str(text)
-    if not multiline:
-        s = s.replace("\n", "\\n").replace("\t", "\\t")
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
-
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one line, however long
 

@@ -29,6 +29,7 @@ import tomli_w
 
 from llamashare.errors import ManifestError, TorrentError
 from llamashare.manifests.torrent import info_hash_v1, is_valid_piece_size, read_torrent, v1_companion
+from llamashare.text import UNSAFE_CHARS
 
 FORMAT_VERSION = 1
 KINDS = ("full", "delta")
@@ -124,18 +125,13 @@ class Manifest:
 # --------------------------------------------------------------------------- validation helpers
 
 
-#: Characters a manifest's text may never hold: C0 controls (but tab and newline in multi-line
-#: fields), DEL, C1 controls (\x9b is a one-byte CSI on some terminals) and the Unicode bidi and
-#: invisible-format controls that reorder or hide text (a forged "signature ok" line, a file
-#: name that reads backwards). Printed on a terminal they would be commands, not text.
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 #: Characters no portable file name holds (Windows refuses them; shells and globs trip on them).
 _UNPORTABLE_PATH_CHARS = set('<>:"|?*')
 
 
 def unsafe_char(text: str, multiline: bool = False) -> str | None:
     """The first character of ``text`` that must not reach a terminal, as ``U+XXXX``, or None."""
-    found = _UNSAFE_CHARS.search(text)
+    found = UNSAFE_CHARS.search(text)  # a manifest's text may never hold these (text.UNSAFE_CHARS)
     if found is None and not multiline and ("\n" in text or "\t" in text):
         return "U+000A" if "\n" in text else "U+0009"
     return f"U+{ord(found.group()):04X}" if found else None

@@ -346,7 +346,7 @@ def test_documented_example_is_valid() -> None:
 
 
 def test_untrusted_text_reaches_the_terminal_escaped() -> None:
-    from llamashare.ui import printable
+    from llamashare.text import printable
 
     assert printable("a\x1b[2Kb\u202ec\x9bd\x07") == "a\\x1b[2Kb\\u202ec\\x9bd\\x07"
     assert printable("two\nlines\tok") == "two\nlines\tok" and printable("one\nline", multiline=False) == "one\\nline"

@@ -14,7 +14,8 @@ import platformdirs
 
 from llamashare import __version__
 from llamashare.errors import EXIT_FAILURE, LlamashareError
-from llamashare.ui import err, human_size, printable
+from llamashare.text import printable
+from llamashare.ui import err, human_size
 
 if TYPE_CHECKING:
     from llamashare.manifests.manifest import Manifest

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from llamashare.cli.base import CONTEXT, cli
-from llamashare.ui import human_size, printable
+from llamashare.text import printable
+from llamashare.ui import human_size
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home

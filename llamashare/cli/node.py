@@ -10,7 +10,8 @@ import click
 
 from llamashare.cli.base import CONTEXT, cli, network_options
 from llamashare.errors import EXIT_FAILURE
-from llamashare.ui import err, human_size, printable
+from llamashare.text import printable
+from llamashare.ui import err, human_size
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
