@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,37 +59,8 @@ def test_rate_history_keeps_the_last_samples() -> None:
 
 def _daemon_row(name: str, state: str, up: int = 0, down: int = 0) -> ReleaseStatus:
     """A release as the node reports it, with only what the test varies set."""
-    return ReleaseStatus(
-        name=name,
-        version="1",
-        license="MIT",
-        dir="/x",
-        state=State(state),
-        error=None,
-        tracker_error=None,
-        size=5,
-        done=5,
-        progress=1.0,
-        download_rate=down,
-        upload_rate=up,
-        downloaded=0,
-        uploaded=0,
-        ratio=0.0,
-        ratio_target=1.0,
-        seed_time=None,
-        seeded_seconds=0.0,
-        paused=False,
-        seed_forever=False,
-        initial_seeding=False,
-        peers=0,
-        seeds=0,
-        via="hybrid",
-        hash_failures=0,
-        banned_peers=(),
-        files={},
-        info_hash_v1="0" * 40,
-        v1_twin=None,
-    )
+    blank = ReleaseStatus.unrestorable(name, "")
+    return replace(blank, state=State(state), error=None, upload_rate=up, download_rate=down)
 
 
 def test_overview_merges_daemon_and_store_and_names_one_state() -> None:
