@@ -2,7 +2,9 @@
 
 For each new token i (position start+i) and query head h, sharing kv head h // (n_head/n_head_kv):
 
-    s_j = (q · k_j) · scale              for the keys j = 0 .. start+i it may see
+    s_j = (q · k_j) · scale              for the keys j it may see: 0 .. start+i, or the last
+                                         ``window`` of them in a sliding-window layer
+    s_j = cap · tanh(s_j / cap)          where scores are soft-capped (Gemma 2)
     p_j = exp(s_j - max s) / Σ exp(...)  (the sum in double, as ggml_vec_soft_max_f32 adds)
     y   = Σ_j half(p_j) · v_j            (the probabilities go through float16, as llama.cpp
                                           converts them for its float16 value cache)
@@ -27,20 +29,24 @@ F32 = np.float32
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def _attend(q, k_cache, v_cache, start, scale, out):  # type: ignore[no-untyped-def]
+def _attend(q, k_cache, v_cache, start, scale, window, cap, out):  # type: ignore[no-untyped-def]
     n_tok, n_head, hd = q.shape
     group = n_head // k_cache.shape[0]
     for pair in range(n_tok * n_head):
         i, h = pair // n_head, pair % n_head
         keys, vals = k_cache[h // group], v_cache[h // group]
-        seen = start + i + 1
+        end = start + i + 1
+        first = max(0, end - window) if window > 0 else 0  # llama.cpp masks keys window or more behind
+        seen = end - first
         s = np.empty(seen, F32)
         top = F32(-np.inf)
         for j in range(seen):
             dot = F32(0)
             for d in range(hd):
-                dot += q[i, h, d] * keys[j, d]
+                dot += q[i, h, d] * keys[first + j, d]
             s[j] = dot * scale
+            if cap > 0:  # as ggml: scaled by 1/cap, tanh, scaled by cap
+                s[j] = cap * np.tanh(s[j] * (F32(1) / cap))
             top = max(top, s[j])
         total = 0.0
         for j in range(seen):
@@ -52,13 +58,22 @@ def _attend(q, k_cache, v_cache, start, scale, out):  # type: ignore[no-untyped-
         for j in range(seen):
             p = through_half(s[j] * inv)
             for d in range(hd):
-                y[d] += p * vals[j, d]
+                y[d] += p * vals[first + j, d]
 
 
-def attend(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
+def attend(
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    start: int,
+    scale: float,
+    window: int = 0,
+    softcap: float = 0.0,
+) -> np.ndarray:
     """q: (T, n_head, head_dim), already through float16; caches: (n_head_kv, n_ctx, head_dim)
-    holding positions 0 .. start+T-1. Returns (T, n_head·head_dim) float32."""
+    holding positions 0 .. start+T-1. ``window`` > 0: each query sees only the last ``window``
+    positions up to its own; ``softcap`` > 0 caps the scores. Returns (T, n_head·head_dim) float32."""
     n_tok, n_head, hd = q.shape
     out = np.empty((n_tok, n_head * hd), F32)
-    _attend(np.ascontiguousarray(q, dtype=F32), k_cache, v_cache, start, F32(scale), out)
+    _attend(np.ascontiguousarray(q, dtype=F32), k_cache, v_cache, start, F32(scale), window, F32(softcap), out)
     return out

@@ -1,14 +1,22 @@
-"""The LLaMA forward pass: one page to read, top to bottom.
+"""The decoder forward pass of every supported family: one page to read, top to bottom.
 
-    x = embedding[tokens]
+    x = embedding[tokens]                   (· sqrt(n_embd): Gemma)
     for each layer:
         h = rms_norm(x) * attn_norm
-        q, k, v = h Wq, h Wk, h Wv          (k, v appended to the cache)
-        q, k = rope(q), rope(k)             (pairs (2i, 2i+1), as llama.cpp stores q/k)
-        x += attention(q, cache) Wo         (causal, grouped-query: n_head / n_head_kv per kv head)
+        q, k, v = h Wq + bq, h Wk + bk, h Wv + bv   (one fused Wqkv: Phi-3; biases: Qwen2)
+        q, k = rms_norm per head (Qwen3, Gemma 3)
+        q, k = rope(q), rope(k)             (pairs (2i, 2i+1) for LLaMA, (i, i + d/2) for the rest;
+                                             sliding-window layers have their own rope base)
+        a = attention(q, cache) Wo          (causal, grouped-query; the last n_swa positions
+                                             only in sliding-window layers; scores soft-capped:
+                                             Gemma 2)
+        x += a                              (a through rms_norm * attn_post_norm first: Gemma)
         h = rms_norm(x) * ffn_norm
-        x += swiglu(h Wgate, h Wup) Wdown   (swiglu(g, u) = silu(g) · u)
-    logits = rms_norm(x) * output_norm  Wout
+        x += act(h Wgate) · (h Wup) Wdown   (act = silu, or tanh-GELU for Gemma; gate and up
+                                             fused into one matrix: Phi-3; post-norm: Gemma)
+    logits = rms_norm(x) * output_norm  Wout   (cap · tanh(logits / cap): Gemma 2)
+
+Which switches a family sets is families.py; this file has one place per difference.
 
 Prompt processing passes all its tokens through each matrix at once (matrix × matrix), generation
 one token (matrix × vector, on the quantized blocks: weights.py). The arithmetic is NumPy, except
@@ -33,6 +41,7 @@ from llamashare.errors import InferenceError
 from llamashare.infer.activations import round_half
 from llamashare.infer.attention import attend
 from llamashare.infer.model_file import Config, ModelFile
+from llamashare.infer.simd import through_half
 from llamashare.infer.weights import Dense, Matrix, Streamed, project
 
 F32 = np.float32
@@ -43,14 +52,26 @@ DEFAULT_CTX = 4096
 @dataclass
 class Layer:
     attn_norm: np.ndarray
-    wq: Matrix
-    wk: Matrix
-    wv: Matrix
+    wq: Matrix | None  # None where q, k and v come from one fused matrix
+    wk: Matrix | None
+    wv: Matrix | None
+    wqkv: Matrix | None
+    biases: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # of q, k, v
     wo: Matrix
     ffn_norm: np.ndarray
-    w_gate: Matrix
+    w_gate: Matrix | None  # None where w_up holds gate and up (gate first)
     w_up: Matrix
     w_down: Matrix
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    attn_post_norm: np.ndarray | None = None
+    ffn_post_norm: np.ndarray | None = None
+    window: int = 0  # sliding window in positions; 0: attends to everything before it
+    rope: int = 0  # which rope table (sliding layers may have their own base)
+
+    def matrices(self) -> list[Matrix]:
+        found = (self.wq, self.wk, self.wv, self.wqkv, self.wo, self.w_gate, self.w_up, self.w_down)
+        return [m for m in found if m is not None]
 
 
 # rms_norm and swiglu are loops, compiled: as NumPy expressions they were 9 and 4 calls per use,
@@ -81,23 +102,62 @@ def _swiglu(gate, up, out):  # type: ignore[no-untyped-def]
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """silu(gate) · up, silu(g) = g / (1 + e^-g)."""
+    gate, up = np.ascontiguousarray(gate, dtype=F32), np.ascontiguousarray(up, dtype=F32)
     out = np.empty_like(gate)
     _swiglu(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
     return out
 
 
-def rope_tables(cfg: Config, n_ctx: int, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+#: ggml's tanh-GELU constants (ggml-cpu/vec.h).
+_GELU_A = F32(0.044715)
+_SQRT_2_OVER_PI = F32(0.79788456080286535587989211986876)
+
+
+@njit(cache=True)
+def _geglu(gate, up, out):  # type: ignore[no-untyped-def]
+    for i in range(gate.shape[0]):
+        x = gate[i]
+        if x <= F32(-10):
+            g = F32(0)
+        elif x >= F32(10):
+            g = x
+        else:  # ggml looks GELU up in a float16 table: the input and the result go through float16
+            h = through_half(x)
+            g = through_half(F32(0.5) * h * (F32(1) + np.tanh(_SQRT_2_OVER_PI * h * (F32(1) + _GELU_A * h * h))))
+        out[i] = g * up[i]
+
+
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu(gate) · up, gelu(x) = x/2 · (1 + tanh(sqrt(2/π) (x + 0.044715 x³))), as ggml's
+    float16 lookup table computes it (exactly 0 below -10, x above 10)."""
+    gate, up = np.ascontiguousarray(gate, dtype=F32), np.ascontiguousarray(up, dtype=F32)
+    out = np.empty_like(gate)
+    _geglu(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
+    return out
+
+
+def rope_tables(
+    head_dim: int,
+    theta_base: float,
+    freq_scale: float,
+    n_ctx: int,
+    freq_factors: np.ndarray | None = None,
+    mscale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin of shape (n_ctx, head_dim/2): angle p · theta_scale^i / factor_i · freq_scale,
-    the power taken by repeated float32 multiplication as ggml_rope_cache_init does."""
-    half = cfg.head_dim // 2
-    theta_scale = F32(cfg.rope_theta) ** F32(-2.0 / cfg.head_dim)
+    the power taken by repeated float32 multiplication as ggml_rope_cache_init does, both
+    multiplied by ``mscale`` (ggml's attention factor, 1 but for Phi-3's long-context rope)."""
+    half = head_dim // 2
+    theta_scale = F32(theta_base) ** F32(-2.0 / head_dim)
     steps = np.full((n_ctx, half), theta_scale, dtype=F32)
     steps[:, 0] = np.arange(n_ctx, dtype=F32)
     theta: np.ndarray = np.cumprod(steps, axis=1, dtype=F32)
     if freq_factors is not None:
         theta = theta / freq_factors.astype(F32)
-    theta = F32(cfg.rope_freq_scale) * theta
-    return np.cos(theta), np.sin(theta)
+    theta = F32(freq_scale) * theta
+    if mscale == 1.0:
+        return np.cos(theta), np.sin(theta)
+    return np.cos(theta) * F32(mscale), np.sin(theta) * F32(mscale)
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -107,6 +167,17 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     out = np.empty_like(x)
     out[..., 0::2] = x0 * c - x1 * s
     out[..., 1::2] = x0 * s + x1 * c
+    return out
+
+
+def rope_neox(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (x[i], x[i + d/2]) of every head (ggml's NEOX mode: Hugging Face's layout)."""
+    half = x.shape[-1] // 2
+    x0, x1 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = np.empty_like(x)
+    out[..., :half] = x0 * c - x1 * s
+    out[..., half:] = x0 * s + x1 * c
     return out
 
 
@@ -174,11 +245,14 @@ def check_context(cfg: Config, n_ctx: int) -> None:
 
 
 class Llama:
-    """A loaded model: weights in memory (see weights.py) and a KV cache of ``n_ctx`` positions."""
+    """A loaded model of any supported family (the name is historical: LLaMA's block is the
+    template the others vary): weights in memory (see weights.py) and a KV cache of ``n_ctx``
+    positions."""
 
     def __init__(self, path: str | os.PathLike[str], n_ctx: int | None = None, weights: str = "auto") -> None:
         self.file = mf = ModelFile(path)
         self.cfg = cfg = mf.config
+        fam = cfg.family
         self.n_ctx = n_ctx if n_ctx is not None else min(cfg.n_ctx_train, DEFAULT_CTX)
         check_context(cfg, self.n_ctx)
         kinds: dict[str, type[Dense] | type[Streamed]] = {"f32": Dense, "streamed": Streamed}
@@ -193,35 +267,68 @@ class Llama:
         def vector(name: str) -> np.ndarray:
             return mf.floats(name).reshape(-1)
 
-        self.embd_raw, self.embd_type = mf.raw("token_embd.weight"), mf.qtype("token_embd.weight")
-        self.layers = [
-            Layer(
-                vector(f"blk.{i}.attn_norm.weight"),
-                matrix(f"blk.{i}.attn_q.weight"),
-                matrix(f"blk.{i}.attn_k.weight"),
-                matrix(f"blk.{i}.attn_v.weight"),
-                matrix(f"blk.{i}.attn_output.weight"),
-                vector(f"blk.{i}.ffn_norm.weight"),
-                matrix(f"blk.{i}.ffn_gate.weight"),
-                matrix(f"blk.{i}.ffn_up.weight"),
-                matrix(f"blk.{i}.ffn_down.weight"),
+        def optional(make, name):  # type: ignore[no-untyped-def]
+            return make(name) if mf.has(name) else None
+
+        def layer(i: int) -> Layer:
+            b = f"blk.{i}."
+            fused = mf.has(b + "attn_qkv.weight")
+            split = not fused
+            biases = None
+            if mf.has(b + "attn_qkv.bias"):
+                qkv = vector(b + "attn_qkv.bias")
+                q, kv = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+                biases = (qkv[:q], qkv[q : q + kv], qkv[q + kv :])
+            elif all(mf.has(b + f"attn_{x}.bias") for x in "qkv"):
+                biases = (vector(b + "attn_q.bias"), vector(b + "attn_k.bias"), vector(b + "attn_v.bias"))
+            return Layer(
+                attn_norm=vector(b + "attn_norm.weight"),
+                wq=matrix(b + "attn_q.weight") if split else None,
+                wk=matrix(b + "attn_k.weight") if split else None,
+                wv=matrix(b + "attn_v.weight") if split else None,
+                wqkv=matrix(b + "attn_qkv.weight") if fused else None,
+                biases=biases,
+                wo=matrix(b + "attn_output.weight"),
+                ffn_norm=vector(b + "ffn_norm.weight"),
+                w_gate=None if fam.fused_gate_up else matrix(b + "ffn_gate.weight"),
+                w_up=matrix(b + "ffn_up.weight"),
+                w_down=matrix(b + "ffn_down.weight"),
+                q_norm=optional(vector, b + "attn_q_norm.weight"),
+                k_norm=optional(vector, b + "attn_k_norm.weight"),
+                attn_post_norm=optional(vector, b + "attn_post_norm.weight"),
+                ffn_post_norm=optional(vector, b + "ffn_post_norm.weight"),
+                window=cfg.n_swa if cfg.slides(i) else 0,
+                rope=1 if cfg.slides(i) else 0,
             )
-            for i in range(cfg.n_layer)
-        ]
+
+        self.embd_raw, self.embd_type = mf.raw("token_embd.weight"), mf.qtype("token_embd.weight")
+        self.layers = [layer(i) for i in range(cfg.n_layer)]
         self.output_norm = vector("output_norm.weight")
-        self.output = matrix("output.weight" if "output.weight" in mf.tensors else "token_embd.weight")
-        factors = vector("rope_freqs.weight") if "rope_freqs.weight" in mf.tensors else None
-        self.cos, self.sin = rope_tables(cfg, self.n_ctx, factors)
+        tied = fam.tied_output or not mf.has("output.weight")
+        self.output = matrix("token_embd.weight" if tied else "output.weight")
+        # Per-frequency rope factors: Llama 3.1's rope_freqs, or Phi-3's long/short pair, the long
+        # one for contexts beyond the original training length (llama_model::get_rope_factors).
+        factors = optional(vector, "rope_freqs.weight")
+        if factors is None:
+            factors = optional(
+                vector, "rope_factors_long.weight" if self.n_ctx > cfg.n_ctx_orig else "rope_factors_short.weight"
+            )
+        global_rope = rope_tables(
+            cfg.head_dim, cfg.rope_theta, cfg.rope_freq_scale, self.n_ctx, factors, cfg.rope_attn_factor
+        )
+        self.ropes = [global_rope]
+        if any(la.rope == 1 for la in self.layers):
+            self.ropes.append(
+                rope_tables(cfg.head_dim, cfg.rope_theta_swa, cfg.rope_freq_scale_swa, self.n_ctx, factors)
+            )
+        self.rotate = rope_neox if fam.rope_neox else rope
+        self.act = geglu if fam.ffn_act == "gelu" else swiglu
         self.cache = KVCache(cfg, self.n_ctx)
         self.forward([0])  # loads the compiled kernels (~0.3 s from numba's cache) now, not in the first token
         self.reset()
 
     def _matrices(self) -> list[Matrix]:
-        return [
-            m
-            for layer in self.layers
-            for m in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down)
-        ] + [self.output]
+        return [m for layer in self.layers for m in layer.matrices()] + [self.output]
 
     @property
     def weight_bytes(self) -> int:
@@ -236,7 +343,7 @@ class Llama:
     def forward(self, tokens: list[int], logits_from: int | None = None) -> np.ndarray:
         """Append ``tokens`` to the cache and return logits: (vocab,) for the last token, or
         (T - logits_from, vocab) for tokens ``logits_from`` onwards of this batch."""
-        cfg, cache = self.cfg, self.cache
+        cfg, cache, fam = self.cfg, self.cache, self.cfg.family
         start, t = len(cache), len(tokens)
         if start + t > self.n_ctx:
             raise InferenceError(
@@ -246,27 +353,50 @@ class Llama:
         if t == 0 or ids.min() < 0 or ids.max() >= cfg.n_vocab:
             raise InferenceError(f"token ids must be in 0..{cfg.n_vocab - 1}")
         x = self.embd_type.dequantize(self.embd_raw[ids])  # (T, C)
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
-        hd, nkv = cfg.head_dim, cfg.n_head_kv
+        if fam.scale_embeddings:
+            x = x * np.sqrt(F32(cfg.n_embd))
+        hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
         end = start + t
-        scale = 1.0 / np.sqrt(hd)
         for li, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-            q, k, v = project(h, layer.wq, layer.wk, layer.wv)
-            q = rope(q.reshape(t, cfg.n_head, hd), cos, sin)
-            k = rope(k.reshape(t, nkv, hd), cos, sin)
-            v = v.reshape(t, nkv, hd)
+            if layer.wqkv is not None:
+                (qkv,) = project(h, layer.wqkv)
+                q, k, v = np.split(qkv, [nh * hd, (nh + nkv) * hd], axis=1)
+            else:
+                assert layer.wq is not None and layer.wk is not None and layer.wv is not None
+                q, k, v = project(h, layer.wq, layer.wk, layer.wv)
+            if layer.biases is not None:
+                q, k, v = q + layer.biases[0], k + layer.biases[1], v + layer.biases[2]
+            q, k, v = q.reshape(t, nh, hd), k.reshape(t, nkv, hd), v.reshape(t, nkv, hd)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q = rms_norm(q.reshape(t * nh, hd), layer.q_norm, cfg.rms_eps).reshape(t, nh, hd)
+                k = rms_norm(k.reshape(t * nkv, hd), layer.k_norm, cfg.rms_eps).reshape(t, nkv, hd)
+            cos, sin = (table[start:end] for table in self.ropes[layer.rope])
+            q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
             cache.k[li, :, start:end] = round_half(k).transpose(1, 0, 2)
             cache.v[li, :, start:end] = round_half(v).transpose(1, 0, 2)
-            y = attend(round_half(q), cache.k[li], cache.v[li], start, scale)  # (T, C), causal
-            x = x + layer.wo(y)
+            q, scale = (q * F32(cfg.attn_scale), 1.0) if fam.scale_queries else (q, cfg.attn_scale)
+            y = attend(round_half(q), cache.k[li], cache.v[li], start, scale, layer.window, cfg.attn_softcap)
+            a = layer.wo(y)
+            if layer.attn_post_norm is not None:
+                a = rms_norm(a, layer.attn_post_norm, cfg.rms_eps)
+            x = x + a
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
-            gate, up = project(h, layer.w_gate, layer.w_up)
-            x = x + layer.w_down(swiglu(gate, up))
+            if layer.w_gate is None:
+                (gate_up,) = project(h, layer.w_up)
+                gate, up = gate_up[:, : cfg.n_ff], gate_up[:, cfg.n_ff :]
+            else:
+                gate, up = project(h, layer.w_gate, layer.w_up)
+            f = layer.w_down(self.act(gate, up))
+            if layer.ffn_post_norm is not None:
+                f = rms_norm(f, layer.ffn_post_norm, cfg.rms_eps)
+            x = x + f
         cache.tokens.extend(int(i) for i in ids)
         logits = self.output(
             rms_norm(x[-1:] if logits_from is None else x[logits_from:], self.output_norm, cfg.rms_eps)
         )
+        if cfg.final_softcap:
+            logits = np.tanh(logits * F32(1.0 / cfg.final_softcap)) * F32(cfg.final_softcap)
         return logits[0] if logits_from is None else logits
 
     def prefill(self, tokens: list[int], batch: int = 512) -> np.ndarray:
