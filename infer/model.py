@@ -295,8 +295,8 @@ class Llama:
                 w_down=matrix(b + "ffn_down.weight"),
                 q_norm=optional(vector, b + "attn_q_norm.weight"),
                 k_norm=optional(vector, b + "attn_k_norm.weight"),
-                attn_post_norm=optional(vector, b + "attn_post_norm.weight"),
-                ffn_post_norm=optional(vector, b + "ffn_post_norm.weight"),
+                attn_post_norm=optional(vector, b + "post_attention_norm.weight"),
+                ffn_post_norm=optional(vector, b + "post_ffw_norm.weight"),
                 window=cfg.n_swa if cfg.slides(i) else 0,
                 rope=1 if cfg.slides(i) else 0,
             )

@@ -230,7 +230,7 @@ class ModelFile:
             if fam.qk_norm:
                 want |= {b + "attn_q_norm.weight": (c.head_dim,), b + "attn_k_norm.weight": (c.head_dim,)}
             if fam.post_norms:
-                want |= {b + "attn_post_norm.weight": (c.n_embd,), b + "ffn_post_norm.weight": (c.n_embd,)}
+                want |= {b + "post_attention_norm.weight": (c.n_embd,), b + "post_ffw_norm.weight": (c.n_embd,)}
         want |= {name: shape for name, shape in optional.items() if name in t}
         size = len(self.header.data)
         for name, shape in want.items():

@@ -1,9 +1,13 @@
-"""A small, deterministic, LLaMA-shaped Hugging Face model folder, generated on the spot.
+"""A small, deterministic Hugging Face model folder of any supported family, generated on the spot.
 
 Why: tests, benchmarks and the offline demo need a release that looks like the real thing
 (sharded safetensors with an index, config, tokenizer files) without downloading anything.
-Shapes are consistent with ``config.json`` (grouped-query attention, untied output), so later
-stages (convert, quantize, run) can consume it; the weights are seeded random numbers.
+Shapes are consistent with ``config.json`` (grouped-query attention, untied output for LLaMA),
+so later stages (convert, quantize, run) can consume it; the weights are seeded random numbers.
+``architecture`` picks the family: its tensor names (Phi-3's fused projections, Gemma's four
+norms, Qwen's biases and Q/K norms) and config keys (soft-caps, sliding window) are the ones
+Hugging Face's own classes use, with values chosen so every family difference shows in the
+logits (a sliding window shorter than a test's sequence, Gemma 3's global layer among local ones).
 """
 
 from __future__ import annotations
@@ -32,34 +36,88 @@ class SampleConfig:
     num_key_value_heads: int = 2
     shards: int = 2
     seed: int = 0
+    architecture: str = "LlamaForCausalLM"
+    head_dim: int | None = None  # None: hidden_size / num_attention_heads
+    sliding_window: int = 8  # Gemma 2/3 and Phi-3; short, so a 32-step test crosses it
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+#: Hugging Face architecture → its model_type, and what else its config.json says.
+FAMILY_CONFIG: dict[str, dict[str, object]] = {
+    "LlamaForCausalLM": {"model_type": "llama", "hidden_act": "silu", "rope_theta": 10000.0},
+    "Qwen2ForCausalLM": {"model_type": "qwen2", "hidden_act": "silu", "rope_theta": 1000000.0},
+    "Qwen3ForCausalLM": {"model_type": "qwen3", "hidden_act": "silu", "rope_theta": 1000000.0},
+    "Gemma2ForCausalLM": {
+        "model_type": "gemma2",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rope_theta": 10000.0,
+        "attn_logit_softcapping": 10.0,  # low, so the caps bite on these small weights
+        "final_logit_softcapping": 3.0,
+    },
+    "Gemma3ForCausalLM": {
+        "model_type": "gemma3_text",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "sliding_window_pattern": 6,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},  # global layers only, as Gemma 3 4B+
+    },
+    "Phi3ForCausalLM": {"model_type": "phi3", "hidden_act": "silu", "rope_theta": 10000.0},
+}
 
 
 def _tensors(cfg: SampleConfig) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(cfg.seed)
-    h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    kv = h // cfg.num_attention_heads * cfg.num_key_value_heads
+    arch = cfg.architecture
+    h, i, v, hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_size
+    q, kv = hd * cfg.num_attention_heads, hd * cfg.num_key_value_heads
+    gemma = arch.startswith("Gemma")
 
     def w(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
 
-    out = {"model.embed_tokens.weight": w(v, h)}
+    def norm(n: int) -> np.ndarray:
+        if arch == "LlamaForCausalLM":
+            return np.ones(n, np.float32)
+        # Gemma stores w for a scale of (1 + w), so its "ones" are zeros; small noise either
+        # way, so a norm applied to the wrong tensor (or without Gemma's +1) shows in the logits
+        return w(n, scale=0.1) + np.float32(0.0 if gemma else 1.0)
+
+    out = {"model.embed_tokens.weight": w(v, h, scale=0.05 if gemma else 0.02)}  # Gemma multiplies it by sqrt(h)
     for n in range(cfg.num_hidden_layers):
         p = f"model.layers.{n}."
-        out |= {
-            p + "input_layernorm.weight": np.ones(h, np.float32),
-            # Q and K large enough for peaked attention: position and rotary-layout mistakes
-            # then change the logits visibly (with 0.02, attention is near uniform).
-            p + "self_attn.q_proj.weight": w(h, h, scale=0.15),
-            p + "self_attn.k_proj.weight": w(kv, h, scale=0.15),
-            p + "self_attn.v_proj.weight": w(kv, h),
-            p + "self_attn.o_proj.weight": w(h, h),
-            p + "post_attention_layernorm.weight": np.ones(h, np.float32),
-            p + "mlp.gate_proj.weight": w(i, h),
-            p + "mlp.up_proj.weight": w(i, h),
-            p + "mlp.down_proj.weight": w(h, i),
-        }
-    out["model.norm.weight"] = np.ones(h, np.float32)
-    out["lm_head.weight"] = w(v, h)
+        attn_norm = norm(h)
+        # Q and K large enough for peaked attention: position and rotary-layout mistakes
+        # then change the logits visibly (with 0.02, attention is near uniform).
+        wq, wk, wv, wo = w(q, h, scale=0.15), w(kv, h, scale=0.15), w(kv, h), w(h, q)
+        ffn_norm = norm(h)
+        gate, up, down = w(i, h), w(i, h), w(h, i)
+        out[p + "input_layernorm.weight"] = attn_norm
+        if arch == "Phi3ForCausalLM":
+            out[p + "self_attn.qkv_proj.weight"] = np.concatenate([wq, wk, wv])
+        else:
+            out |= {p + "self_attn.q_proj.weight": wq, p + "self_attn.k_proj.weight": wk}
+            out[p + "self_attn.v_proj.weight"] = wv
+        if arch == "Qwen2ForCausalLM":
+            out |= {f"{p}self_attn.{x}_proj.bias": w(size, scale=0.5) for x, size in (("q", q), ("k", kv), ("v", kv))}
+        if arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"):
+            out |= {p + "self_attn.q_norm.weight": norm(hd), p + "self_attn.k_norm.weight": norm(hd)}
+        out[p + "self_attn.o_proj.weight"] = wo
+        # Gemma's post_attention_layernorm follows attention; LLaMA's is the one before the MLP
+        out[p + "post_attention_layernorm.weight"] = ffn_norm
+        if gemma:
+            out |= {p + "pre_feedforward_layernorm.weight": norm(h), p + "post_feedforward_layernorm.weight": norm(h)}
+        if arch == "Phi3ForCausalLM":
+            out[p + "mlp.gate_up_proj.weight"] = np.concatenate([gate, up])
+        else:
+            out |= {p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up}
+        out[p + "mlp.down_proj.weight"] = down
+    out["model.norm.weight"] = norm(h)
+    if not gemma:
+        out["lm_head.weight"] = w(v, h)
     return out
 
 
@@ -77,6 +135,54 @@ def _byte_level_bpe(size: int) -> tuple[dict[str, int], list[str]]:
         vocab[a + b] = len(vocab)
         merges.append(f"{a} {b}")
     return vocab, merges
+
+
+#: Qwen2's pre-tokenizer split, as its tokenizer.json spells it (llama.cpp's "qwen2").
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _pre_tokenizer(arch: str) -> dict[str, object]:
+    """GPT-2's byte-level split, or Qwen's (a regex, then bytes) for the Qwen families."""
+    if arch.startswith("Qwen"):
+        return {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            ],
+        }
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def _config(cfg: SampleConfig) -> dict[str, object]:
+    arch = cfg.architecture
+    if arch not in FAMILY_CONFIG:
+        raise ValueError(f"no sample for {arch}; known: {', '.join(FAMILY_CONFIG)}")
+    own = {k: val for k, val in asdict(cfg).items() if k not in ("shards", "seed", "architecture", "sliding_window")}
+    config: dict[str, object] = {
+        "architectures": [arch],
+        **FAMILY_CONFIG[arch],
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6 if arch.startswith("Gemma") else 1e-5,
+        "tie_word_embeddings": arch.startswith("Gemma"),
+        "torch_dtype": "float32",
+        "bos_token_id": cfg.vocab_size - 3,
+        "eos_token_id": cfg.vocab_size - 2,
+        **own,
+    }
+    if arch == "LlamaForCausalLM" and cfg.head_dim is None:
+        del config["head_dim"]
+    else:
+        config["head_dim"] = cfg.head_size
+    if arch.startswith("Gemma") or arch == "Phi3ForCausalLM":
+        config["sliding_window"] = cfg.sliding_window
+    if arch.startswith("Gemma"):
+        config["query_pre_attn_scalar"] = cfg.head_size
+    if arch == "Phi3ForCausalLM":
+        config["original_max_position_embeddings"] = 256
+    return config
 
 
 def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[Path]:
@@ -97,19 +203,7 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
     vocab, merges = _byte_level_bpe(cfg.vocab_size)
     docs = {
         "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
-        "config.json": {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_act": "silu",
-            "max_position_embeddings": 256,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": False,
-            "torch_dtype": "float32",
-            "bos_token_id": cfg.vocab_size - 3,
-            "eos_token_id": cfg.vocab_size - 2,
-            **{k: val for k, val in asdict(cfg).items() if k not in ("shards", "seed")},
-        },
+        "config.json": _config(cfg),
         "generation_config.json": {"bos_token_id": cfg.vocab_size - 3, "eos_token_id": cfg.vocab_size - 2},
         "tokenizer_config.json": {
             "bos_token": "<s>",
@@ -133,7 +227,7 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
                 }
                 for k, t in enumerate(("<s>", "</s>", "<unk>"))
             ],
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "pre_tokenizer": _pre_tokenizer(cfg.architecture),
             "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             "model": {"type": "BPE", "vocab": vocab, "merges": merges},
         },

@@ -28,8 +28,21 @@ from llamashare.errors import CheckpointError
 from llamashare.quant import safetensors_io
 from llamashare.quant.torch_pickle import LazyTensor, TorchArchive
 
-#: Hugging Face architectures llamashare converts, all of which llama.cpp runs as ``llama``.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+#: Hugging Face architectures llamashare converts → the GGUF architecture llama.cpp runs them as.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # the text model; the vision tower is left out
+    "Phi3ForCausalLM": "phi3",
+}
+#: Mixture-of-experts relatives of supported families: refused by name, not as "unknown".
+MOE_ARCHITECTURES = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM", "PhiMoEForCausalLM")
+#: Tensor name prefixes of a multimodal checkpoint's non-text parts, which convert leaves out.
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,8 @@ class Tensor:
 
 @dataclass(frozen=True)
 class LlamaParams:
-    """The hyper-parameters a LLaMA-family GGUF records, from config.json or params.json."""
+    """The hyper-parameters a GGUF of a supported family records, from config.json or params.json
+    (the name is historical: LLaMA's are the common core; the rest are per family)."""
 
     n_vocab: int
     n_embd: int
@@ -69,6 +83,15 @@ class LlamaParams:
     head_dim: int | None = None  # defaults to n_embd // n_head
     rope_scaling: dict[str, Any] | None = None
     tied_embeddings: bool = False
+    arch: str = "llama"  # GGUF general.architecture
+    sliding_window: int | None = None  # Gemma 2/3, Phi-3
+    swa_layers: tuple[bool, ...] | None = None  # Gemma 3: which layers slide
+    attn_softcap: float | None = None  # Gemma 2
+    final_softcap: float | None = None  # Gemma 2 (and Gemma 3 where set)
+    rope_theta_swa: float | None = None  # Gemma 3: rope base of the sliding layers
+    n_ctx_orig: int | None = None  # Phi-3: the context before long-rope scaling
+    rope_long: tuple[float, ...] | None = None  # Phi-3 long-context rope factors
+    rope_short: tuple[float, ...] | None = None
 
     @property
     def n_rot(self) -> int:
@@ -129,13 +152,21 @@ def _open_hf(root: Path) -> Checkpoint:
     archs = config.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise CheckpointError(f"'architectures' must be a list of names, not {_show(archs)}", root / "config.json")
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+    moe = [a for a in archs if a in MOE_ARCHITECTURES]
+    if moe:
+        raise CheckpointError(
+            f"{moe[0]} is a mixture-of-experts model; llamashare converts dense models only", root / "config.json"
+        )
+    known = [a for a in archs if a in SUPPORTED_ARCHITECTURES]
+    if not known:
         raise CheckpointError(
             f"architecture {', '.join(archs) or _show(config.get('model_type', '?'))} is not "
-            f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)} (llama.cpp's 'llama')",
+            f"supported; llamashare converts {', '.join(SUPPORTED_ARCHITECTURES)}",
             root / "config.json",
         )
-    params = hf_params(config, root / "config.json")
+    if isinstance(config.get("text_config"), dict):  # a multimodal model: its text part, as llama.cpp reads it
+        config = {**config, **config["text_config"]}
+    params = hf_params(config, root / "config.json", SUPPORTED_ARCHITECTURES[known[0]])
     index = root / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
@@ -159,14 +190,18 @@ def _open_hf(root: Path) -> Checkpoint:
         path = root / shard
         if not path.is_file():
             raise CheckpointError(f"shard {shard} is missing", root)
-        for name, ref in safetensors_io.read_header(path).items():
-            if weight_map is not None and weight_map.get(name) != shard:
+        for stored, ref in safetensors_io.read_header(path).items():
+            if weight_map is not None and weight_map.get(stored) != shard:
                 continue  # the index is authoritative about which shard holds a tensor
+            if stored.startswith(VISION_PREFIXES):
+                continue
+            name = stored.replace("language_model.", "")  # a multimodal model's text part, named as a text model
             if name in tensors:  # without an index, two shards holding one tensor is ambiguous
                 raise CheckpointError(f"tensor {name} is in more than one shard (also in {shard})", root)
             tensors[name] = Tensor(name, ref.shape, ref.dtype, partial(safetensors_io.load, ref))
     if weight_map is not None:
-        missing = sorted(set(weight_map) - set(tensors))
+        kept = {n for n in weight_map if not n.startswith(VISION_PREFIXES)}
+        missing = sorted(n for n in kept if n.replace("language_model.", "") not in tensors)
         if missing:
             raise CheckpointError(
                 f"tensor {missing[0]} is listed in the index but not in {weight_map[missing[0]]}", root
@@ -176,8 +211,24 @@ def _open_hf(root: Path) -> Checkpoint:
     return Checkpoint("hf", root, params, tensors, config)
 
 
-def hf_params(config: dict[str, Any], where: Path) -> LlamaParams:
+def hf_params(config: dict[str, Any], where: Path, arch: str = "llama") -> LlamaParams:
     n_head = _positive_int(config, "num_attention_heads", where)
+    extra: dict[str, Any] = {}
+    if arch.startswith("gemma"):
+        default_window = 4096 if arch == "gemma2" else 0
+        extra["sliding_window"] = _positive_int(config, "sliding_window", where, default=default_window) or None
+        extra["final_softcap"] = _positive_float(config, "final_logit_softcapping", where, 0.0, zero_is_unset=True)
+        extra["final_softcap"] = extra["final_softcap"] or None
+    if arch == "gemma2":
+        extra["attn_softcap"] = _positive_float(config, "attn_logit_softcapping", where, 50.0)
+    if arch == "gemma3":
+        if config.get("attn_logit_softcapping") is not None:
+            raise CheckpointError("Gemma 3 has no attention soft-capping, but attn_logit_softcapping is set", where)
+        extra["swa_layers"] = _swa_layers(config, where)
+        extra["rope_theta_swa"] = _positive_float(config, "rope_local_base_freq", where, 10000.0)
+    if arch == "phi3":
+        extra |= _phi3_rope(config, where)
+    rope_default = 1_000_000.0 if arch == "gemma3" else 10000.0
     return LlamaParams(
         n_vocab=_positive_int(config, "vocab_size", where),
         n_embd=_positive_int(config, "hidden_size", where),
@@ -187,11 +238,56 @@ def hf_params(config: dict[str, Any], where: Path) -> LlamaParams:
         n_head_kv=_positive_int(config, "num_key_value_heads", where, default=n_head),
         n_ctx=_positive_int(config, "max_position_embeddings", where, default=2048),
         norm_eps=_positive_float(config, "rms_norm_eps", where, 1e-6),
-        rope_theta=_positive_float(config, "rope_theta", where, 10000.0, zero_is_unset=True),
+        rope_theta=_positive_float(config, "rope_theta", where, rope_default, zero_is_unset=True),
         head_dim=_positive_int(config, "head_dim", where, default=0) or None,
-        rope_scaling=rope_scaling(config.get("rope_scaling"), where),
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_scaling=None if arch == "phi3" else rope_scaling(config.get("rope_scaling"), where),
+        tied_embeddings=bool(config.get("tie_word_embeddings", arch.startswith("gemma"))),
+        arch=arch,
+        **extra,
     )
+
+
+def _swa_layers(config: dict[str, Any], where: Path) -> tuple[bool, ...]:
+    """Gemma 3's sliding layers: ``layer_types`` (newer configs) or every ``sliding_window_pattern``-th
+    layer global (6 unless said)."""
+    n_layer = _positive_int(config, "num_hidden_layers", where)
+    types = config.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n_layer:
+            raise CheckpointError(f"layer_types must list one type per layer ({n_layer})", where)
+        return tuple(t == "sliding_attention" for t in types)
+    n = _positive_int(config, "sliding_window_pattern", where, default=6)
+    return tuple(i % n < n - 1 for i in range(n_layer))
+
+
+def _phi3_rope(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Phi-3's rope: no partial rotation (Phi-4-mini's is not supported), and for the 128k
+    models the long/short per-frequency factors of ``rope_scaling`` ("longrope"/"su")."""
+    if _is_number(config.get("partial_rotary_factor")) and config["partial_rotary_factor"] != 1:
+        raise CheckpointError("partial rotary embeddings (partial_rotary_factor) are not supported", where)
+    out: dict[str, Any] = {
+        "n_ctx_orig": _positive_int(config, "original_max_position_embeddings", where, default=0) or None,
+        "sliding_window": _positive_int(config, "sliding_window", where, default=0),
+    }
+    scaling = config.get("rope_scaling")
+    if scaling is None:
+        return out
+    if not isinstance(scaling, dict) or scaling.get("type", scaling.get("rope_type")) not in ("longrope", "su"):
+        raise CheckpointError(f"Phi-3 rope_scaling {_show(scaling)} is not supported (longrope is)", where)
+    n_embd = _positive_int(config, "hidden_size", where)
+    half = n_embd // _positive_int(config, "num_attention_heads", where) // 2
+    for key in ("long_factor", "short_factor"):
+        factors = scaling.get(key)
+        if (
+            not isinstance(factors, list)
+            or len(factors) != half
+            or not all(_is_number(f) and math.isfinite(f) and f > 0 for f in factors)
+        ):
+            raise CheckpointError(f"rope_scaling.{key} must be {half} positive numbers (half a head)", where)
+        out["rope_long" if key == "long_factor" else "rope_short"] = tuple(float(f) for f in factors)
+    if out["n_ctx_orig"] is None:
+        raise CheckpointError("longrope scaling needs original_max_position_embeddings", where)
+    return out
 
 
 def _show(value: object) -> str:

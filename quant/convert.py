@@ -1,11 +1,17 @@
-"""Checkpoint → GGUF for the LLaMA family, one tensor in memory at a time.
+"""Checkpoint → GGUF for every supported family, one tensor in memory at a time.
 
-The output is what llama.cpp's own converter writes for architecture ``llama``: GGUF tensor
-names (gguf-py's name map knows both the Hugging Face and the Meta names), the metadata keys
-``llama.*`` and ``general.*``, the tokenizer, and Q/K weights in GGML's rotary layout. Hugging
-Face checkpoints store Q and K with each head's rotary pairs split into halves; Meta's and GGML's
-keep pairs interleaved, so HF Q/K rows are permuted back (per KV head for K, which matters with
-grouped-query attention). Norm vectors stay F32, matrices take ``outtype``.
+The output is what llama.cpp's own converter writes for the architecture (``llama``, ``qwen2``,
+``qwen3``, ``gemma2``, ``gemma3``, ``phi3``): GGUF tensor names (gguf-py's name map per
+architecture knows the Hugging Face and the Meta names), the metadata keys ``{arch}.*`` and
+``general.*``, the tokenizer, and the tensors transformed as llama.cpp expects:
+- LLaMA's Q/K weights in GGML's interleaved rotary layout. Hugging Face checkpoints store Q and K
+  with each head's rotary pairs split into halves; Meta's and GGML's keep pairs interleaved, so HF
+  Q/K rows are permuted back (per KV head for K, which matters with grouped-query attention). The
+  other families rotate in Hugging Face's layout ("NEOX" rope) and are left as they are.
+- Gemma's RMS norms scale by (1 + w): the 1 is folded into the stored weights.
+- Phi-3's fused projections (``qkv_proj``, ``gate_up_proj``) stay fused (``attn_qkv``, a
+  double-width ``ffn_up``); its long/short rope factors become tensors.
+Norm vectors and biases stay F32, matrices take ``outtype``.
 
 Writing streams: the header and tensor table first (shapes are known from the file headers),
 then each tensor is read (memory-mapped), transformed and appended. The output goes to
@@ -20,6 +26,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -89,40 +96,52 @@ def llama3_rope_factors(params: LlamaParams) -> np.ndarray | None:
     return factors.astype(np.float32)
 
 
+def gguf_arch(arch: str) -> gguf.MODEL_ARCH:
+    return {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+
+
 def plan(ckpt: Checkpoint, outtype: str, base: Checkpoint | None = None) -> list[OutTensor]:
     """Every output tensor, in llama.cpp's order, without reading any weights yet."""
     p = ckpt.params
     qtype = OUTTYPES[outtype][0]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, p.n_layer)
+    names = gguf.get_tensor_name_map(gguf_arch(p.arch), p.n_layer)
+    gemma = p.arch.startswith("gemma")
     out: list[OutTensor] = []
     for src in ckpt.tensors.values():
-        if src.name.endswith(IGNORED_SUFFIXES):
-            continue
+        if src.name.endswith(IGNORED_SUFFIXES) or (gemma and src.name == "lm_head.weight"):
+            continue  # Gemma's output is its embedding; llama.cpp's converter drops a stray lm_head
         if src.dtype not in WEIGHT_DTYPES:
             raise CheckpointError(
                 f"tensor {src.name} has dtype {src.dtype}; weights must be one of {', '.join(WEIGHT_DTYPES)}", ckpt.root
             )
         name = names.get_name(src.name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise CheckpointError(
-                f"tensor {src.name} has no place in a LLaMA-family GGUF (unexpected tensor)", ckpt.root
-            )
+            raise CheckpointError(f"tensor {src.name} has no place in a {p.arch} GGUF (unexpected tensor)", ckpt.root)
         rotary_heads = None
-        if ckpt.layout == "hf" and name.endswith(("attn_q.weight", "attn_k.weight")):
+        if p.arch == "llama" and ckpt.layout == "hf" and name.endswith(("attn_q.weight", "attn_k.weight")):
             rotary_heads = p.n_head if name.endswith("attn_q.weight") else p.n_head_kv
-        blocks = _blocks(src, base.tensors.get(src.name) if base else None, rotary_heads, base)
+        shift = 1.0 if gemma and name.endswith("norm.weight") else 0.0
+        blocks = _blocks(src, base.tensors.get(src.name) if base else None, rotary_heads, base, shift)
         shape = src.shape  # with a delta, the delta's shape wins (a larger vocabulary extends the base)
         out.append(OutTensor(name, shape, qtype if len(shape) > 1 else gguf.GGMLQuantizationType.F32, blocks))
     _check_complete(out, p, ckpt.root)  # before anything is sized by the config (the rope table by its head size)
-    factors = llama3_rope_factors(p)
-    if factors is not None:
-        out.append(
-            OutTensor("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: iter([factors]))
-        )
-    order = {n: i for i, n in enumerate(("token_embd.weight", "rope_freqs.weight"))}
+    extra = {"rope_freqs.weight": llama3_rope_factors(p)}
+    if p.rope_long is not None and p.rope_short is not None:
+        extra["rope_factors_long.weight"] = np.array(p.rope_long, dtype=np.float32)
+        extra["rope_factors_short.weight"] = np.array(p.rope_short, dtype=np.float32)
+    for name, table in extra.items():
+        if table is not None:
+            out.append(OutTensor(name, table.shape, gguf.GGMLQuantizationType.F32, partial(iter, [table])))
+    first = ("token_embd.weight", "rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+    order = {n: i for i, n in enumerate(first)}
     return sorted(
         out,
-        key=lambda t: (order.get(t.name, 2), _block(t.name), t.name == "output_norm.weight", t.name == "output.weight"),
+        key=lambda t: (
+            order.get(t.name, len(first)),
+            _block(t.name),
+            t.name == "output_norm.weight",
+            t.name == "output.weight",
+        ),
     )
 
 
@@ -131,17 +150,21 @@ def _block(name: str) -> int:
 
 
 def _blocks(
-    src: Tensor, base_t: Tensor | None, rotary_heads: int | None, base: Checkpoint | None
+    src: Tensor, base_t: Tensor | None, rotary_heads: int | None, base: Checkpoint | None, shift: float = 0.0
 ) -> Callable[[], Iterator[np.ndarray]]:
-    """Row blocks of the output tensor: read, add the base (deltas), permute Q/K rows per head."""
+    """Row blocks of the output tensor: read, add the base (deltas), permute Q/K rows per head,
+    add ``shift`` (Gemma's norms)."""
     if base is not None:
         if base_t is None:
             raise CheckpointError(f"delta tensor {src.name} is not in the base model", base.root)
         check_shapes(src.name, base_t, src.shape)
     if len(src.shape) < 2:
-        return lambda: iter(
-            [apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()]
-        )
+
+        def vector() -> Iterator[np.ndarray]:
+            v = apply_delta(base_t, src, 0, src.shape[0] if src.shape else 1) if base_t else src.load_f32()
+            yield v + np.float32(shift) if shift else v
+
+        return vector
     rows, width = src.shape[0], math.prod(src.shape[1:])
     step = max(1, BLOCK_BYTES // (4 * max(1, width)))  # a zero width fails in _check_complete
     head = max(1, rows // rotary_heads) if rotary_heads else 1  # a wrong row count fails in _check_complete
@@ -156,35 +179,60 @@ def _blocks(
     return gen
 
 
-def _check_complete(out: list[OutTensor], p: LlamaParams, root: Path) -> None:
-    have = {t.name: t.shape for t in out}
-    kv = p.n_head_kv * p.n_rot
-    expected = {"token_embd.weight": (p.n_vocab, p.n_embd), "output_norm.weight": (p.n_embd,)}
+def expected_tensors(p: LlamaParams, have: set[str]) -> dict[str, tuple[int, ...]]:
+    """Every tensor a GGUF of this family and shape holds (NumPy order: rows, cols), taking the
+    choices the checkpoint made where llama.cpp accepts either (fused or split Q/K/V, biases,
+    an output matrix or a tied embedding)."""
+    hd, fused_ffn = p.n_rot, p.arch == "phi3"
+    q, kv = p.n_head * hd, p.n_head_kv * hd
+    want: dict[str, tuple[int, ...]] = {"token_embd.weight": (p.n_vocab, p.n_embd), "output_norm.weight": (p.n_embd,)}
     if not p.tied_embeddings:
-        expected["output.weight"] = (p.n_vocab, p.n_embd)
+        want["output.weight"] = (p.n_vocab, p.n_embd)
+    for name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+        if name in have:
+            want[name] = (hd // 2,)
     for i in range(p.n_layer):
         b = f"blk.{i}."
-        expected |= {
+        want |= {
             b + "attn_norm.weight": (p.n_embd,),
-            b + "attn_q.weight": (p.n_head * p.n_rot, p.n_embd),
-            b + "attn_k.weight": (kv, p.n_embd),
-            b + "attn_v.weight": (kv, p.n_embd),
-            b + "attn_output.weight": (p.n_embd, p.n_head * p.n_rot),
+            b + "attn_output.weight": (p.n_embd, q),
             b + "ffn_norm.weight": (p.n_embd,),
-            b + "ffn_gate.weight": (p.n_ff, p.n_embd),
-            b + "ffn_up.weight": (p.n_ff, p.n_embd),
             b + "ffn_down.weight": (p.n_embd, p.n_ff),
         }
+        if b + "attn_qkv.weight" in have:
+            want[b + "attn_qkv.weight"] = (q + 2 * kv, p.n_embd)
+        else:
+            want |= {b + "attn_q.weight": (q, p.n_embd), b + "attn_k.weight": (kv, p.n_embd)}
+            want[b + "attn_v.weight"] = (kv, p.n_embd)
+        for part, rows in (("q", q), ("k", kv), ("v", kv), ("qkv", q + 2 * kv)):
+            if f"{b}attn_{part}.bias" in have:
+                want[f"{b}attn_{part}.bias"] = (rows,)
+        if fused_ffn:
+            want[b + "ffn_up.weight"] = (2 * p.n_ff, p.n_embd)
+        else:
+            want |= {b + "ffn_gate.weight": (p.n_ff, p.n_embd), b + "ffn_up.weight": (p.n_ff, p.n_embd)}
+        if p.arch in ("qwen3", "gemma3"):
+            want |= {b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)}
+        if p.arch.startswith("gemma"):
+            want |= {b + "post_attention_norm.weight": (p.n_embd,), b + "post_ffw_norm.weight": (p.n_embd,)}
+    return want
+
+
+def _check_complete(out: list[OutTensor], p: LlamaParams, root: Path) -> None:
+    have = {t.name: t.shape for t in out}
+    expected = expected_tensors(p, set(have) | {"rope_freqs.weight"})
     for name, shape in expected.items():
         if name not in have:
-            raise CheckpointError(f"has no tensor for {name}: incomplete checkpoint", root)
+            if name == "rope_freqs.weight":
+                continue
+            raise CheckpointError(f"has no tensor for {name}: incomplete checkpoint (a {p.arch} model needs it)", root)
         if tuple(have[name]) != shape:
             raise CheckpointError(
                 f"tensor for {name} has shape {list(have[name])}, the config implies {list(shape)}", root
             )
-    extra = sorted(set(have) - set(expected) - {"rope_freqs.weight"})
+    extra = sorted(set(have) - set(expected))
     if extra:
-        raise CheckpointError(f"tensor for {extra[0]} does not fit a {p.n_layer}-layer model", root)
+        raise CheckpointError(f"tensor for {extra[0]} does not fit a {p.n_layer}-layer {p.arch} model", root)
 
 
 def _cast(array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
@@ -196,7 +244,9 @@ def _cast(array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
 
 
 def write_metadata(writer: gguf.GGUFWriter, name: str, p: LlamaParams, outtype: str) -> None:
-    """The general.* and llama.* keys llama.cpp reads for this architecture."""
+    """The general.* and {arch}.* keys llama.cpp reads for this architecture, as its converter
+    writes them (LLaMA's adds the vocabulary size and rope dimensions; Phi-3 the rope dimensions
+    and its original context; Gemma its soft-caps and sliding window)."""
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_context_length(p.n_ctx)
@@ -207,11 +257,30 @@ def write_metadata(writer: gguf.GGUFWriter, name: str, p: LlamaParams, outtype: 
     writer.add_head_count_kv(p.n_head_kv)
     writer.add_rope_freq_base(p.rope_theta)
     writer.add_layer_norm_rms_eps(p.norm_eps)
-    writer.add_vocab_size(p.n_vocab)
-    writer.add_rope_dimension_count(p.n_rot)
-    if p.head_dim is not None:
-        writer.add_key_length(p.head_dim)
-        writer.add_value_length(p.head_dim)
+    if p.arch == "llama":
+        writer.add_vocab_size(p.n_vocab)
+    if p.arch in ("llama", "phi3"):
+        writer.add_rope_dimension_count(p.n_rot)
+    if p.head_dim is not None or p.arch.startswith("gemma"):
+        writer.add_key_length(p.n_rot)
+        writer.add_value_length(p.n_rot)
+    if p.arch == "phi3":
+        orig = p.n_ctx_orig or p.n_ctx
+        writer.add_rope_scaling_orig_ctx_len(orig)
+        writer.add_sliding_window(p.sliding_window or 0)
+        if p.rope_long is not None:
+            scale = p.n_ctx / orig
+            writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
+    if p.attn_softcap is not None:
+        writer.add_attn_logit_softcapping(p.attn_softcap)
+    if p.final_softcap is not None:
+        writer.add_final_logit_softcapping(p.final_softcap)
+    if p.arch == "gemma2" or (p.arch == "gemma3" and p.swa_layers and any(p.swa_layers)):
+        writer.add_sliding_window(p.sliding_window or 4096)
+    if p.arch == "gemma3" and p.rope_theta_swa is not None:
+        writer.add_rope_freq_base_swa(p.rope_theta_swa)
+    if p.arch == "gemma3" and p.swa_layers and p.swa_layers != tuple(i % 6 < 5 for i in range(p.n_layer)):
+        writer.add_sliding_window_pattern(list(p.swa_layers))  # llama.cpp assumes every 6th layer global
     rs = p.rope_scaling or {}
     kind = rs.get("rope_type", rs.get("type"))
     if kind == "linear":
@@ -252,11 +321,11 @@ def convert(
         # Both before any weights are read; the tensors first, so that the vocabulary is built
         # only once the config's vocabulary size is known to match the embedding.
         tensors = plan(ckpt, outtype, base_ckpt)
-        vocab = read_vocab(src, ckpt.params.n_vocab)
+        vocab = read_vocab(src, ckpt.params.n_vocab)  # TEMP-ARCH
         if on_total:
             on_total(sum(t.nbytes for t in tensors))
-        with partial_output(out) as partial:
-            writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        with partial_output(out) as unfinished:
+            writer = gguf.GGUFWriter(unfinished, ckpt.params.arch)
             try:
                 written = _write_gguf(writer, src, ckpt.params, vocab, tensors, outtype, progress, on_tensor)
             finally:
@@ -277,7 +346,7 @@ def _write_gguf(
     """Metadata, vocabulary, tensor infos, then every tensor streamed block by block; returns the
     tensor bytes written. Free space is checked once the header is out and its size known."""
     write_metadata(writer, src.resolve().name, params, outtype)
-    add_vocab(writer, src, vocab)
+    add_vocab(writer, src, vocab)  # TEMP-ARCH
     for t in tensors:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
     writer.write_header_to_file()

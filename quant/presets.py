@@ -124,6 +124,13 @@ class Model:
     n_head: int
     n_head_kv: int
     n_expert: int = 0
+    arch: str = "llama"
+
+    @property
+    def is_70b(self) -> bool:
+        """llama.cpp's LLM_TYPE_70B, which its attn_v rule asks for: an 80-layer LLaMA with grouped
+        keys (LLaMA-1 65B has 80 layers too, without) or an 80-layer Qwen2 (Qwen2/2.5-72B)."""
+        return self.n_layer == 80 and (self.arch == "qwen2" or (self.arch == "llama" and self.n_head != self.n_head_kv))
 
 
 _FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
@@ -151,7 +158,8 @@ def plan(
     by_name = {name: (shape, cur) for name, shape, cur in tensors}
     order = gguf_order(list(by_name))
     tied = "output.weight" not in by_name
-    n_attn_v = sum(category(n) == "attn_v" for n in order)
+    # a fused attn_qkv counts and is treated as attn_v (llama-quant.cpp's category_is_attn_v)
+    n_attn_v = sum(category(n) in ("attn_v", "attn_qkv") for n in order)
     i_attn_v = i_ffn_down = 0
     ftype = p.ftype
     out: dict[str, str] = {}
@@ -171,7 +179,7 @@ def plan(
                     t = "q8_0"
                 elif t != "q8_0":
                     t = "q6_k"
-            elif cat == "attn_v":
+            elif cat in ("attn_v", "attn_qkv"):
                 if ftype == FT.MOSTLY_Q2_K:
                     t = "q4_k" if model.n_head >= 4 * model.n_head_kv else "q3_k"
                 elif ftype == FT.MOSTLY_Q3_K_M:
@@ -182,7 +190,7 @@ def plan(
                     t = "q6_k"
                 elif ftype == FT.MOSTLY_Q4_K_S and i_attn_v < 4:
                     t = "q5_k"
-                if model.n_layer == 80 and model.n_head != model.n_head_kv and t in ("q3_k", "q4_k"):
+                if model.is_70b and t in ("q3_k", "q4_k"):
                     t = "q5_k"  # LLaMA-2/3 70B: attn_v is 8× smaller than attn_q, more bits are cheap
                 i_attn_v += 1
             elif cat == "ffn_down":

@@ -88,7 +88,7 @@ def _model(h: GGUFHeader) -> Model:
 
     n_head = count("attention.head_count", 0)
     n_head_kv = count("attention.head_count_kv", n_head)
-    return Model(n_layer, n_head, n_head_kv, count("expert_count", 0))
+    return Model(n_layer, n_head, n_head_kv, count("expert_count", 0), arch)
 
 
 def _plan(h: GGUFHeader, p: Preset, pure: bool, allow_requantize: bool) -> list[TensorPlan]:
