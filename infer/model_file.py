@@ -94,14 +94,17 @@ class ModelFile:
         return InferenceError(f"{self.path}: {problem}")
 
     def _read_config(self) -> Config:
-        arch = self.meta("general.architecture")
-        fam = family(arch)
+        named = self.meta("general.architecture")
+        fam = family(named)
         if fam is None:
             raise self._fail(
-                f"architecture {_show(arch)} is not supported; llamashare runs: {', '.join(ARCHITECTURES)}"
+                f"architecture {_show(named)} is not supported; llamashare runs: {', '.join(ARCHITECTURES)}"
             )
+        arch = fam.arch
         if self.meta(f"{arch}.expert_count", 0):
-            raise self._fail(f"is a mixture-of-experts model; llamashare runs dense models only ({arch} is dense)")
+            raise self._fail(
+                "is a mixture-of-experts model (it names an expert count); llamashare runs dense models only"
+            )
 
         def count(key: str, default: int | None = None) -> int:
             """A positive integer (GGUF writes counts as integers: a float, NaN or string is damage)."""

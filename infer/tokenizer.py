@@ -297,7 +297,7 @@ class GGUFTokenizer:
         self.add_bos = _flag(meta("tokenizer.ggml.add_bos_token"), spm or (pre is not None and pre.add_bos))
         self.add_eos = _flag(meta("tokenizer.ggml.add_eos_token"), False)
         self.add_space_prefix = _flag(meta("tokenizer.ggml.add_space_prefix"), spm)
-        self.attrs = [_ATTR_OF_TYPE.get(t, 0) for t in types] if meta("tokenizer.ggml.token_type") else [A_NORMAL] * n
+        self.attrs = [_ATTR_OF_TYPE.get(t, 0) for t in types]  # another type: llama.cpp's "undefined"
         self.eog = self._end_of_generation(special)
         # cut out of text before merging: longest first, as llama.cpp orders them
         specials = [i for i, a in enumerate(self.attrs) if a & A_SPECIAL]
@@ -315,8 +315,12 @@ class GGUFTokenizer:
     @staticmethod
     def _pre_tokenizer(mf: Metadata, name: object) -> PreTokenizer:
         if not isinstance(name, str) or name not in PRE_TOKENIZERS:
+            first: dict[int, str] = {}
+            for other, pre in PRE_TOKENIZERS.items():
+                first.setdefault(id(pre), other)
+            known = ", ".join(first.values())
             raise InferenceError(
-                f"{mf.path}: BPE pre-tokenizer {_show(name)} is not supported; known: {', '.join(PRE_TOKENIZERS)}"
+                f"{mf.path}: BPE pre-tokenizer {_show(name)} is not supported; known: {known} (and their aliases)"
             )
         return PRE_TOKENIZERS[name]
 

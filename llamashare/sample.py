@@ -200,6 +200,8 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
         weight_map |= {n: shard for n in part}
         written.append(root / shard)
     total = sum(t.nbytes for t in tensors.values())
+    if cfg.architecture in SENTENCEPIECE_FAMILIES:
+        return written + _write_sentencepiece_files(root, cfg, weight_map, total)
     vocab, merges = _byte_level_bpe(cfg.vocab_size)
     docs = {
         "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
@@ -236,3 +238,63 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
         (root / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         written.append(root / name)
     return written
+
+
+#: Families whose llama.cpp converter reads only a SentencePiece ``tokenizer.model``.
+SENTENCEPIECE_FAMILIES = ("Gemma2ForCausalLM", "Phi3ForCausalLM")
+#: Phi-3's chat tokens, added after its SentencePiece pieces as in its tokenizer_config.json
+#: (llama.cpp's vocabulary loader looks <|endoftext|> up in any model named phi3).
+PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")
+SYLLABLES = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
+
+
+def sentencepiece_model(vocab_size: int, seed: int = 0) -> bytes:
+    """A real SentencePiece BPE model with byte fallback (<unk>, <s>, </s> = 0, 1, 2, as
+    LLaMA's and Gemma's), trained on seeded made-up words: about a second."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    words = "the a model weights share peer swarm seed verify llama token byte merge layer head rope norm".split()
+    words += ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _write_sentencepiece_files(root: Path, cfg: SampleConfig, weight_map: dict[str, str], total: int) -> list[Path]:
+    """Gemma 2's and Phi-3's tokenizer files: tokenizer.model (pieces up to 512, the rest of a
+    larger vocabulary left to padding, as Gemma pads to its embedding), Phi-3's added chat tokens."""
+    added = PHI3_ADDED if cfg.architecture == "Phi3ForCausalLM" else ()
+    pieces = min(cfg.vocab_size, 512) - len(added)
+    (root / "tokenizer.model").write_bytes(sentencepiece_model(pieces, cfg.seed))
+    docs = {
+        "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
+        "config.json": _config(cfg) | {"bos_token_id": 1, "eos_token_id": 2},
+        "generation_config.json": {"bos_token_id": 1, "eos_token_id": 2},
+        "tokenizer_config.json": {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "model_max_length": 256,
+            "add_bos_token": True,
+            "chat_template": CHAT_TEMPLATE,
+            "added_tokens_decoder": {
+                str(pieces + k): {"content": t, "special": True, "lstrip": False, "rstrip": True, "normalized": False}
+                for k, t in enumerate(added)
+            },
+        },
+    }
+    for name, doc in docs.items():
+        (root / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return [root / "tokenizer.model", *(root / name for name in docs)]

@@ -321,7 +321,7 @@ def convert(
         # Both before any weights are read; the tensors first, so that the vocabulary is built
         # only once the config's vocabulary size is known to match the embedding.
         tensors = plan(ckpt, outtype, base_ckpt)
-        vocab = read_vocab(src, ckpt.params.n_vocab)  # TEMP-ARCH
+        vocab = read_vocab(src, ckpt.params.n_vocab, ckpt.params.arch)
         if on_total:
             on_total(sum(t.nbytes for t in tensors))
         with partial_output(out) as unfinished:
@@ -346,7 +346,7 @@ def _write_gguf(
     """Metadata, vocabulary, tensor infos, then every tensor streamed block by block; returns the
     tensor bytes written. Free space is checked once the header is out and its size known."""
     write_metadata(writer, src.resolve().name, params, outtype)
-    add_vocab(writer, src, vocab)  # TEMP-ARCH
+    add_vocab(writer, src, vocab, params.arch)
     for t in tensors:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
     writer.write_header_to_file()

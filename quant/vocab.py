@@ -276,8 +276,8 @@ def _sentencepiece_hf(path: Path, root: Path, n_vocab: int, phi3: bool = False) 
     if phi3 and tj.is_file():
         for item in _list_of(read_json(tj), "added_tokens", tj):
             entries.append((tj, *_token_entry(item, tj)))
-    for where, key, text, special in entries:
-        tid = _token_id(key, n_vocab, where)
+    for where, raw, text, special in entries:
+        tid = _token_id(raw, n_vocab, where)
         if special or (not phi3 and looks_special(text)):
             put(tid, text, gguf.TokenType.CONTROL)
         else:

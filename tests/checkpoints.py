@@ -7,14 +7,13 @@ test can convert two layouts and expect the same GGUF tensors.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from llamashare.quant.checkpoint import open_checkpoint
-from llamashare.sample import SampleConfig, write_sample_model
+from llamashare.sample import SampleConfig, sentencepiece_model, write_sample_model
 from tests.torch_format import save_pth
 
 WORDS = "the a model weights share peer swarm seed verify llama token byte merge layer head rope norm".split()
@@ -40,24 +39,7 @@ def write_hf_tied(root: Path, cfg: SampleConfig = SampleConfig()) -> None:
 
 
 def write_sentencepiece(path: Path, vocab_size: int) -> None:
-    import io
-
-    import sentencepiece as spm
-
-    rng = random.Random(0)
-    syllables = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
-    words = WORDS + ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
-    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000)]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    path.write_bytes(sentencepiece_model(vocab_size))
 
 
 def write_meta(root: Path, hf_root: Path, ranks: int = 2, dtype: type = np.float16) -> None:
