@@ -3,6 +3,9 @@
 
     python bench/all.py [--out bench] [--only swarm,infer]
 
+With ``--only``, the other sections of an existing RESULTS.md are kept as they were (each says
+when and on which machine it ran), so one table can be brought up to date on its own.
+
 Each benchmark is its own script (see its docstring for what it compares against); this one runs
 them one after another in fresh processes, keeps their tables verbatim (each figure beside the
 peer it is compared with in the same run), records the machine and the versions, and draws each
@@ -44,6 +47,10 @@ RUNS = {
     "infer": (
         ["--prompt-tokens", "64", "--gen-tokens", "32"],
         "SmolLM2-135M prompt and generation speed against llama.cpp",
+    ),
+    "families": (
+        ["--prompt-tokens", "64", "--gen-tokens", "32", "--layers", "12"],
+        "every supported family (SmolLM2-135M's shape, 12 layers) against llama.cpp, beside the LLaMA path",
     ),
 }
 PACKAGES = ("numpy", "libtorrent", "blake3", "gguf", "safetensors", "tokenizers", "llama_cpp_python")
@@ -110,6 +117,16 @@ def plot(trace_file: Path, png: Path) -> str:
     return f"![swarm progress per node]({png.name})"
 
 
+def earlier_sections(text: str) -> dict[str, str]:
+    """name → section of a RESULTS.md written before (its "## name: ..." heading to the next)."""
+    out: dict[str, str] = {}
+    for part in re.split(r"(?m)^(?=## )", text):
+        m = re.match(r"## (\w+):", part)
+        if m and m[1] in RUNS:
+            out[m[1]] = part.rstrip("\n") + "\n"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=BENCH, help="Folder for RESULTS.md and the plot.")
@@ -119,7 +136,7 @@ def main() -> None:
     unknown = set(chosen) - set(RUNS)
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    sections = []
+    sections: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="llamashare-bench-") as tmp:
         trace = Path(tmp) / "swarm-trace.json"
         for name in chosen:
@@ -129,16 +146,23 @@ def main() -> None:
             text, seconds, code = run(name, extra)
             print(text + "\n", flush=True)
             status = "" if code == 0 else f" — FAILED (exit {code})"
-            section = f"## {name}: {what}\n\n`python bench/{name}.py {' '.join(RUNS[name][0])}` ({seconds:.0f} s){status}\n\n```\n{text}\n```\n"
+            section = (
+                f"## {name}: {what}\n\n`python bench/{name}.py {' '.join(RUNS[name][0])}` ({seconds:.0f} s, "
+                f"{datetime.date.today()}, {machine()}){status}\n\n```\n{text}\n```\n"
+            )
             if name == "swarm" and trace.exists():
                 section += "\n" + plot(trace, args.out / "swarm-progress.png") + "\n"
-            sections.append(section)
+            sections[name] = section
+    if args.only and (args.out / "RESULTS.md").exists():
+        kept = earlier_sections((args.out / "RESULTS.md").read_text())
+        sections = {name: sections.get(name) or kept[name] for name in RUNS if name in sections or name in kept}
     header = (
-        f"# Benchmark results\n\nWritten by `python bench/all.py` on {datetime.date.today()}.\n\n"
+        f"# Benchmark results\n\nWritten by `python bench/all.py`, last on {datetime.date.today()} (a section run on "
+        f"its own with --only names its date).\n\n"
         f"- Machine: {machine()} (shared and noisy: compare the ratios within one table, not absolute times)\n"
         f"- Versions: {versions()}\n\n"
     )
-    (args.out / "RESULTS.md").write_text(header + "\n".join(sections))
+    (args.out / "RESULTS.md").write_text(header + "\n".join(sections.values()))
     print(f"wrote {args.out / 'RESULTS.md'}")
 
 

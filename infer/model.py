@@ -307,12 +307,12 @@ class Llama:
         tied = fam.tied_output or not mf.has("output.weight")
         self.output = matrix("token_embd.weight" if tied else "output.weight")
         # Per-frequency rope factors: Llama 3.1's rope_freqs, or Phi-3's long/short pair, the long
-        # one for contexts beyond the original training length (llama_model::get_rope_factors).
+        # one for contexts beyond the original training length (llama_model::get_rope_factors),
+        # judged as llama.cpp judges it: on the context rounded up to a multiple of 256.
         factors = optional(vector, "rope_freqs.weight")
         if factors is None:
-            factors = optional(
-                vector, "rope_factors_long.weight" if self.n_ctx > cfg.n_ctx_orig else "rope_factors_short.weight"
-            )
+            long = -(-self.n_ctx // 256) * 256 > cfg.n_ctx_orig
+            factors = optional(vector, "rope_factors_long.weight" if long else "rope_factors_short.weight")
         global_rope = rope_tables(
             cfg.head_dim, cfg.rope_theta, cfg.rope_freq_scale, self.n_ctx, factors, cfg.rope_attn_factor
         )

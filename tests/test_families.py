@@ -322,3 +322,90 @@ def test_gemma3_multimodal_checkpoint_converts_its_text_part(family, tmp_path: P
     assert relative_error(ours, theirs) < 2e-3
     plain, _ = logits_of(family("Gemma3ForCausalLM", "F32"), TOKENS)
     np.testing.assert_allclose(ours, plain, rtol=0, atol=1e-5)
+
+
+# -- variants a family's real checkpoints have -------------------------------------------------
+
+
+def _edit_config(root: Path, **changes: object) -> None:
+    config = json.loads((root / "config.json").read_text())
+    (root / "config.json").write_text(json.dumps(config | changes))
+
+
+@pytest.mark.parametrize("n_ctx", [64, 300])
+def test_phi3_long_context_rope_factors_match_llama_cpp(n_ctx: int, tmp_path: Path) -> None:
+    """Phi-3.5 / Phi-3-128k: "longrope" factors per frequency, the short set for contexts up to
+    the original training length, the long set (and llama.cpp's attention factor) above it. The
+    context is judged rounded up to a multiple of 256, as llama.cpp pads it: 64 → 256 (short),
+    300 → 512 (long), against an original length of 256 stretched to 1024."""
+    root = write_family(tmp_path / "phi", "Phi3ForCausalLM")
+    half = SAMPLES["Phi3ForCausalLM"].head_size // 2
+    rng = np.random.default_rng(7)
+    long = (1 + rng.random(half) * 8).round(3).tolist()
+    short = (1 + rng.random(half) * 0.5).round(3).tolist()
+    _edit_config(
+        root,
+        original_max_position_embeddings=256,
+        max_position_embeddings=1024,
+        rope_scaling={"type": "longrope", "long_factor": long, "short_factor": short},
+    )
+    convert(root, tmp_path / "phi.gguf", "f32")
+    mf = ModelFile(tmp_path / "phi.gguf")
+    assert {"rope_factors_long.weight", "rope_factors_short.weight"} <= set(mf.tensors)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "phi.gguf"), n_ctx=n_ctx, logits_all=True, verbose=False)
+    try:
+        llm.eval(TOKENS)
+        theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
+    finally:
+        llm.close()
+    ours = Llama(tmp_path / "phi.gguf", n_ctx=n_ctx).forward(TOKENS, 0).astype(np.float64)
+    assert relative_error(ours, theirs) < 2e-3
+    other = Llama(tmp_path / "phi.gguf", n_ctx=364 - n_ctx).forward(TOKENS, 0)  # the other factor set
+    assert relative_error(other.astype(np.float64), theirs) > 0.02
+
+
+def test_gemma3_layer_types_beyond_the_default_pattern_match_llama_cpp(tmp_path: Path) -> None:
+    """A Gemma 3 whose global layers are not every sixth (newer configs list ``layer_types``):
+    written as a per-layer sliding_window_pattern, read by llama.cpp and by the engine."""
+    root = write_family(tmp_path / "g", "Gemma3ForCausalLM")
+    types = ["sliding_attention", "full_attention"] * 3
+    _edit_config(root, layer_types=types)
+    convert(root, tmp_path / "g.gguf", "f32")
+    assert ModelFile(tmp_path / "g.gguf").config.swa_layers == tuple(t == "sliding_attention" for t in types)
+    ours, theirs = logits_of(tmp_path / "g.gguf", TOKENS)
+    assert relative_error(ours, theirs) < 2e-3
+
+
+#: Real chat templates of each family, as llama.cpp keeps them (models/templates/), and the
+#: conversation each accepts (Gemma's refuse a system turn).
+TEMPLATES = {
+    "Qwen-Qwen2.5-7B-Instruct": "Qwen2ForCausalLM",
+    "Qwen-Qwen3-0.6B": "Qwen3ForCausalLM",
+    "google-gemma-2-2b-it": "Gemma2ForCausalLM",
+    "microsoft-Phi-3.5-mini-instruct": "Phi3ForCausalLM",
+}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_real_chat_templates_render_as_llama_cpp_python_does(name: str, family) -> None:
+    """--chat renders each family's own template in the sandbox; the text must be what
+    llama-cpp-python's Jinja formatter makes of the same template and conversation."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llamashare.infer.chat import render
+    from tests.vocab_files import template_folder
+
+    template = (template_folder(list(TEMPLATES)) / f"{name}.jinja").read_text()
+    tok = GGUFTokenizer(ModelFile(family(TEMPLATES[name], "F32")))
+    messages = [
+        {"role": "user", "content": "Name three planets."},
+        {"role": "assistant", "content": "Mercury, Venus, Earth."},
+        {"role": "user", "content": "And the largest?"},
+    ]
+    if not name.startswith("google-gemma"):
+        messages.insert(0, {"role": "system", "content": "Answer briefly."})
+    bos, eos = (tok.tokens[i] if i is not None else "" for i in (tok.bos, tok.eos))
+    theirs = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt  # type: ignore[arg-type]
+    ours = render(template, messages, tok)
+    assert ours == theirs
+    assert "And the largest?" in ours

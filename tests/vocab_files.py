@@ -46,15 +46,28 @@ MAX_MEMBER = 64 << 20
 #: Separator between the inputs of a ``.inp`` file (tests/test-tokenizer-0.cpp).
 SEPARATOR = "\n__ggml_vocab_test__\n"
 _MEMBER = re.compile(r"[^/]+/vendor/llama\.cpp/models/(ggml-vocab-[a-z0-9][a-z0-9.-]*\.gguf(?:\.inp|\.out)?)")
+#: llama.cpp's copies of real models' chat templates (models/templates/<org>-<model>.jinja).
+_TEMPLATE = re.compile(r"[^/]+/vendor/llama\.cpp/models/templates/([A-Za-z0-9][A-Za-z0-9._-]*\.jinja)")
 
 
 def vocab_folder(names: list[str], version: str = llama_cpp.__version__) -> Path:
     """A folder holding ``ggml-vocab-<name>.gguf`` (with ``.inp`` and ``.out``) for every name,
     from llama-cpp-python ``version``'s source package; made once in the user cache, atomically
     (a killed run leaves a hidden temp folder beside it, never a half-filled one)."""
-    cache = REAL_CACHE / "llamashare-test"
-    folder = cache / f"llama-cpp-python-{version}-vocab"
     wanted = {f"ggml-vocab-{n}.gguf{ext}" for n in names for ext in ("", ".inp", ".out")}
+    return _from_sdist(f"llama-cpp-python-{version}-vocab", wanted, _MEMBER, version)
+
+
+def template_folder(names: list[str], version: str = llama_cpp.__version__) -> Path:
+    """A folder holding llama.cpp's ``models/templates/<name>.jinja`` for every name (real chat
+    templates of Qwen, Gemma, Phi … as their publishers ship them), made as ``vocab_folder``'s."""
+    wanted = {f"{n}.jinja" for n in names}
+    return _from_sdist(f"llama-cpp-python-{version}-templates", wanted, _TEMPLATE, version)
+
+
+def _from_sdist(name: str, wanted: set[str], pattern: re.Pattern[str], version: str) -> Path:
+    cache = REAL_CACHE / "llamashare-test"
+    folder = cache / name
     if all((folder / f).is_file() for f in wanted):
         return folder
     cache.mkdir(parents=True, exist_ok=True)
@@ -66,7 +79,7 @@ def vocab_folder(names: list[str], version: str = llama_cpp.__version__) -> Path
         sdist = _download_sdist(version, work / "download")
         out = work / "vocab"
         out.mkdir()
-        _extract(sdist, wanted, out)
+        _extract(sdist, wanted, out, pattern)
         if folder.exists() and not all((folder / f).is_file() for f in wanted):
             shutil.rmtree(folder)  # an older run's, missing a file asked for now
         try:
@@ -101,13 +114,13 @@ def _real_env() -> dict[str, str]:
     return env
 
 
-def _extract(sdist: Path, wanted: set[str], out: Path) -> None:
-    """Copy the wanted vocabulary files out of the archive, each by its bare file name: nothing
-    the archive says about paths, links or modes is followed."""
+def _extract(sdist: Path, wanted: set[str], out: Path, pattern: re.Pattern[str] = _MEMBER) -> None:
+    """Copy the wanted files out of the archive, each by its bare file name: nothing the archive
+    says about paths, links or modes is followed."""
     found: set[str] = set()
     with tarfile.open(sdist, "r:gz") as tar:
         for member in tar:
-            match = _MEMBER.fullmatch(member.name)
+            match = pattern.fullmatch(member.name)
             if not match or match.group(1) not in wanted or not member.isfile():
                 continue
             assert member.size <= MAX_MEMBER, f"{member.name} in {sdist.name} is {member.size} bytes"
