@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from llamashare.quant.vocab import QWEN2_SPLIT
 
 #: A minimal chat template in the Jinja dialect Hugging Face tokenizers use.
 CHAT_TEMPLATE = (
@@ -137,12 +140,6 @@ def _byte_level_bpe(size: int) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-#: Qwen2's pre-tokenizer split, as its tokenizer.json spells it (llama.cpp's "qwen2").
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
 def _pre_tokenizer(arch: str) -> dict[str, object]:
     """GPT-2's byte-level split, or Qwen's (a regex, then bytes) for the Qwen families."""
     if arch.startswith("Qwen"):
@@ -248,9 +245,10 @@ PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")
 SYLLABLES = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
 
 
-def sentencepiece_model(vocab_size: int, seed: int = 0) -> bytes:
+def sentencepiece_model(vocab_size: int, seed: int = 0, **options: Any) -> bytes:
     """A real SentencePiece BPE model with byte fallback (<unk>, <s>, </s> = 0, 1, 2, as
-    LLaMA's and Gemma's), trained on seeded made-up words: about a second."""
+    LLaMA's and Gemma's, unless ``options`` for the trainer say otherwise), trained on seeded
+    made-up words: about a second."""
     import io
     import random
 
@@ -268,6 +266,7 @@ def sentencepiece_model(vocab_size: int, seed: int = 0) -> bytes:
         model_type="bpe",
         byte_fallback=True,
         minloglevel=2,
+        **options,
     )
     return model.getvalue()
 

@@ -106,6 +106,7 @@ class Checkpoint:
     tensors: dict[str, Tensor]
     config: dict[str, Any]
     closers: list[Callable[[], None]] = field(default_factory=list)
+    left_out: int = 0  # tensors of a multimodal checkpoint's vision tower, not converted
 
     def close(self) -> None:
         for close in self.closers:
@@ -186,6 +187,7 @@ def _open_hf(root: Path) -> Checkpoint:
             root,
         )
     tensors: dict[str, Tensor] = {}
+    left_out = 0
     for shard in shards:
         path = root / shard
         if not path.is_file():
@@ -194,6 +196,7 @@ def _open_hf(root: Path) -> Checkpoint:
             if weight_map is not None and weight_map.get(stored) != shard:
                 continue  # the index is authoritative about which shard holds a tensor
             if stored.startswith(VISION_PREFIXES):
+                left_out += 1
                 continue
             name = stored.replace("language_model.", "")  # a multimodal model's text part, named as a text model
             if name in tensors:  # without an index, two shards holding one tensor is ambiguous
@@ -208,7 +211,7 @@ def _open_hf(root: Path) -> Checkpoint:
             )
     check_params(params, tensors, "hf", root / "config.json")
     params = _with_tied(params, tensors, "lm_head.weight")
-    return Checkpoint("hf", root, params, tensors, config)
+    return Checkpoint("hf", root, params, tensors, config, left_out=left_out)
 
 
 def hf_params(config: dict[str, Any], where: Path, arch: str = "llama") -> LlamaParams:

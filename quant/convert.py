@@ -300,6 +300,7 @@ class ConvertReport:
     bytes_written: int
     params: LlamaParams
     tokenizer: str
+    left_out: int = 0  # vision-tower tensors of a multimodal checkpoint, not converted
 
 
 def convert(
@@ -330,7 +331,7 @@ def convert(
                 written = _write_gguf(writer, src, ckpt.params, vocab, tensors, outtype, progress, on_tensor)
             finally:
                 writer.close()
-    return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model)
+    return ConvertReport(out, ckpt.layout, len(tensors), written, ckpt.params, vocab.model, ckpt.left_out)
 
 
 def _write_gguf(

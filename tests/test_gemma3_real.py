@@ -9,10 +9,8 @@ chat template. Bounds are test_infer's for quantized files, fixed in advance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from llamashare.cli import cli
@@ -81,19 +79,3 @@ def test_run_prints_llama_cpps_greedy_text(gemma3_270m: Path) -> None:
     assert tok.token_to_id["<end_of_turn>"] in tok.eog
     chat = CliRunner().invoke(cli, ["run", str(gemma3_270m), "--chat", "-p", "Hi"])
     assert chat.exit_code != 0 and "has no chat template" in chat.output
-
-
-@pytest.fixture
-def reference(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
-    """The float32 copy of a file's weights (ggml's own dequantization), removed after the test."""
-    from tests.float_reference import float32_copy
-
-    made: list[Path] = []
-
-    def get(path: Path) -> Path:
-        made.append(float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf"))
-        return made[-1]
-
-    yield get
-    for p in made:
-        p.unlink(missing_ok=True)

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -46,7 +45,6 @@ from llamashare.quant.convert import convert
 from llamashare.quant.quantize import quantize_file
 from llamashare.sample import SampleConfig, write_sample_model
 from tests.checkpoints import write_meta
-from tests.float_reference import float32_copy
 
 TEXTS = [
     "Hello world",
@@ -198,23 +196,6 @@ def compare(path: Path, reference: Path, prompt: str, steps: int = 32) -> Run:
             theirs.eval([b])
             ref.eval([b])
     return run
-
-
-@pytest.fixture
-def reference(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
-    """The float32 copy of a file's weights (the file itself if it is float32 already), removed
-    after the test (SmolLM2's is 540 MB)."""
-    made: list[Path] = []
-
-    def get(path: Path) -> Path:
-        if all(t.ggml_type == T.F32 for t in ModelFile(path).tensors.values()):
-            return path
-        made.append(float32_copy(path, tmp_path / f"{path.stem}.reference.F32.gguf"))
-        return made[-1]
-
-    yield get
-    for p in made:
-        p.unlink(missing_ok=True)
 
 
 #: Bounds, fixed in advance (the measurements behind them are in the docstrings below), for

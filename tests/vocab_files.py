@@ -12,10 +12,8 @@ models trained on the spot like Gemma's and Phi-3's), in the layout Hugging Face
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -31,6 +29,7 @@ import llama_cpp
 
 from llamashare.infer.tokenizer import GGUFTokenizer, VocabFile, gpt2_byte_map
 from llamashare.quant.vocab import QWEN2_SPLIT, Vocab, add_vocab
+from llamashare.sample import sentencepiece_model
 
 #: The user's cache folder, read when the tests are collected: conftest's isolated_home points
 #: HOME and XDG_CACHE_HOME at a temp dir for every test, and a download must outlive the run.
@@ -261,26 +260,8 @@ def write_qwen2_tokenizer(root: Path, n_vocab: int) -> dict[str, int]:
 
 def train_sentencepiece(path: Path, vocab_size: int, **options: Any) -> None:
     """A SentencePiece BPE model with byte fallback, trained on seeded pseudo-words."""
-    import sentencepiece as spm
-
-    rng = random.Random(0)
-    syllables = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
-    words = ["hello", "world", "the", "model"] + [
-        "".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(800)
-    ]
-    lines = [" ".join(rng.choice(words) for _ in range(10)) for _ in range(1500)]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        minloglevel=2,
-        **options,
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
+    path.write_bytes(sentencepiece_model(vocab_size, **options))
 
 
 #: Gemma's SentencePiece layout: pad, eos, bos, unk first, then pieces the model defines itself.

@@ -58,8 +58,10 @@ def convert(source: Path, output: Path, outtype: str, base: Path | None, force: 
     click.echo(
         f"wrote {report.path} ({report.tensors} tensors, {human_size(report.bytes_written)} of weights, {outtype}): "
         f"{p.n_layer} layers, {p.n_embd} wide, {p.n_head}/{p.n_head_kv} heads, vocabulary {p.n_vocab} "
-        f"({'SentencePiece' if report.tokenizer == 'llama' else 'BPE'}), from the {report.layout} layout"
+        f"({'SentencePiece' if report.tokenizer == 'llama' else 'BPE'}), {p.arch}, from the {report.layout} layout"
     )
+    if report.left_out:
+        click.echo(f"left out the vision tower ({report.left_out} tensors): the GGUF is the text model only")
 
 
 def _list_quantizations(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
