@@ -304,6 +304,92 @@ def _mv_bf16(w, x, xs, half, out):
         out[r] = _row_bf16(w[r], x, xs, half)
 
 
+# Matrix × several vectors (one per sequence of a batched decode step): each row is read from
+# memory once and multiplied by every vector while it is in cache; each (row, vector) product is
+# the very sum the matrix × vector driver computes, so a sequence's numbers do not depend on what
+# else is decoded beside it.
+
+
+@njit(**_parallel)
+def _mm_q8_0(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q8_0(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q4_0(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q4_0(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q4_1(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q4_1(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q5_0(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q5_0(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q5_1(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q5_1(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q4_k(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q4_k(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q5_k(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q5_k(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_q6_k(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_q6_k(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_f16(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_f16(row, x[n], xs[n], half)
+
+
+@njit(**_parallel)
+def _mm_bf16(w, x, xs, half, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for n in range(x.shape[0]):
+            out[n, r] = _row_bf16(row, x[n], xs[n], half)
+
+
 #: type name → (matrix × vector, values per sum in ``xs``: 0 when unused).
 KERNELS: dict[str, tuple[Callable, int]] = {
     "q8_0": (_mv_q8_0, 0),
@@ -316,6 +402,19 @@ KERNELS: dict[str, tuple[Callable, int]] = {
     "q6_k": (_mv_q6_k, 0),
     "f16": (_mv_f16, 0),
     "bf16": (_mv_bf16, 0),
+}
+#: type name → matrix × several vectors (the same sums as KERNELS', vector by vector).
+BATCH_KERNELS: dict[str, Callable] = {
+    "q8_0": _mm_q8_0,
+    "q4_0": _mm_q4_0,
+    "q4_1": _mm_q4_1,
+    "q5_0": _mm_q5_0,
+    "q5_1": _mm_q5_1,
+    "q4_k": _mm_q4_k,
+    "q5_k": _mm_q5_k,
+    "q6_k": _mm_q6_k,
+    "f16": _mm_f16,
+    "bf16": _mm_bf16,
 }
 
 
@@ -334,4 +433,17 @@ def matvec(type_name: str, blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, group).sum(axis=1, dtype=F32) if group else x[:1]
     out = np.empty(blocks.shape[0], dtype=F32)
     kernel(blocks, x, xs, HALF, out)
+    return out
+
+
+def matvecs(type_name: str, blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``blocks`` times each row of ``x`` (n, row length): (n, rows), row i exactly
+    ``matvec(type_name, blocks, x[i])`` — the weights are read once for all n."""
+    if not fits(type_name, x.shape[1]):
+        raise ValueError(f"no kernel for rows of {x.shape[1]} {type_name} values")
+    group = KERNELS[type_name][1]
+    x = np.ascontiguousarray(x, dtype=F32)
+    xs = x.reshape(x.shape[0], -1, group).sum(axis=2, dtype=F32) if group else x[:, :1]
+    out = np.empty((x.shape[0], blocks.shape[0]), dtype=F32)
+    BATCH_KERNELS[type_name](blocks, x, np.ascontiguousarray(xs), HALF, out)
     return out

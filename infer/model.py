@@ -350,15 +350,50 @@ class Llama:
         """Bytes of weights read to generate one token."""
         return sum(m.token_bytes for m in self._matrices())
 
-    def forward(self, tokens: list[int], logits_from: int | None = None) -> np.ndarray:
-        """Append ``tokens`` to the cache and return logits: (vocab,) for the last token, or
-        (T - logits_from, vocab) for tokens ``logits_from`` onwards of this batch."""
-        cfg, cache, fam = self.cfg, self.cache, self.cfg.family
+    def forward(self, tokens: list[int], logits_from: int | None = None, cache: KVCache | None = None) -> np.ndarray:
+        """Append ``tokens`` to the cache (``self.cache``, or a sequence's own) and return logits:
+        (vocab,) for the last token, or (T - logits_from, vocab) for tokens ``logits_from``
+        onwards of this batch."""
+        cache = cache if cache is not None else self.cache
         start, t = len(cache), len(tokens)
         if start + t > self.n_ctx:
             raise InferenceError(
                 f"the context holds {self.n_ctx} tokens; {start} used + {t} new do not fit (raise --ctx)"
             )
+        x = self._run(tokens, [(cache, start, t)], apart=False, last=logits_from is None)
+        logits = self._logits(x if logits_from is None else x[logits_from:])
+        return logits[0] if logits_from is None else logits
+
+    def decode(self, caches: list[KVCache], tokens: list[int]) -> np.ndarray:
+        """One token for each of several sequences, each with its own cache: (n, vocab) logits.
+        The weights are read once for all of them (the products of weights.py with ``apart``), and
+        every row is computed exactly as ``forward([token], cache=its cache)`` computes it alone,
+        so a sequence's output does not depend on what is decoded beside it."""
+        if len(caches) != len(tokens) or len({id(c) for c in caches}) != len(caches):
+            raise InferenceError("decode needs one token for each of distinct caches")
+        for c in caches:
+            if len(c) + 1 > self.n_ctx:
+                raise InferenceError(f"the context holds {self.n_ctx} tokens; a sequence is full")
+        x = self._run(tokens, [(c, len(c), 1) for c in caches], apart=len(caches) > 1, last=False)
+        return self._logits(x, apart=len(caches) > 1)
+
+    def new_cache(self) -> KVCache:
+        """An empty cache of this model's context, for one more sequence (``decode``)."""
+        return KVCache(self.cfg, self.n_ctx)
+
+    def _logits(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
+        cfg = self.cfg
+        logits = self.output(rms_norm(x, self.output_norm, cfg.rms_eps), apart)
+        if cfg.final_softcap:
+            logits = np.tanh(logits * F32(1.0 / cfg.final_softcap)) * F32(cfg.final_softcap)
+        return logits
+
+    def _run(self, tokens: list[int], segments: list[tuple[KVCache, int, int]], apart: bool, last: bool) -> np.ndarray:
+        """The decoder over rows of tokens, each segment (cache, first position, rows) a run of
+        one sequence's consecutive positions; returns the final hidden rows (only the last if
+        ``last``). Everything but rotation, the cache and attention is row by row."""
+        cfg, fam = self.cfg, self.cfg.family
+        t = len(tokens)
         ids = np.asarray(tokens, dtype=np.int64)
         if t == 0 or ids.min() < 0 or ids.max() >= cfg.n_vocab:
             raise InferenceError(f"token ids must be in 0..{cfg.n_vocab - 1}")
@@ -366,48 +401,53 @@ class Llama:
         if fam.scale_embeddings:
             x = x * np.sqrt(F32(cfg.n_embd))
         hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
-        end = start + t
+        if len(segments) == 1:
+            positions: np.ndarray | slice = slice(segments[0][1], segments[0][1] + t)
+        else:
+            positions = np.concatenate([np.arange(start, start + n) for _, start, n in segments])
+        bounds = np.cumsum([0] + [n for _, _, n in segments])
         for li, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
             if layer.wqkv is not None:
-                (qkv,) = project(h, layer.wqkv)
+                (qkv,) = project(h, layer.wqkv, apart=apart)
                 q, k, v = np.split(qkv, [nh * hd, (nh + nkv) * hd], axis=1)
             else:
                 assert layer.wq is not None and layer.wk is not None and layer.wv is not None
-                q, k, v = project(h, layer.wq, layer.wk, layer.wv)
+                q, k, v = project(h, layer.wq, layer.wk, layer.wv, apart=apart)
             if layer.biases is not None:
                 q, k, v = q + layer.biases[0], k + layer.biases[1], v + layer.biases[2]
             q, k, v = q.reshape(t, nh, hd), k.reshape(t, nkv, hd), v.reshape(t, nkv, hd)
             if layer.q_norm is not None and layer.k_norm is not None:
                 q = rms_norm(q.reshape(t * nh, hd), layer.q_norm, cfg.rms_eps).reshape(t, nh, hd)
                 k = rms_norm(k.reshape(t * nkv, hd), layer.k_norm, cfg.rms_eps).reshape(t, nkv, hd)
-            cos, sin = (table[start:end] for table in self.ropes[layer.rope])
+            cos, sin = (table[positions] for table in self.ropes[layer.rope])
             q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
-            cache.k[li, :, start:end] = round_half(k).transpose(1, 0, 2)
-            cache.v[li, :, start:end] = round_half(v).transpose(1, 0, 2)
+            k, v = round_half(k), round_half(v)
             q, scale = (q * F32(cfg.attn_scale), 1.0) if fam.scale_queries else (q, cfg.attn_scale)
-            y = attend(round_half(q), cache.k[li], cache.v[li], start, scale, layer.window, cfg.attn_softcap)
-            a = layer.wo(y)
+            q = round_half(q)
+            ys = []
+            for (kv, start, n), lo in zip(segments, bounds):
+                kv.k[li, :, start : start + n] = k[lo : lo + n].transpose(1, 0, 2)
+                kv.v[li, :, start : start + n] = v[lo : lo + n].transpose(1, 0, 2)
+                ys.append(attend(q[lo : lo + n], kv.k[li], kv.v[li], start, scale, layer.window, cfg.attn_softcap))
+            y = ys[0] if len(ys) == 1 else np.concatenate(ys)
+            a = layer.wo(y, apart)
             if layer.attn_post_norm is not None:
                 a = rms_norm(a, layer.attn_post_norm, cfg.rms_eps)
             x = x + a
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
             if layer.w_gate is None:
-                (gate_up,) = project(h, layer.w_up)
+                (gate_up,) = project(h, layer.w_up, apart=apart)
                 gate, up = gate_up[:, : cfg.n_ff], gate_up[:, cfg.n_ff :]
             else:
-                gate, up = project(h, layer.w_gate, layer.w_up)
-            f = layer.w_down(self.act(gate, up))
+                gate, up = project(h, layer.w_gate, layer.w_up, apart=apart)
+            f = layer.w_down(self.act(gate, up), apart)
             if layer.ffn_post_norm is not None:
                 f = rms_norm(f, layer.ffn_post_norm, cfg.rms_eps)
             x = x + f
-        cache.tokens.extend(int(i) for i in ids)
-        logits = self.output(
-            rms_norm(x[-1:] if logits_from is None else x[logits_from:], self.output_norm, cfg.rms_eps)
-        )
-        if cfg.final_softcap:
-            logits = np.tanh(logits * F32(1.0 / cfg.final_softcap)) * F32(cfg.final_softcap)
-        return logits[0] if logits_from is None else logits
+        for (kv, _, n), lo in zip(segments, bounds):
+            kv.tokens.extend(int(i) for i in ids[lo : lo + n])
+        return x[-1:] if last else x
 
     def prefill(self, tokens: list[int], batch: int = 512) -> np.ndarray:
         """Bring the cache to exactly ``tokens`` and return the last token's logits. Reuses the

@@ -37,13 +37,20 @@ class _Matrix:
         self.feed = round_activations(qtype)
         self.kernel = kernels.fits(qtype.name, raw.shape[1] // qtype.type_size * qtype.block_size)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.product(self.feed(x))
+    def __call__(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
+        return self.product(self.feed(x), apart)
 
-    def product(self, x: np.ndarray) -> np.ndarray:
-        """x (already through ``feed``) times the matrix."""
-        if self.kernel and x.ndim == 2 and x.shape[0] == 1:
-            return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
+    def product(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
+        """x (already through ``feed``) times the matrix. ``apart``: the rows are tokens of
+        different sequences (a batched decode step), each multiplied exactly as it would be
+        alone: on the blocks, the weights read once for all rows (kernels.matvecs), or, for types
+        without a kernel, row by row."""
+        if self.kernel and x.ndim == 2 and (x.shape[0] == 1 or apart):
+            if x.shape[0] == 1:
+                return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
+            return kernels.matvecs(self.qtype.name, self.raw, x)
+        if apart and x.shape[0] > 1:
+            return np.concatenate([self.batch_product(x[i : i + 1]) for i in range(x.shape[0])])
         return self.batch_product(x)
 
     def batch_product(self, x: np.ndarray) -> np.ndarray:
@@ -111,12 +118,13 @@ class Streamed(_Matrix):
 Matrix = Dense | Streamed
 
 
-def project(x: np.ndarray, *mats: Matrix) -> list[np.ndarray]:
-    """``x`` times each matrix, rounding ``x`` once per distinct activation type."""
+def project(x: np.ndarray, *mats: Matrix, apart: bool = False) -> list[np.ndarray]:
+    """``x`` times each matrix, rounding ``x`` once per distinct activation type (``apart``: see
+    ``_Matrix.product``)."""
     fed: dict[object, np.ndarray] = {}
     out = []
     for m in mats:
         if m.feed not in fed:
             fed[m.feed] = m.feed(x)
-        out.append(m.product(fed[m.feed]))
+        out.append(m.product(fed[m.feed], apart))
     return out
