@@ -48,6 +48,10 @@ RUNS = {
         ["--prompt-tokens", "64", "--gen-tokens", "32"],
         "SmolLM2-135M prompt and generation speed against llama.cpp",
     ),
+    "serve": (
+        ["--streams", "1,4,8", "--tokens", "64"],
+        "llamashare serve against llama-cpp-python's OpenAI server: 1, 4 and 8 concurrent streams",
+    ),
     "families": (
         ["--prompt-tokens", "64", "--gen-tokens", "32", "--layers", "12", "--repeats", "3"],
         "every supported family (SmolLM2-135M's shape, 12 layers) against llama.cpp, beside the LLaMA path",

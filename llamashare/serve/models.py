@@ -16,7 +16,7 @@ from pathlib import Path
 from llamashare.errors import InferenceError
 from llamashare.infer.model import Llama, available_memory
 from llamashare.infer.tokenizer import GGUFTokenizer
-from llamashare.serve.scheduler import Scheduler
+from llamashare.serve.scheduler import Engine, Scheduler
 from llamashare.store import Store
 
 
@@ -74,6 +74,7 @@ class Models:
 
     def __init__(self, offered: dict[str, Offer], n_ctx: int | None, parallel: int) -> None:
         self.offered, self.n_ctx, self.parallel = offered, n_ctx, parallel
+        self.engine = Engine()
         self.loaded: dict[str, Loaded] = {}
         self.lock = threading.Lock()
         self.loading: dict[str, threading.Lock] = {m: threading.Lock() for m in offered}
@@ -88,12 +89,12 @@ class Models:
                 hit = self.loaded.get(model_id)
             if hit is None:
                 self._make_room(self.offered[model_id])
-                model = Llama(self.offered[model_id].path, n_ctx=self.n_ctx)
+                path = self.offered[model_id].path
+                model = self.engine.call(lambda: Llama(path, n_ctx=self.n_ctx))  # its kernels' thread
                 tok = GGUFTokenizer(model.file)
                 template = model.file.meta("tokenizer.chat_template")
-                hit = Loaded(
-                    model, tok, Scheduler(model, tok, self.parallel), template if isinstance(template, str) else None
-                )
+                scheduler = Scheduler(model, tok, self.engine, self.parallel)
+                hit = Loaded(model, tok, scheduler, template if isinstance(template, str) else None)
                 with self.lock:
                     self.loaded[model_id] = hit
             hit.used = time.monotonic()
@@ -119,3 +120,4 @@ class Models:
             loaded, self.loaded = list(self.loaded.values()), {}
         for m in loaded:
             m.scheduler.close()
+        self.engine.close()

@@ -1,6 +1,9 @@
-"""Continuous batching for one loaded model: requests join and leave between decode steps.
+"""Continuous batching: requests join and leave between decode steps.
 
-One worker thread owns the model. Each turn of its loop it admits waiting requests (at most
+One engine thread runs every kernel of the process (``Engine``): numba's OpenMP pool is fast
+only on the thread that first used it — from any other thread a generated token took 2.6× as
+long (SmolLM2 Q8_0: 24 against 64 tok/s on AMD EPYC, 2 cores) — so models are also loaded there,
+and each model's ``Scheduler`` takes its turns there. Each turn a scheduler admits waiting requests (at most
 ``parallel`` run at once, each with its own KV cache), feeds one chunk of one request's prompt
 (``PREFILL_CHUNK`` tokens, so a long prompt never stalls the streams already running), then
 decodes one token for every running request in a single step (``Llama.decode``: the weights are
@@ -8,7 +11,7 @@ read once for all of them). A request's numbers do not depend on its neighbours:
 always cut into the same chunks, and decode computes every row as it would alone, so greedy
 output under load is the output alone.
 
-Tokens go back to the asyncio side through ``Request.emit`` (called in the worker thread; the
+Tokens go back to the asyncio side through ``Request.emit`` (called in the engine thread; the
 HTTP layer hands in a ``loop.call_soon_threadsafe`` wrapper). A request whose client went away
 is marked ``cancelled`` and dropped at the next step.
 """
@@ -19,7 +22,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -27,6 +32,8 @@ from llamashare.errors import InferenceError
 from llamashare.infer.model import KVCache, Llama
 from llamashare.infer.sampling import Sampler, SamplingParams
 from llamashare.infer.tokenizer import GGUFTokenizer, TextStream
+
+T = TypeVar("T")
 
 #: Prompt tokens fed per loop turn: small enough that running streams keep flowing, large enough
 #: that a prompt batch still reuses each weight many times.
@@ -85,21 +92,75 @@ def hold_back(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
     return text[: len(text) - keep], text[len(text) - keep :], False
 
 
-class Scheduler:
-    """The worker for one model: ``submit`` requests from any thread; ``close`` stops it."""
+class Engine:
+    """The thread that loads models and runs their schedulers' turns, one model after another."""
 
-    def __init__(self, model: Llama, tok: GGUFTokenizer, parallel: int = 4) -> None:
+    def __init__(self) -> None:
+        self.jobs: deque[tuple[Callable[[], object], Future[object]]] = deque()
+        self.schedulers: list[Scheduler] = []
+        self.wake = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._loop, name="llamashare-engine", daemon=True)
+        self.thread.start()
+
+    def call(self, job: Callable[[], T]) -> T:
+        """Run ``job`` on the engine thread and return its result (or raise its exception)."""
+        if threading.current_thread() is self.thread:
+            return job()
+        done: Future[object] = Future()
+        with self.wake:
+            if self.closing:
+                raise InferenceError("the server is shutting down")
+            self.jobs.append((job, done))
+            self.wake.notify()
+        return cast(T, done.result())
+
+    def notify(self) -> None:
+        with self.wake:
+            self.wake.notify()
+
+    def close(self) -> None:
+        with self.wake:
+            self.closing = True
+            self.wake.notify()
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.closing and not self.jobs and not any(s.has_work() for s in self.schedulers):
+                    self.wake.wait()
+                if self.closing:
+                    for s in self.schedulers:
+                        s.fail("the server is shutting down")
+                    for _, done in self.jobs:
+                        done.set_exception(InferenceError("the server is shutting down"))
+                    return
+                jobs, self.jobs = list(self.jobs), deque()
+            for job, done in jobs:
+                try:
+                    done.set_result(job())
+                except BaseException as e:  # handed to the caller, which reports it
+                    done.set_exception(e)
+            for s in list(self.schedulers):
+                if s.has_work():
+                    s.turn()
+
+
+class Scheduler:
+    """Continuous batching for one model, on the engine's thread: ``submit`` from any thread."""
+
+    def __init__(self, model: Llama, tok: GGUFTokenizer, engine: Engine, parallel: int = 4) -> None:
         if parallel < 1:
             raise InferenceError("--parallel must be at least 1")
-        self.model, self.tok, self.parallel = model, tok, parallel
+        self.model, self.tok, self.engine, self.parallel = model, tok, engine, parallel
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.free: list[KVCache] = []
-        self.wake = threading.Condition()
-        self.closing = False
+        self.lock = threading.Lock()
         self.steps = 0  # decode steps done (for tests and the dashboard)
-        self.thread = threading.Thread(target=self._loop, name="llamashare-serve", daemon=True)
-        self.thread.start()
+        with engine.wake:
+            engine.schedulers.append(self)
 
     def submit(self, request: Request) -> None:
         n_ctx = self.model.n_ctx
@@ -109,39 +170,43 @@ class Scheduler:
             raise InferenceError(
                 f"the prompt is {len(request.prompt)} tokens; this model's context holds {n_ctx} (prompt and reply)"
             )
-        with self.wake:
+        with self.lock:
             self.waiting.append(request)
-            self.wake.notify()
+        self.engine.notify()
 
     @property
     def active(self) -> int:
         return len(self.running) + len(self.waiting)
 
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
     def close(self) -> None:
-        with self.wake:
-            self.closing = True
-            self.wake.notify()
-        self.thread.join(timeout=30)
+        """Stop serving: pending requests end with an error; the engine forgets this model."""
+        with self.engine.wake:
+            if self in self.engine.schedulers:
+                self.engine.schedulers.remove(self)
+        self.engine.call(lambda: self.fail("the model was unloaded"))
 
-    # -- the worker -----------------------------------------------------------------------------
+    def fail(self, why: str) -> None:
+        with self.lock:
+            waiting, self.waiting = list(self.waiting), deque()
+        for r in [*self.running, *waiting]:
+            r.emit(Event(done=True, error=why))
+        self._release(list(self.running))
 
-    def _loop(self) -> None:
-        while True:
-            with self.wake:
-                while not self.closing and not self.waiting and not self.running:
-                    self.wake.wait()
-                if self.closing:
-                    for r in [*self.running, *self.waiting]:
-                        r.emit(Event(done=True, error="the server is shutting down"))
-                    return
-                while self.waiting and len(self.running) < self.parallel:
-                    self.running.append(self._start(self.waiting.popleft()))
-            try:
-                self._turn()
-            except Exception as e:  # a bug or a bad model must end its requests, not the worker
-                for r in self.running:
-                    r.emit(Event(done=True, error=f"generation failed: {str(e)[:200]}"))
-                self._release(self.running)
+    # -- on the engine thread -------------------------------------------------------------------
+
+    def turn(self) -> None:
+        with self.lock:
+            while self.waiting and len(self.running) < self.parallel:
+                self.running.append(self._start(self.waiting.popleft()))
+        try:
+            self._turn()
+        except Exception as e:  # a bug or a bad model must end its requests, not the engine
+            for r in self.running:
+                r.emit(Event(done=True, error=f"generation failed: {str(e)[:200]}"))
+            self._release(list(self.running))
 
     def _start(self, r: Request) -> Request:
         r.cache = self.free.pop() if self.free else self.model.new_cache()
