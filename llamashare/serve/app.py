@@ -34,7 +34,7 @@ from llamashare.infer.chat import prompt_tokens, render
 from llamashare.serve import requests
 from llamashare.serve.models import Loaded, Models, UnknownModel
 from llamashare.serve.requests import BadRequest, Generation
-from llamashare.serve.scheduler import Event, Request
+from llamashare.serve.scheduler import Constraint, Event, Request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,6 +125,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
     async def openai_generation(request: web.Request, g: Generation, chat: bool) -> web.StreamResponse:
         loaded = await load(g.model)
         ids = prompt_of(loaded, g)
+        limit = await constraint_for(loaded, g)
         rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
@@ -144,7 +145,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
 
         if not g.stream:
             text, last = [], Event()
-            async with aclosing(run(loaded, ids, g)) as events:
+            async with aclosing(run(loaded, ids, g, limit)) as events:
                 async for ev in events:
                     text.append(ev.text)
                     last = ev
@@ -159,7 +160,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
                     "usage": usage(last),
                 }
             )
-        events = run(loaded, ids, g)
+        events = run(loaded, ids, g, limit)
         response = await start_stream(request, "text/event-stream")
         chunk_kind = f"{kind}.chunk" if chat else kind
 
@@ -255,6 +256,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
         loaded = await load(g.model)
         loaded_at = time.monotonic_ns()
         ids = prompt_of(loaded, g)
+        limit = await constraint_for(loaded, g)
 
         def line(text: str, ev: Event | None) -> dict[str, Any]:
             out: dict[str, Any] = {"model": g.model, "created_at": datetime.now(UTC).isoformat()}
@@ -275,7 +277,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
                 }
             return out
 
-        events = run(loaded, ids, g)
+        events = run(loaded, ids, g, limit)
         if not g.stream:
             text, last = [], Event()
             async with aclosing(events):
@@ -311,7 +313,23 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
         assert g.prompt is not None
         return tok.encode(g.prompt, add_special=True, parse_special=False)
 
-    def run(loaded: Loaded, ids: list[int], g: Generation) -> AsyncGenerator[Event, None]:
+    async def constraint_for(loaded: Loaded, g: Generation) -> Constraint | None:
+        if g.json_schema is None:
+            return None
+        from llamashare.serve import constrain  # llguidance loads only for JSON replies
+
+        loop = asyncio.get_running_loop()
+        if loaded.vocabulary is None:
+            loaded.vocabulary = await loop.run_in_executor(None, constrain.vocabulary, loaded.tok)
+        try:
+            schema = constrain.schema_of(g.json_schema)
+            return constrain.constraint(loaded.vocabulary, schema, loaded.model.cfg.n_vocab)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def run(
+        loaded: Loaded, ids: list[int], g: Generation, constraint: Constraint | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Submit the generation (refusing a prompt that leaves no room before anything is sent)
         and return its events as they come."""
         n_ctx = loaded.model.n_ctx
@@ -329,6 +347,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
             stop=g.stop,
             presence_penalty=g.presence_penalty,
             frequency_penalty=g.frequency_penalty,
+            constraint=constraint,
         )
         loaded.scheduler.submit(req)
 

@@ -31,6 +31,7 @@ class Loaded:
     scheduler: Scheduler
     template: str | None
     used: float = field(default_factory=time.monotonic)
+    vocabulary: object = None  # llguidance's view of tok, made on the first JSON-schema request
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class Generation:
     frequency_penalty: float
     stream: bool
     include_usage: bool = False
+    json_schema: dict[str, Any] | bool | None = None  # the reply must be JSON this schema accepts
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -116,15 +117,33 @@ def _sampling(body: dict[str, Any], temp_key: str = "temperature") -> SamplingPa
     )
 
 
+def _response_format(fmt: object) -> dict[str, Any] | bool | None:
+    """OpenAI's response_format: text (None), json_object (any object) or json_schema."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise BadRequest("'response_format' must be an object")
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):
+            raise BadRequest("'response_format.json_schema' must be an object with a 'schema'")
+        schema: dict[str, Any] | bool = spec.get("schema", {})
+        return schema
+    raise BadRequest("'response_format.type' must be text, json_object or json_schema")
+
+
 def openai(body: object, chat: bool) -> Generation:
     """A POST /v1/chat/completions (``chat``) or /v1/completions body."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     if _integer(body, "n", 1, 1, 1) != 1:
         raise BadRequest("'n' must be 1")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise BadRequest("'response_format' other than text (JSON mode, JSON schema) is not supported yet")
+    schema = _response_format(body.get("response_format"))
     if chat:
         msgs, prompt = messages(body.get("messages")), None
     else:
@@ -152,6 +171,7 @@ def openai(body: object, chat: bool) -> Generation:
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         stream=stream,
         include_usage=bool(options.get("include_usage")),
+        json_schema=schema,
     )
 
 
@@ -162,8 +182,10 @@ def ollama(body: object, chat: bool) -> Generation:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise BadRequest("'options' must be an object")
-    if body.get("format") not in (None, ""):
-        raise BadRequest("'format' (JSON output) is not supported yet")
+    fmt = body.get("format")
+    if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+        raise BadRequest("'format' must be \"json\" or a JSON schema")
+    schema: dict[str, Any] | bool | None = {} if fmt == "json" else fmt or None
     if chat:
         msgs, prompt = messages(body.get("messages")), None
     else:
@@ -192,4 +214,5 @@ def ollama(body: object, chat: bool) -> Generation:
         presence_penalty=_number(options, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(options, "frequency_penalty", 0.0, -2.0, 2.0),
         stream=stream,
+        json_schema=schema,
     )

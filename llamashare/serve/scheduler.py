@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -52,6 +52,17 @@ class Event:
     error: str = ""  # set (with done) when the request failed
 
 
+class Constraint(Protocol):
+    """What limits a reply's tokens (constrain.Constraint: a JSON schema)."""
+
+    def mask(self, logits: np.ndarray) -> np.ndarray: ...
+
+    def advance(self, token: int) -> None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
 @dataclass
 class Request:
     prompt: list[int]
@@ -61,6 +72,7 @@ class Request:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None
     cancelled: bool = False
     # worker state
     cache: KVCache | None = None
@@ -242,7 +254,7 @@ class Scheduler:
     def _next(self, r: Request) -> bool:
         """Sample r's next token from its logits and send its text; False when r is done."""
         assert r.logits is not None and r.sampler is not None and r.stream is not None and r.cache is not None
-        logits = r.logits
+        logits = r.logits if r.constraint is None else r.constraint.mask(r.logits)
         if r.generated and (r.presence_penalty or r.frequency_penalty):
             ids, counts = np.unique(np.asarray(r.generated), return_counts=True)
             logits = logits.copy()
@@ -250,12 +262,16 @@ class Scheduler:
         token = r.sampler(logits, r.cache.tokens)
         if token in self.tok.eog:
             return self._finish(r, "stop", r.stream.flush())
+        if r.constraint is not None:
+            r.constraint.advance(token)
         r.generated.append(token)
         text, r.held, hit = hold_back(r.held + r.stream.push(token), r.stop)
         if hit:
             return self._finish(r, "stop", text, flush=False)
         if text:
             r.emit(Event(text=text))
+        if r.constraint is not None and r.constraint.finished:
+            return self._finish(r, "stop", r.stream.flush())
         if len(r.generated) >= r.max_tokens or len(r.cache) + 1 >= self.model.n_ctx:
             return self._finish(r, "length", r.stream.flush())
         return True
