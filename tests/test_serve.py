@@ -394,3 +394,18 @@ def test_json_mode_and_ollama_format(client: openai.OpenAI, oclient: ollama.Clie
             messages=QUESTION,
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}},
         )
+
+
+def test_a_bug_in_a_handler_is_one_json_line(server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception becomes a JSON 500 in the API's shape, not aiohttp's HTML page."""
+    import llamashare.serve.app as app
+
+    def broken(body: object, chat: bool) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.requests, "openai", broken)
+    r = httpx.post(server[0].url + "/v1/completions", json={"model": "smollm2", "prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["message"] == "internal error: RuntimeError"
+    monkeypatch.setattr(app.requests, "ollama", broken)
+    r = httpx.post(server[0].url + "/api/generate", json={"model": "smollm2", "prompt": "x"})
+    assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -37,6 +38,7 @@ from llamashare.serve.requests import BadRequest, Generation
 from llamashare.serve.scheduler import Constraint, Event, Request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("llamashare.serve")
 
 
 class Refused(Exception):
@@ -89,6 +91,11 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
                     request, 413, f"the request body is over {requests.MAX_BODY} bytes", "invalid_request_error", None
                 )
             return error_response(request, e.status, e.reason, "invalid_request_error", None)
+        except ConnectionError:
+            raise  # the client went away mid-stream: nobody to answer
+        except Exception as e:  # a bug: one JSON line for the client, the traceback for the log
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(request, 500, f"internal error: {type(e).__name__}", "server_error", None)
 
     app = web.Application(middlewares=[guard], client_max_size=requests.MAX_BODY)
 
