@@ -6,6 +6,8 @@
     GET  /api/version, /api/tags         Ollama: version, the models offered
     POST /api/chat, /api/generate        Ollama: chat and generate (NDJSON streams by default)
     POST /api/show                       Ollama: a model's details and template
+    GET  /, /static/…                    a chat page (public files; its requests carry the key)
+    GET  /llamashare/status              the models, and each one's running and waiting requests
 
 Streams are server-sent events ending in ``data: [DONE]`` (OpenAI) or one JSON object per line
 (Ollama). A client that goes away cancels its request at the next decode step. Errors are JSON in
@@ -25,6 +27,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +42,8 @@ from llamashare.serve.scheduler import Constraint, Event, Request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("llamashare.serve")
+#: The chat page and its script and style (package files; the page loads nothing from elsewhere).
+WEB = Path(__file__).resolve().parent / "web"
 
 
 class Refused(Exception):
@@ -69,7 +74,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
             if request.host not in hosts:
                 answers = sorted(hosts)[0] if hosts else "its own address"
                 raise Refused(403, f"Host {request.host!r} refused: this server answers to {answers}")
-            if api_key is not None:
+            if api_key is not None and not (request.path == "/" or request.path.startswith("/static/")):
                 sent = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
                     raise Refused(
@@ -382,6 +387,34 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
     async def not_found(request: web.Request) -> web.Response:
         raise Refused(404, f"no such endpoint: {request.method} {request.path}")
 
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB / "chat.html", headers={"Cache-Control": "no-store"})
+
+    async def static(request: web.Request) -> web.FileResponse:
+        name = request.match_info["name"]
+        if name not in ("chat.js", "chat.css"):
+            raise Refused(404, f"no such file: {name}")
+        return web.FileResponse(WEB / name)
+
+    async def status(request: web.Request) -> web.Response:
+        out = []
+        for model_id in models.offered:
+            loaded = models.loaded.get(model_id)
+            s = loaded.scheduler if loaded else None
+            out.append(
+                {
+                    "id": model_id,
+                    "loaded": loaded is not None,
+                    "running": len(s.running) if s else 0,
+                    "waiting": len(s.waiting) if s else 0,
+                    "steps": s.steps if s else 0,
+                }
+            )
+        return web.json_response({"models": out})
+
+    app.router.add_get("/", page)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/llamashare/status", status)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", one_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
