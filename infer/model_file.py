@@ -127,7 +127,7 @@ class ModelFile:
         n_head_kv = count("attention.head_count_kv", n_head)
         if n_head % n_head_kv:
             raise self._fail(f"{n_head} query heads cannot share {n_head_kv} key/value heads evenly")
-        if "attention.key_length" not in self._arch_keys(arch) and n_embd % n_head:
+        if self.meta(f"{arch}.attention.key_length") is None and n_embd % n_head:
             raise self._fail(f"{n_head} heads do not divide a width of {n_embd}")
         head_dim = count("attention.key_length", n_embd // n_head or 1)
         if count("attention.value_length", head_dim) != head_dim:
@@ -182,10 +182,6 @@ class ModelFile:
             rope_attn_factor=number("rope.scaling.attn_factor", 1.0),
             n_ctx_orig=count("rope.scaling.original_context_length", n_ctx_train),
         )
-
-    def _arch_keys(self, arch: str) -> set[str]:
-        prefix = arch + "."
-        return {k[len(prefix) :] for k in self.header.raw_kv if k.startswith(prefix)}
 
     def _sliding_window(self, fam: Family, n_layer: int, count: Callable[..., int]) -> tuple[int, tuple[bool, ...]]:
         """(window, which layers slide) as llama.cpp sets them: Gemma 2 defaults to a 4096-token

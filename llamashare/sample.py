@@ -197,44 +197,54 @@ def write_sample_model(root: Path, cfg: SampleConfig = SampleConfig()) -> list[P
         weight_map |= {n: shard for n in part}
         written.append(root / shard)
     total = sum(t.nbytes for t in tensors.values())
-    if cfg.architecture in SENTENCEPIECE_FAMILIES:
-        return written + _write_sentencepiece_files(root, cfg, weight_map, total)
-    vocab, merges = _byte_level_bpe(cfg.vocab_size)
-    docs = {
-        "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
-        "config.json": _config(cfg),
-        "generation_config.json": {"bos_token_id": cfg.vocab_size - 3, "eos_token_id": cfg.vocab_size - 2},
-        "tokenizer_config.json": {
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "model_max_length": 256,
-            "add_bos_token": True,
-            "chat_template": CHAT_TEMPLATE,
-        },
-        "tokenizer.json": {
-            "version": "1.0",
-            "added_tokens": [
-                {
-                    "id": cfg.vocab_size - 3 + k,
-                    "content": t,
-                    "special": True,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                }
-                for k, t in enumerate(("<s>", "</s>", "<unk>"))
-            ],
-            "pre_tokenizer": _pre_tokenizer(cfg.architecture),
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "vocab": vocab, "merges": merges},
-        },
+    spm = cfg.architecture in SENTENCEPIECE_FAMILIES
+    bos, eos = (1, 2) if spm else (cfg.vocab_size - 3, cfg.vocab_size - 2)  # the SentencePiece model's own ids
+    tokenizer_config: dict[str, object] = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "model_max_length": 256,
+        "add_bos_token": True,
+        "chat_template": CHAT_TEMPLATE,
     }
+    docs: dict[str, object] = {
+        "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
+        "config.json": _config(cfg) | {"bos_token_id": bos, "eos_token_id": eos},
+        "generation_config.json": {"bos_token_id": bos, "eos_token_id": eos},
+        "tokenizer_config.json": tokenizer_config,
+    }
+    if spm:
+        tokenizer_config["added_tokens_decoder"] = _write_sentencepiece(root, cfg)
+        written.append(root / "tokenizer.model")
+    else:
+        docs["tokenizer.json"] = _byte_level_tokenizer_json(cfg)
     for name, doc in docs.items():
         (root / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         written.append(root / name)
     return written
+
+
+def _byte_level_tokenizer_json(cfg: SampleConfig) -> dict[str, object]:
+    """tokenizer.json of a small byte-level BPE with <s>, </s>, <unk> as its last three ids."""
+    vocab, merges = _byte_level_bpe(cfg.vocab_size)
+    return {
+        "version": "1.0",
+        "added_tokens": [
+            {
+                "id": cfg.vocab_size - 3 + k,
+                "content": t,
+                "special": True,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+            }
+            for k, t in enumerate(("<s>", "</s>", "<unk>"))
+        ],
+        "pre_tokenizer": _pre_tokenizer(cfg.architecture),
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "vocab": vocab, "merges": merges},
+    }
 
 
 #: Families whose llama.cpp converter reads only a SentencePiece ``tokenizer.model``.
@@ -271,29 +281,14 @@ def sentencepiece_model(vocab_size: int, seed: int = 0, **options: Any) -> bytes
     return model.getvalue()
 
 
-def _write_sentencepiece_files(root: Path, cfg: SampleConfig, weight_map: dict[str, str], total: int) -> list[Path]:
-    """Gemma 2's and Phi-3's tokenizer files: tokenizer.model (pieces up to 512, the rest of a
-    larger vocabulary left to padding, as Gemma pads to its embedding), Phi-3's added chat tokens."""
+def _write_sentencepiece(root: Path, cfg: SampleConfig) -> dict[str, object]:
+    """Gemma 2's and Phi-3's tokenizer.model (pieces up to 512, the rest of a larger vocabulary
+    left to padding, as Gemma pads to its embedding); returns tokenizer_config.json's
+    added_tokens_decoder: Phi-3's added chat tokens after the pieces."""
     added = PHI3_ADDED if cfg.architecture == "Phi3ForCausalLM" else ()
     pieces = min(cfg.vocab_size, 512) - len(added)
     (root / "tokenizer.model").write_bytes(sentencepiece_model(pieces, cfg.seed))
-    docs = {
-        "model.safetensors.index.json": {"metadata": {"total_size": total}, "weight_map": weight_map},
-        "config.json": _config(cfg) | {"bos_token_id": 1, "eos_token_id": 2},
-        "generation_config.json": {"bos_token_id": 1, "eos_token_id": 2},
-        "tokenizer_config.json": {
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "model_max_length": 256,
-            "add_bos_token": True,
-            "chat_template": CHAT_TEMPLATE,
-            "added_tokens_decoder": {
-                str(pieces + k): {"content": t, "special": True, "lstrip": False, "rstrip": True, "normalized": False}
-                for k, t in enumerate(added)
-            },
-        },
+    return {
+        str(pieces + k): {"content": t, "special": True, "lstrip": False, "rstrip": True, "normalized": False}
+        for k, t in enumerate(added)
     }
-    for name, doc in docs.items():
-        (root / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    return [root / "tokenizer.model", *(root / name for name in docs)]

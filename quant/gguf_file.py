@@ -21,7 +21,8 @@ import gguf
 from llamashare.errors import QuantizeError
 
 V = gguf.GGUFValueType
-_SCALAR = {
+#: struct format of each fixed-size metadata value type (little-endian, as GGUF stores them).
+SCALAR_FORMATS = {
     V.UINT8: "<B",
     V.INT8: "<b",
     V.UINT16: "<H",
@@ -101,16 +102,16 @@ class _Cursor:
             self.pos += n
         elif vtype == V.ARRAY:
             sub, count = int(self.take("<I")), int(self.take("<Q"))
-            if sub in _SCALAR:
-                self.pos += count * struct.calcsize(_SCALAR[V(sub)])
+            if sub in SCALAR_FORMATS:
+                self.pos += count * struct.calcsize(SCALAR_FORMATS[V(sub)])
             else:
                 _check_depth(depth)
                 for _ in range(count):
                     self.skip_value(sub, depth + 1)
                     if self.pos > len(self.buf):
                         raise EOFError
-        elif vtype in _SCALAR:
-            self.pos += struct.calcsize(_SCALAR[V(vtype)])
+        elif vtype in SCALAR_FORMATS:
+            self.pos += struct.calcsize(SCALAR_FORMATS[V(vtype)])
         else:
             raise ValueError(f"unknown metadata value type {vtype}")
         if self.pos > len(self.buf):
@@ -128,8 +129,8 @@ class _Cursor:
             if sub == V.ARRAY:
                 _check_depth(depth)
             return [self._typed(sub, depth + 1) for _ in range(count)]
-        if vtype in _SCALAR:
-            return self.take(_SCALAR[V(vtype)])
+        if vtype in SCALAR_FORMATS:
+            return self.take(SCALAR_FORMATS[V(vtype)])
         raise ValueError(f"unknown metadata value type {vtype}")
 
 
@@ -196,7 +197,7 @@ def aligned(n: int, alignment: int) -> int:
 def encode_kv(key: str, vtype: gguf.GGUFValueType, value: int | float | bool) -> bytes:
     """One scalar key/value in GGUF encoding."""
     k = key.encode()
-    return struct.pack("<Q", len(k)) + k + struct.pack("<I", int(vtype)) + struct.pack(_SCALAR[vtype], value)
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", int(vtype)) + struct.pack(SCALAR_FORMATS[vtype], value)
 
 
 def encode_header(raw_kv: list[bytes], tensors: list[TensorInfo], alignment: int) -> bytes:

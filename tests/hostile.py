@@ -20,7 +20,7 @@ from typing import Any
 
 import gguf
 
-from llamashare.quant.gguf_file import TensorInfo, encode_header, read_header
+from llamashare.quant.gguf_file import SCALAR_FORMATS, TensorInfo, encode_header, read_header
 from llamashare.sample import SampleConfig, write_sample_model
 from tests.torch_format import _fake_torch, _Persistent, _Pickler
 
@@ -170,19 +170,6 @@ def pickle_of(obj: Any) -> bytes:
 # -- GGUF files with chosen metadata or tensor table ---------------------------------------------
 
 V = gguf.GGUFValueType
-SCALAR = {
-    V.UINT8: "<B",
-    V.INT8: "<b",
-    V.UINT16: "<H",
-    V.INT16: "<h",
-    V.UINT32: "<I",
-    V.INT32: "<i",
-    V.FLOAT32: "<f",
-    V.BOOL: "<?",
-    V.UINT64: "<Q",
-    V.INT64: "<q",
-    V.FLOAT64: "<d",
-}
 
 
 def gguf_value(vtype: int, value: Any) -> bytes:
@@ -193,7 +180,7 @@ def gguf_value(vtype: int, value: Any) -> bytes:
     if vtype == V.ARRAY:
         sub, items = value
         return struct.pack("<IQ", sub, len(items)) + b"".join(gguf_value(sub, x) for x in items)
-    return struct.pack(SCALAR[V(vtype)], value)
+    return struct.pack(SCALAR_FORMATS[V(vtype)], value)
 
 
 def gguf_kv(key: str, vtype: int, value: Any) -> bytes:
