@@ -10,11 +10,14 @@ single tokens of types without a kernel). When the copies would not fit in memor
 on a small machine) ``Streamed`` dequantizes a slab of rows at a time instead: slower prompts,
 same generation.
 
-Either way the activations are first rounded as llama.cpp rounds them (activations.py), so the
-products are llama.cpp's sums up to summation order.
+Either way the activations are first converted as llama.cpp converts them (activations.py):
+to int8 codes for the integer kernels, whose products are then ggml's to the bit, or rounded
+floats for BLAS and the float kernels, whose products are llama.cpp's sums up to their order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -38,17 +41,27 @@ class _Matrix:
         self.kernel = kernels.fits(qtype.name, raw.shape[1] // qtype.type_size * qtype.block_size)
 
     def __call__(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
-        return self.product(self.feed(x), apart)
+        return self.multiply(self.prepare(x, apart), apart)
 
-    def product(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
-        """x (already through ``feed``) times the matrix. ``apart``: the rows are tokens of
-        different sequences (a batched decode step), each multiplied exactly as it would be
-        alone: on the blocks, the weights read once for all rows (kernels.matvecs), or, for types
-        without a kernel, row by row."""
-        if self.kernel and x.ndim == 2 and (x.shape[0] == 1 or apart):
-            if x.shape[0] == 1:
-                return kernels.matvec(self.qtype.name, self.raw, x[0])[None]
-            return kernels.matvecs(self.qtype.name, self.raw, x)
+    def _on_blocks(self, x: np.ndarray, apart: bool) -> bool:
+        return self.kernel and x.ndim == 2 and (x.shape[0] == 1 or apart)
+
+    def conversion(self, x: np.ndarray, apart: bool) -> Hashable:
+        """What ``prepare`` does to ``x``: matrices with equal conversions share its result."""
+        return ("blocks", kernels.conversion(self.qtype.name)) if self._on_blocks(x, apart) else self.feed
+
+    def prepare(self, x: np.ndarray, apart: bool = False) -> np.ndarray | kernels.Prepared:
+        """x converted for ``multiply``: for the kernels (one row, or ``apart`` rows) as they
+        convert it, else rounded for a float32 product."""
+        return kernels.prepare(self.qtype.name, x) if self._on_blocks(x, apart) else self.feed(x)
+
+    def multiply(self, x: np.ndarray | kernels.Prepared, apart: bool = False) -> np.ndarray:
+        """x (through ``prepare``) times the matrix. ``apart``: the rows are tokens of different
+        sequences (a batched decode step), each multiplied exactly as it would be alone: on the
+        blocks, the weights read once for all rows (kernels.multiply), or, for types without a
+        kernel, row by row."""
+        if not isinstance(x, np.ndarray):
+            return kernels.multiply(self.qtype.name, self.raw, x)
         if apart and x.shape[0] > 1:
             return np.concatenate([self.batch_product(x[i : i + 1]) for i in range(x.shape[0])])
         return self.batch_product(x)
@@ -121,10 +134,11 @@ Matrix = Dense | Streamed
 def project(x: np.ndarray, *mats: Matrix, apart: bool = False) -> list[np.ndarray]:
     """``x`` times each matrix, rounding ``x`` once per distinct activation type (``apart``: see
     ``_Matrix.product``)."""
-    fed: dict[object, np.ndarray] = {}
+    fed: dict[Hashable, np.ndarray | kernels.Prepared] = {}
     out = []
     for m in mats:
-        if m.feed not in fed:
-            fed[m.feed] = m.feed(x)
-        out.append(m.product(fed[m.feed], apart))
+        key = m.conversion(x, apart)
+        if key not in fed:
+            fed[key] = m.prepare(x, apart)
+        out.append(m.multiply(fed[key], apart))
     return out

@@ -1,0 +1,385 @@
+"""Integer lanes for numba kernels: int8 codes multiplied in integer SIMD, as ggml multiplies them.
+
+Why. llama.cpp never widens a weight code to float for a dot product: it quantizes the activation
+row to int8 once (Q8_0/Q8_K, ``activations.py``) and multiplies int8 by int8, 32 pairs per
+instruction, adding in int32. Widened to float (``simd.py``) a 32-value block costs four
+conversions and four multiply-adds; in integers it is one multiply-add of bytes and one of
+16-bit pairs (AVX2 ``vpmaddubsw`` + ``vpmaddwd``).
+
+Exact, so every path agrees. Integer sums do not round, so how a CPU adds the products does not
+change them; what follows is float32 arithmetic done in one fixed order (``fma`` and ``total``
+here carry no fast-math licence). Every instruction set below therefore gives the same bits, and
+the same bits as ggml's own ``vec_dot`` (whose lane layout these follow: lane k of a 32-byte
+product holds the sum of bytes 4k..4k+3). tests/test_int_kernels.py checks both.
+
+Instruction sets. The set is a compile-time argument (``Isa.token``), so numba compiles, and
+caches, one specialization of a kernel per set, and a process can run any of them side by side
+(the tests compare them). ``PORTABLE`` is target-independent LLVM IR
+(widening multiplies; any CPU); ``AVX2`` uses ``vpsignb``/``vpmaddubsw``/``vpmaddwd``. ``best()``
+picks the fastest the CPU running this has. An AVX-512 VNNI / AVX-VNNI ``vpdpbusd`` set would
+slot in the same way; it is not written yet (no machine here executes it, see docs/inference.md).
+
+Loads read 16 or 32 bytes starting at element ``i`` with no bounds check: the caller's loop
+bounds are the only guard, as in C.
+"""
+
+from __future__ import annotations
+
+import os
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from llamashare.infer.simd import F8
+
+_I8, _I16, _I32, _F = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+_B32 = ir.VectorType(_I8, 32)
+_W16 = ir.VectorType(_I16, 16)
+_L8 = ir.VectorType(_I32, 8)
+_F8 = ir.VectorType(_F, 8)
+
+
+# -- the instruction set, a type -------------------------------------------------------------
+
+
+class Isa:
+    """An instruction set kernels may be compiled for. Kernels take its ``token`` as their first
+    argument: an empty array whose dtype names the set. Numba types (and caches) a kernel by its
+    arguments' types, so each set gets its own compiled specialization; an array, unlike an
+    object of a class of our own, is typed by numba's fast C dispatcher (0.4 µs a call, not 6)."""
+
+    def __init__(self, name: str, needs: tuple[str, ...], dtype: type) -> None:
+        self.name, self.needs = name, needs
+        self.token: np.ndarray = np.empty(0, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Isa({self.name})"
+
+
+PORTABLE = Isa("portable", (), np.uint8)
+AVX2 = Isa("avx2", ("avx2",), np.int16)
+ALL = (AVX2, PORTABLE)  # fastest first
+_BY_DTYPE = {str(isa.token.dtype): isa.name for isa in ALL}
+
+
+def available() -> list[Isa]:
+    """The sets this CPU executes, fastest first."""
+    features = llvm.get_host_cpu_features()
+    return [isa for isa in ALL if all(features.get(f, False) for f in isa.needs)]
+
+
+def best() -> Isa:
+    """The fastest set this CPU has; ``LLAMASHARE_ISA=portable`` (or another name) forces one."""
+    have = available()
+    wanted = os.environ.get("LLAMASHARE_ISA")
+    if wanted:
+        for isa in have:
+            if isa.name == wanted:
+                return isa
+        raise RuntimeError(f"LLAMASHARE_ISA={wanted}: this CPU has {', '.join(i.name for i in have)}")
+    return have[0]
+
+
+# -- 32 bytes and 8 int32 lanes as numba types -----------------------------------------------
+
+
+class _VecType(types.Type):
+    def __init__(self, name: str, llvm_type: ir.Type) -> None:
+        self.llvm_type = llvm_type
+        super().__init__(name=name)
+
+
+B32 = _VecType("B32", _B32)  # 32 bytes; signed or unsigned by the operation
+L8 = _VecType("L8", _L8)  # 8 int32 lanes
+
+
+@register_model(_VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type) -> None:
+        super().__init__(dmm, fe_type, fe_type.llvm_type)
+
+
+def _ptr(context, builder, arrty, arr, i, vec: ir.Type) -> ir.Value:
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
+    vec = ir.VectorType(value.type, n)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+def _const_bytes(value: int) -> ir.Constant:
+    return ir.Constant(_B32, [value & 0xFF] * 32)
+
+
+def _pick(builder: ir.IRBuilder, v: ir.Value, idx: list[int]) -> ir.Value:
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
+
+
+def _x86(builder: ir.IRBuilder, name: str, ret: ir.Type, *args: ir.Value) -> ir.Value:
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, list(args))
+
+
+# -- loads and byte operations (the same IR on every set) ------------------------------------
+
+
+@intrinsic
+def load32(typingctx, a, i):
+    """a[i:i+32] of a uint8/int8 array."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _B32), align=1)
+
+    return B32(a, i), codegen
+
+
+@intrinsic
+def nibbles32(typingctx, a, i):
+    """The 32 nibbles of a[i:i+16]: low nibbles in bytes 0..15, high nibbles in 16..31 (ggml's
+    ``bytes_from_nibbles_32``: Q4_0's value j and j+16 share byte j)."""
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I8, 16)
+        raw = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], v16), align=1)
+        lo = builder.and_(raw, ir.Constant(v16, [15] * 16))
+        hi = builder.lshr(raw, ir.Constant(v16, [4] * 16))
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+
+    return B32(a, i), codegen
+
+
+def _bytes_op(op: str, doc: str):
+    @intrinsic
+    def f(typingctx, b, k):
+        if not isinstance(k, types.IntegerLiteral):
+            return None  # constants only: they become immediates
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], _const_bytes(sig.args[1].literal_value))
+
+        return B32(B32, k), codegen
+
+    f.__doc__ = doc
+    return f
+
+
+band = _bytes_op("and_", "b & k in every byte (k a constant).")
+bshr = _bytes_op("lshr", "b >> k in every byte, zeros shifted in (k a constant).")
+bshl = _bytes_op("shl", "b << k in every byte (k a constant).")
+bsub = _bytes_op("sub", "b - k in every byte, wrapping (k a constant).")
+
+
+@intrinsic
+def bor(typingctx, a, b):
+    """a | b."""
+
+    def codegen(context, builder, sig, args):
+        return builder.or_(args[0], args[1])
+
+    return B32(B32, B32), codegen
+
+
+# -- products: the instruction sets differ here ----------------------------------------------
+
+
+def _dot_us_portable(builder: ir.IRBuilder, u: ir.Value, s: ir.Value, signed_u: bool) -> ir.Value:
+    """Lane k = Σ u[4k+j]·s[4k+j] in widening target-independent IR."""
+    w32 = ir.VectorType(_I32, 32)
+    uw = builder.sext(u, w32) if signed_u else builder.zext(u, w32)
+    p = builder.mul(uw, builder.sext(s, w32))
+    pairs = builder.add(_pick(builder, p, list(range(0, 32, 2))), _pick(builder, p, list(range(1, 32, 2))))
+    return builder.add(_pick(builder, pairs, list(range(0, 16, 2))), _pick(builder, pairs, list(range(1, 16, 2))))
+
+
+def _maddubs(builder: ir.IRBuilder, u: ir.Value, s: ir.Value) -> ir.Value:
+    return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W16, u, s)
+
+
+def _madd(builder: ir.IRBuilder, a: ir.Value, b: ir.Value) -> ir.Value:
+    return _x86(builder, "llvm.x86.avx2.pmadd.wd", _L8, a, b)
+
+
+def _isa_of(t) -> str | None:
+    """The set a token's numba type names (None: not a token, so the intrinsic does not apply)."""
+    return _BY_DTYPE.get(str(t.dtype)) if isinstance(t, types.Array) and t.ndim == 1 else None
+
+
+@intrinsic
+def dot_us(typingctx, isa, u, s):
+    """Unsigned bytes u · signed bytes s: lane k = Σ_{j<4} u[4k+j]·s[4k+j] (exact while a pair's
+    sum fits int16, as it does for codes of at most 6 bits against int8 activations)."""
+    name = _isa_of(isa)
+    if name is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if name == "avx2":
+            return _madd(builder, _maddubs(builder, args[1], args[2]), ir.Constant(_W16, [1] * 16))
+        return _dot_us_portable(builder, args[1], args[2], False)
+
+    return L8(isa, B32, B32), codegen
+
+
+@intrinsic
+def dot_ss(typingctx, isa, a, b):
+    """Signed bytes a · signed bytes b: lane k = Σ_{j<4} a[4k+j]·b[4k+j]. AVX2 moves a's sign
+    onto b (``vpsignb``) and multiplies |a| unsigned, as ggml's ``mul_sum_i8_pairs_float``; exact
+    while b has no −128 (activation codes are within ±127)."""
+    name = _isa_of(isa)
+    if name is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = args[1], args[2]
+        if name == "avx2":
+            ax = _x86(builder, "llvm.x86.avx2.psign.b", _B32, x, x)
+            sy = _x86(builder, "llvm.x86.avx2.psign.b", _B32, y, x)
+            return _madd(builder, _maddubs(builder, ax, sy), ir.Constant(_W16, [1] * 16))
+        return _dot_us_portable(builder, x, y, True)
+
+    return L8(isa, B32, B32), codegen
+
+
+@intrinsic
+def dot_us_scaled(typingctx, isa, u, s, lo, hi):
+    """``dot_us`` with lanes 0..3 (bytes 0..15) times the integer ``lo`` and lanes 4..7 times
+    ``hi``: a K-quant's sub-block scales, applied as ggml applies them (``vpmaddwd`` of the byte
+    pairs' int16 sums with the scales)."""
+    name = _isa_of(isa)
+    if name is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        u, s = args[1], args[2]
+        lo = context.cast(builder, args[3], sig.args[3], types.int32)
+        hi = context.cast(builder, args[4], sig.args[4], types.int32)
+        if name == "avx2":
+            lo16, hi16 = builder.trunc(lo, _I16), builder.trunc(hi, _I16)
+            scales = builder.shuffle_vector(
+                _splat(builder, lo16, 16),
+                _splat(builder, hi16, 16),
+                ir.Constant(ir.VectorType(_I32, 16), [0] * 8 + [16] * 8),
+            )
+            return _madd(builder, _maddubs(builder, u, s), scales)
+        scales = builder.shuffle_vector(
+            _splat(builder, lo, 8), _splat(builder, hi, 8), ir.Constant(ir.VectorType(_I32, 8), [0] * 4 + [8] * 4)
+        )
+        return builder.mul(_dot_us_portable(builder, u, s, False), scales)
+
+    return L8(isa, B32, B32, lo, hi), codegen
+
+
+@intrinsic
+def madd_sums(typingctx, sums, i, scales, j):
+    """Lane k = sums[i+2k]·scales[j+2k] + sums[i+2k+1]·scales[j+2k+1]: sixteen int16 block sums
+    of the activations against sixteen int8 scales of a row (Q6_K's −32 offset, as ggml's
+    ``vpmaddwd`` of ``bsums`` and the scales computes it). Exact integers: one IR for every set."""
+
+    def codegen(context, builder, sig, args):
+        w16 = ir.VectorType(_I32, 16)
+        a = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I16, 16)), align=2)
+        b = builder.load(_ptr(context, builder, sig.args[2], args[2], args[3], ir.VectorType(_I8, 16)), align=1)
+        p = builder.mul(builder.sext(a, w16), builder.sext(b, w16))
+        return builder.add(_pick(builder, p, list(range(0, 16, 2))), _pick(builder, p, list(range(1, 16, 2))))
+
+    return L8(sums, i, scales, j), codegen
+
+
+# -- int32 lanes and the float side (no fast-math: one fixed order) --------------------------
+
+
+@intrinsic
+def izero(typingctx):
+    """Eight int32 zeros."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_L8, [0] * 8)
+
+    return L8(), codegen
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    """a + b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return L8(L8, L8), codegen
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    """a − b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+
+    return L8(L8, L8), codegen
+
+
+@intrinsic
+def ishl(typingctx, a, k):
+    """a << k, lane by lane (k a constant)."""
+    if not isinstance(k, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.shl(args[0], ir.Constant(_L8, [sig.args[1].literal_value] * 8))
+
+    return L8(L8, k), codegen
+
+
+@intrinsic
+def fma_lanes(typingctx, d, lanes, acc):
+    """acc + d·float(lanes), one rounding (``llvm.fma``; ggml's ``_mm256_fmadd_ps``)."""
+
+    def codegen(context, builder, sig, args):
+        d = _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), 8)
+        q = builder.sitofp(args[1], _F8)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8] * 3), "llvm.fma.v8f32")
+        return builder.call(fn, [d, q, args[2]])
+
+    return F8(d, L8, F8), codegen
+
+
+@intrinsic
+def fma1(typingctx, a, b, c):
+    """a·b + c for float32 scalars, one rounding (``llvm.fma``)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F, [_F] * 3), "llvm.fma.f32")
+        return builder.call(fn, [context.cast(builder, v, t, types.float32) for v, t in zip(args, sig.args)])
+
+    return types.float32(a, b, c), codegen
+
+
+@intrinsic
+def fzero(typingctx):
+    """Eight float32 zeros."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_F8, [0.0] * 8)
+
+    return F8(), codegen
+
+
+@intrinsic
+def hsum(typingctx, a):
+    """The lanes' sum in ggml's ``hsum_float_8`` order: 4 + 4, then 2 + 2, then 1 + 1."""
+
+    def codegen(context, builder, sig, args):
+        v, n = args[0], 8
+        while n > 1:
+            n //= 2
+            v = builder.fadd(_pick(builder, v, list(range(n))), _pick(builder, v, list(range(n, 2 * n))))
+        return builder.extract_element(v, ir.Constant(_I32, 0))
+
+    return types.float32(F8), codegen
