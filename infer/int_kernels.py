@@ -36,25 +36,64 @@ def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
 
 
 @njit(**_row)
-def _row_q8_0(isa, row, q, d, sums, half):
+def _q8_step(isa, dw, w, q, d, b, acc):
+    """One 32-value block of weight codes ``w`` (scale ``dw``) · block b of Q8_0 codes, into acc."""
+    return I.fma_lanes(dw * d[b], I.dot_ss(isa, w, I.load32(q, 32 * b)), acc)
+
+
+@njit(**_row)
+def _q8_0_block(row, b, half):
     """34-byte blocks: float16 d, 32 int8 codes (ggml_vec_dot_q8_0_q8_0)."""
+    return _half(row, 34 * b, half), I.load32(row, 34 * b + 2)
+
+
+@njit(**_row)
+def _q4_0_block(row, b, half):
+    """18-byte blocks: float16 d, 16 bytes of nibbles, value j low and j+16 high, code − 8
+    (ggml_vec_dot_q4_0_q8_0)."""
+    return _half(row, 18 * b, half), I.bsub(I.nibbles32(row, 18 * b + 2), 8)
+
+
+@njit(**_row)
+def _row_q8_0(isa, row, q, d, sums, half):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
-        o = b * 34
-        acc = I.fma_lanes(_half(row, o, half) * d[b], I.dot_ss(isa, I.load32(row, o + 2), I.load32(q, 32 * b)), acc)
+        dw, w = _q8_0_block(row, b, half)
+        acc = _q8_step(isa, dw, w, q, d, b, acc)
     return I.hsum(acc)
 
 
 @njit(**_row)
+def _row4_q8_0(isa, row, q, d, sums, n, half):
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    for b in range(q.shape[1] // 32):
+        dw, w = _q8_0_block(row, b, half)
+        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
+        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
+        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
+        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+    return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
+
+
+@njit(**_row)
 def _row_q4_0(isa, row, q, d, sums, half):
-    """18-byte blocks: float16 d, 16 bytes of nibbles, value j low and j+16 high, code − 8
-    (ggml_vec_dot_q4_0_q8_0)."""
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
-        o = b * 18
-        codes = I.bsub(I.nibbles32(row, o + 2), 8)
-        acc = I.fma_lanes(_half(row, o, half) * d[b], I.dot_ss(isa, codes, I.load32(q, 32 * b)), acc)
+        dw, w = _q4_0_block(row, b, half)
+        acc = _q8_step(isa, dw, w, q, d, b, acc)
     return I.hsum(acc)
+
+
+@njit(**_row)
+def _row4_q4_0(isa, row, q, d, sums, n, half):
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    for b in range(q.shape[1] // 32):
+        dw, w = _q4_0_block(row, b, half)
+        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
+        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
+        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
+        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+    return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
 
 
 @njit(**_row)
@@ -68,13 +107,35 @@ def _scale_min_k4(row, at, k):
 
 
 @njit(**_row)
-def _min_pair(row, o, sums, s, k):
-    """Q4_K's min term for sub-blocks 2k and 2k+1: Σ min · (sum of that sub-block's 32 codes)."""
-    _, m0 = _scale_min_k4(row, o + 4, 2 * k)
-    _, m1 = _scale_min_k4(row, o + 4, 2 * k + 1)
-    s0 = np.int32(sums[s + 4 * k]) + np.int32(sums[s + 4 * k + 1])
-    s1 = np.int32(sums[s + 4 * k + 2]) + np.int32(sums[s + 4 * k + 3])
-    return F32(m0 * s0 + m1 * s1)
+def _q4_k_minimums(row, o):
+    """The eight 6-bit mins of the Q4_K super-block at ``o``, in int32 lanes."""
+    return I.ints8(
+        _scale_min_k4(row, o + 4, 0)[1],
+        _scale_min_k4(row, o + 4, 1)[1],
+        _scale_min_k4(row, o + 4, 2)[1],
+        _scale_min_k4(row, o + 4, 3)[1],
+        _scale_min_k4(row, o + 4, 4)[1],
+        _scale_min_k4(row, o + 4, 5)[1],
+        _scale_min_k4(row, o + 4, 6)[1],
+        _scale_min_k4(row, o + 4, 7)[1],
+    )
+
+
+@njit(**_row)
+def _q4_k_codes(row, o, j):
+    """Sub-blocks 2j (low nibbles) and 2j+1 (high) of the Q4_K super-block at ``o``: their codes
+    and 6-bit scales."""
+    bits = I.load32(row, o + 16 + 32 * j)
+    lo, _ = _scale_min_k4(row, o + 4, 2 * j)
+    hi, _ = _scale_min_k4(row, o + 4, 2 * j + 1)
+    return I.band(bits, 15), I.bshr(bits, 4), lo, hi
+
+
+@njit(**_row)
+def _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, at):
+    """Two sub-blocks' codes, each times its scale, · the 64 activation codes at ``at``."""
+    pl = I.dot_us_scaled(isa, c_lo, I.load32(q, at), lo, lo)
+    return I.iadd(pl, I.dot_us_scaled(isa, c_hi, I.load32(q, at + 32), hi, hi))
 
 
 @njit(**_row)
@@ -83,89 +144,143 @@ def _row_q4_k(isa, row, q, d, sums, half):
     bytes of nibbles (32 bytes per 64 values: sub-block 2j low, 2j+1 high); value d·sc·q −
     dmin·m (ggml_vec_dot_q4_K_q8_K: int32 lanes per super-block, the mins through the code sums
     in four float lanes of their own)."""
-    acc = I.fzero()
-    m0, m1, m2, m3 = F32(0), F32(0), F32(0), F32(0)
+    acc, m = I.fzero(), I.fzero()
     for b in range(q.shape[0] // 256):
-        o, j0, s = b * 144, b * 256, b * 16
-        dd = d[b] * _half(row, o, half)
-        dmin = -d[b] * _half(row, o + 2, half)
-        m0 = I.fma1(dmin, _min_pair(row, o, sums, s, 0), m0)
-        m1 = I.fma1(dmin, _min_pair(row, o, sums, s, 1), m1)
-        m2 = I.fma1(dmin, _min_pair(row, o, sums, s, 2), m2)
-        m3 = I.fma1(dmin, _min_pair(row, o, sums, s, 3), m3)
+        o = 144 * b
+        m = I.fma_splat(-d[b] * _half(row, o + 2, half), I.min_products(_q4_k_minimums(row, o), sums, 16 * b), m)
         sumi = I.izero()
         for j in range(4):
-            bits = I.load32(row, o + 16 + 32 * j)
-            lo, _ = _scale_min_k4(row, o + 4, 2 * j)
-            hi, _ = _scale_min_k4(row, o + 4, 2 * j + 1)
-            pl = I.dot_us_scaled(isa, I.band(bits, 15), I.load32(q, j0 + 64 * j), lo, lo)
-            ph = I.dot_us_scaled(isa, I.bshr(bits, 4), I.load32(q, j0 + 64 * j + 32), hi, hi)
-            sumi = I.iadd(sumi, I.iadd(pl, ph))
-        acc = I.fma_lanes(dd, sumi, acc)
-    return I.hsum(acc) + ((m0 + m2) + (m1 + m3))
+            c_lo, c_hi, lo, hi = _q4_k_codes(row, o, j)
+            sumi = I.iadd(sumi, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j))
+        acc = I.fma_lanes(d[b] * _half(row, o, half), sumi, acc)
+    return I.hsum(acc) + I.hsum4(m)
+
+
+@njit(**_row)
+def _row4_q4_k(isa, row, q, d, sums, n, half):
+    """``_row_q4_k`` for activation rows n..n+3, each super-block decoded once for all four."""
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    m0, m1, m2, m3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    for b in range(q.shape[1] // 256):
+        o = 144 * b
+        dw, dmw, mins = _half(row, o, half), _half(row, o + 2, half), _q4_k_minimums(row, o)
+        m0 = I.fma_splat(-d[n, b] * dmw, I.min_products(mins, sums[n], 16 * b), m0)
+        m1 = I.fma_splat(-d[n + 1, b] * dmw, I.min_products(mins, sums[n + 1], 16 * b), m1)
+        m2 = I.fma_splat(-d[n + 2, b] * dmw, I.min_products(mins, sums[n + 2], 16 * b), m2)
+        m3 = I.fma_splat(-d[n + 3, b] * dmw, I.min_products(mins, sums[n + 3], 16 * b), m3)
+        s0, s1, s2, s3 = I.izero(), I.izero(), I.izero(), I.izero()
+        for j in range(4):
+            c_lo, c_hi, lo, hi = _q4_k_codes(row, o, j)
+            at = 256 * b + 64 * j
+            s0 = I.iadd(s0, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n], at))
+            s1 = I.iadd(s1, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 1], at))
+            s2 = I.iadd(s2, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 2], at))
+            s3 = I.iadd(s3, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 3], at))
+        a0 = I.fma_lanes(d[n, b] * dw, s0, a0)
+        a1 = I.fma_lanes(d[n + 1, b] * dw, s1, a1)
+        a2 = I.fma_lanes(d[n + 2, b] * dw, s2, a2)
+        a3 = I.fma_lanes(d[n + 3, b] * dw, s3, a3)
+    return I.hsum(a0) + I.hsum4(m0), I.hsum(a1) + I.hsum4(m1), I.hsum(a2) + I.hsum4(m2), I.hsum(a3) + I.hsum4(m3)
+
+
+@njit(**_row)
+def _q6_k_half(isa, row, o, j, q, at):
+    """Values 128j..128j+127 of a Q6_K super-block at ``o`` (unsigned 6-bit codes, each 16 times
+    its int8 scale) · the activation codes at ``at``, in int32 lanes."""
+    b1, b2 = I.load32(row, o + 64 * j), I.load32(row, o + 64 * j + 32)
+    h = I.load32(row, o + 128 + 32 * j)
+    c0 = I.bor(I.band(b1, 15), I.bshl(I.band(h, 3), 4))
+    c1 = I.bor(I.band(b2, 15), I.bshl(I.band(h, 12), 2))
+    c2 = I.bor(I.bshr(b1, 4), I.band(h, 48))
+    c3 = I.bor(I.bshr(b2, 4), I.bshr(I.band(h, 192), 2))
+    sc = o + 192 + 8 * j
+    p0 = I.dot_us_scaled(isa, c0, I.load32(q, at), np.int8(row[sc]), np.int8(row[sc + 1]))
+    p1 = I.dot_us_scaled(isa, c1, I.load32(q, at + 32), np.int8(row[sc + 2]), np.int8(row[sc + 3]))
+    p2 = I.dot_us_scaled(isa, c2, I.load32(q, at + 64), np.int8(row[sc + 4]), np.int8(row[sc + 5]))
+    p3 = I.dot_us_scaled(isa, c3, I.load32(q, at + 96), np.int8(row[sc + 6]), np.int8(row[sc + 7]))
+    return I.iadd(I.iadd(p0, p1), I.iadd(p2, p3))
+
+
+@njit(**_row)
+def _q6_k_sum(isa, row, o, q, sums, b):
+    """Super-block b · its activation codes in int32 lanes, the −32 offset taken through the
+    codes' 16-value sums (ggml: ``vpmaddwd`` of ``bsums`` and the scales, times 32)."""
+    s = I.iadd(_q6_k_half(isa, row, o, 0, q, 256 * b), _q6_k_half(isa, row, o, 1, q, 256 * b + 128))
+    return I.isub(s, I.ishl(I.madd_sums(sums, 16 * b, row, o + 192), 5))
 
 
 @njit(**_row)
 def _row_q6_k(isa, row, q, d, sums, half):
     """210-byte super-blocks: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales (one
-    per 16 values), float16 d; value d·scale·(q − 32). Codes are taken unsigned and the −32
-    applied through the activations' 16-value sums (ggml_vec_dot_q6_K_q8_K)."""
+    per 16 values), float16 d; value d·scale·(q − 32) (ggml_vec_dot_q6_K_q8_K)."""
     acc = I.fzero()
     for b in range(q.shape[0] // 256):
-        o, j0 = b * 210, b * 256
-        offset = I.ishl(I.madd_sums(sums, b * 16, row, o + 192), 5)
-        sumi = I.izero()
-        for j in range(2):
-            b1, b2 = I.load32(row, o + 64 * j), I.load32(row, o + 64 * j + 32)
-            h = I.load32(row, o + 128 + 32 * j)
-            c0 = I.bor(I.band(b1, 15), I.bshl(I.band(h, 3), 4))
-            c1 = I.bor(I.band(b2, 15), I.bshl(I.band(h, 12), 2))
-            c2 = I.bor(I.bshr(b1, 4), I.band(h, 48))
-            c3 = I.bor(I.bshr(b2, 4), I.bshr(I.band(h, 192), 2))
-            v, sc = j0 + 128 * j, o + 192 + 8 * j
-            p0 = I.dot_us_scaled(isa, c0, I.load32(q, v), np.int8(row[sc]), np.int8(row[sc + 1]))
-            p1 = I.dot_us_scaled(isa, c1, I.load32(q, v + 32), np.int8(row[sc + 2]), np.int8(row[sc + 3]))
-            p2 = I.dot_us_scaled(isa, c2, I.load32(q, v + 64), np.int8(row[sc + 4]), np.int8(row[sc + 5]))
-            p3 = I.dot_us_scaled(isa, c3, I.load32(q, v + 96), np.int8(row[sc + 6]), np.int8(row[sc + 7]))
-            sumi = I.iadd(sumi, I.iadd(p0, p1))
-            sumi = I.iadd(sumi, I.iadd(p2, p3))
-        acc = I.fma_lanes(d[b] * _half(row, o + 208, half), I.isub(sumi, offset), acc)
+        o = 210 * b
+        acc = I.fma_lanes(d[b] * _half(row, o + 208, half), _q6_k_sum(isa, row, o, q, sums, b), acc)
     return I.hsum(acc)
 
 
-# One driver per type: numba inlines a row function called by name, not one passed as an argument.
+@njit(**_row)
+def _row4_q6_k(isa, row, q, d, sums, n, half):
+    """``_row_q6_k`` for activation rows n..n+3 (the bytes come from cache after the first)."""
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    for b in range(q.shape[1] // 256):
+        o = 210 * b
+        dw = _half(row, o + 208, half)
+        a0 = I.fma_lanes(d[n, b] * dw, _q6_k_sum(isa, row, o, q[n], sums[n], b), a0)
+        a1 = I.fma_lanes(d[n + 1, b] * dw, _q6_k_sum(isa, row, o, q[n + 1], sums[n + 1], b), a1)
+        a2 = I.fma_lanes(d[n + 2, b] * dw, _q6_k_sum(isa, row, o, q[n + 2], sums[n + 2], b), a2)
+        a3 = I.fma_lanes(d[n + 3, b] * dw, _q6_k_sum(isa, row, o, q[n + 3], sums[n + 3], b), a3)
+    return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
+
+
+# One driver per type: numba inlines a row function called by name, not one passed as an
+# argument. Activation rows go four at a time through ``_row4_*`` (the weights decoded once for
+# the four), the rest one at a time; both compute each row's sum in the same steps.
 
 
 @njit(**_driver)
 def _mm_q8_0(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(q.shape[0]):
-            out[n, r] = _row_q8_0(isa, row, q[n], d[n], sums[n], half)
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q8_0(isa, row, q[m], d[m], sums[m], half)
 
 
 @njit(**_driver)
 def _mm_q4_0(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(q.shape[0]):
-            out[n, r] = _row_q4_0(isa, row, q[n], d[n], sums[n], half)
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q4_0(isa, row, q[m], d[m], sums[m], half)
 
 
 @njit(**_driver)
 def _mm_q4_k(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(q.shape[0]):
-            out[n, r] = _row_q4_k(isa, row, q[n], d[n], sums[n], half)
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_k(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q4_k(isa, row, q[m], d[m], sums[m], half)
 
 
 @njit(**_driver)
 def _mm_q6_k(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(q.shape[0]):
-            out[n, r] = _row_q6_k(isa, row, q[n], d[n], sums[n], half)
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q6_k(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q6_k(isa, row, q[m], d[m], sums[m], half)
 
 
 #: type name → (driver, values per activation block: 32 for Q8_0 codes, 256 for Q8_K).

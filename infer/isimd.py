@@ -383,3 +383,76 @@ def hsum(typingctx, a):
         return builder.extract_element(v, ir.Constant(_I32, 0))
 
     return types.float32(F8), codegen
+
+
+@intrinsic
+def four(typingctx, a, b, c, d):
+    """Four float32 scalars in lanes 0..3 (lanes 4..7 zero): ggml's 128-bit float lanes."""
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(_F8, [0.0] * 8)
+        for k, (x, t) in enumerate(zip(args, sig.args)):
+            v = builder.insert_element(v, context.cast(builder, x, t, types.float32), ir.Constant(_I32, k))
+        return v
+
+    return F8(a, b, c, d), codegen
+
+
+@intrinsic
+def fma_splat(typingctx, d, v, acc):
+    """acc + d·v lane by lane, one rounding (``llvm.fma``; ggml's ``_mm_fmadd_ps``)."""
+
+    def codegen(context, builder, sig, args):
+        s = _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), 8)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8] * 3), "llvm.fma.v8f32")
+        return builder.call(fn, [s, args[1], args[2]])
+
+    return F8(d, F8, F8), codegen
+
+
+@intrinsic
+def hsum4(typingctx, a):
+    """Lanes 0..3's sum in ggml's order for a 128-bit vector: (0 + 2) + (1 + 3)."""
+
+    def codegen(context, builder, sig, args):
+        def lane(k: int) -> ir.Value:
+            return builder.extract_element(args[0], ir.Constant(_I32, k))
+
+        return builder.fadd(builder.fadd(lane(0), lane(2)), builder.fadd(lane(1), lane(3)))
+
+    return types.float32(F8), codegen
+
+
+@intrinsic
+def ints8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Eight integers in int32 lanes 0..7."""
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(_L8, [0] * 8)
+        for k, (x, t) in enumerate(zip(args, sig.args)):
+            v = builder.insert_element(v, context.cast(builder, x, t, types.int32), ir.Constant(_I32, k))
+        return v
+
+    return L8(a0, a1, a2, a3, a4, a5, a6, a7), codegen
+
+
+@intrinsic
+def min_products(typingctx, mins, sums, i):
+    """Q4_K's min products in float lanes 0..3 (4..7 zero): lane k = mins[2k]·S[2k] +
+    mins[2k+1]·S[2k+1], where S[j] = sums[i+2j] + sums[i+2j+1] is sub-block j's sum of 32 codes
+    from sixteen int16 sums (ggml: ``vphaddw`` then ``vpmaddwd``). Exact integers, then float."""
+
+    def codegen(context, builder, sig, args):
+        w16 = ir.VectorType(_I32, 16)
+        s = builder.sext(
+            builder.load(_ptr(context, builder, sig.args[1], args[1], args[2], ir.VectorType(_I16, 16)), align=2), w16
+        )
+        sub = builder.add(_pick(builder, s, list(range(0, 16, 2))), _pick(builder, s, list(range(1, 16, 2))))
+        p = builder.mul(args[0], sub)
+        pairs = builder.add(_pick(builder, p, [0, 2, 4, 6]), _pick(builder, p, [1, 3, 5, 7]))
+        wide = builder.shuffle_vector(
+            pairs, ir.Constant(pairs.type, [0] * 4), ir.Constant(_L8, [0, 1, 2, 3, 4, 5, 6, 7])
+        )
+        return builder.sitofp(wide, _F8)
+
+    return F8(L8, sums, i), codegen
