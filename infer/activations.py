@@ -76,38 +76,40 @@ def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def _codes_q8_0(x, q, d):  # type: ignore[no-untyped-def]
-    """``_round_q8_0``'s codes and scales themselves: ggml's ``block_q8_0`` rows."""
-    for b in range(x.shape[0] // 32):
-        amax = F32(0)
-        for i in range(32 * b, 32 * b + 32):
-            amax = max(amax, abs(x[i]))
-        inv = F32(127) / amax if amax > 0 else F32(0)
-        d[b] = through_half(amax / F32(127))
-        for i in range(32 * b, 32 * b + 32):
-            q[i] = np.int8(np.rint(x[i] * inv))
+    """``_round_q8_0``'s codes and scales themselves, row by row: ggml's ``block_q8_0`` rows."""
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // 32):
+            amax = F32(0)
+            for i in range(32 * b, 32 * b + 32):
+                amax = max(amax, abs(x[r, i]))
+            inv = F32(127) / amax if amax > 0 else F32(0)
+            d[r, b] = through_half(amax / F32(127))
+            for i in range(32 * b, 32 * b + 32):
+                q[r, i] = np.int8(np.rint(x[r, i] * inv))
 
 
 @njit(cache=True)
 def _codes_q8_k(x, q, d, sums):  # type: ignore[no-untyped-def]
     """``_round_q8_k``'s codes and scales, and the sum of every 16 codes (``block_q8_K.bsums``)."""
-    for b in range(x.shape[0] // 256):
-        mx, amax = F32(0), F32(0)
-        for i in range(256 * b, 256 * b + 256):
-            if abs(x[i]) > amax:
-                amax, mx = abs(x[i]), x[i]
-        if amax == 0:
-            d[b] = 0
-            q[256 * b : 256 * b + 256] = 0
-        else:
-            iscale = F32(-127) / mx
-            d[b] = F32(1) / iscale
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // 256):
+            mx, amax = F32(0), F32(0)
             for i in range(256 * b, 256 * b + 256):
-                q[i] = np.int8(min(np.rint(x[i] * iscale), F32(127)))
-        for g in range(16 * b, 16 * b + 16):
-            s = 0
-            for i in range(16 * g, 16 * g + 16):
-                s += q[i]
-            sums[g] = s
+                if abs(x[r, i]) > amax:
+                    amax, mx = abs(x[r, i]), x[r, i]
+            if amax == 0:
+                d[r, b] = 0
+                q[r, 256 * b : 256 * b + 256] = 0
+            else:
+                iscale = F32(-127) / mx
+                d[r, b] = F32(1) / iscale
+                for i in range(256 * b, 256 * b + 256):
+                    q[r, i] = np.int8(min(np.rint(x[r, i] * iscale), F32(127)))
+            for g in range(16 * b, 16 * b + 16):
+                total = 0
+                for i in range(16 * g, 16 * g + 16):
+                    total += q[r, i]
+                sums[r, g] = total
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,18 @@ class Codes:
 
 def codes(x: np.ndarray, block: int) -> Codes:
     """float32 rows (rows, n) → Q8_0 (``block`` 32) or Q8_K (256) codes, exactly ggml's."""
-    x = np.ascontiguousarray(np.atleast_2d(x), dtype=F32)
+    if x.dtype != F32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
     if n % block:
         raise ValueError(f"rows of {n} values are not whole blocks of {block}")
     q = np.empty((rows, n), dtype=np.int8)
     d = np.empty((rows, n // block), dtype=F32)
     sums = np.empty((rows, n // 16 if block == 256 else 0), dtype=np.int16)
-    if block == 32:  # rows are whole blocks, so one pass over the flat array converts them all
-        _codes_q8_0(x.reshape(-1), q.reshape(-1), d.reshape(-1))
+    if block == 32:
+        _codes_q8_0(x, q, d)
     else:
-        _codes_q8_k(x.reshape(-1), q.reshape(-1), d.reshape(-1), sums.reshape(-1))
+        _codes_q8_k(x, q, d, sums)
     return Codes(block, q, d, sums)
 
 

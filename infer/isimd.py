@@ -34,6 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from llamashare.errors import InferenceError
 from llamashare.infer.simd import F8
 
 _I8, _I16, _I32, _F = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
@@ -80,7 +81,7 @@ def best() -> Isa:
         for isa in have:
             if isa.name == wanted:
                 return isa
-        raise RuntimeError(f"LLAMASHARE_ISA={wanted}: this CPU has {', '.join(i.name for i in have)}")
+        raise InferenceError(f"LLAMASHARE_ISA={wanted}: this CPU has {', '.join(i.name for i in have)}")
     return have[0]
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from numba import njit, prange
@@ -318,7 +317,12 @@ def matvecs(type_name: str, blocks: np.ndarray, x: np.ndarray, isa: Isa | None =
     return multiply(type_name, blocks, prepare(type_name, x), isa)
 
 
-@cache
+_BEST: list[Isa] = []
+
+
 def best_isa() -> Isa:
-    """The instruction set the integer kernels use (isimd.best, looked up once)."""
-    return best()
+    """The instruction set the integer kernels use by default: the CPU's best (isimd.best),
+    looked up once."""
+    if not _BEST:
+        _BEST.append(best())
+    return _BEST[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llamashare.errors import InferenceError
 from llamashare.infer import int_kernels, isimd, kernels
 from llamashare.infer.activations import codes
 from llamashare.quant.qtype import lookup
@@ -123,5 +124,5 @@ def test_instruction_set_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMASHARE_ISA", "portable")
     assert isimd.best() is isimd.PORTABLE
     monkeypatch.setenv("LLAMASHARE_ISA", "mmx")
-    with pytest.raises(RuntimeError, match="LLAMASHARE_ISA=mmx: this CPU has"):
+    with pytest.raises(InferenceError, match="LLAMASHARE_ISA=mmx: this CPU has"):
         isimd.best()
