@@ -55,6 +55,14 @@ def _q4_0_block(row, b, half):
 
 
 @njit(**_row)
+def _q5_0_block(row, b, half):
+    """22-byte blocks: float16 d, 4 bytes of fifth bits (bit j for value j), 16 bytes of nibbles
+    as Q4_0's; code (nibble + 16·bit) − 16 (ggml_vec_dot_q5_0_q8_0)."""
+    o = 22 * b
+    return _half(row, o, half), I.bsub(I.bor(I.nibbles32(row, o + 6), I.bshl(I.bits32(row, o + 2), 4)), 16)
+
+
+@njit(**_row)
 def _row_q8_0(isa, row, q, d, sums, half):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
@@ -89,6 +97,27 @@ def _row4_q4_0(isa, row, q, d, sums, n, half):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
         dw, w = _q4_0_block(row, b, half)
+        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
+        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
+        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
+        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+    return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
+
+
+@njit(**_row)
+def _row_q5_0(isa, row, q, d, sums, half):
+    acc = I.fzero()
+    for b in range(q.shape[0] // 32):
+        dw, w = _q5_0_block(row, b, half)
+        acc = _q8_step(isa, dw, w, q, d, b, acc)
+    return I.hsum(acc)
+
+
+@njit(**_row)
+def _row4_q5_0(isa, row, q, d, sums, n, half):
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    for b in range(q.shape[1] // 32):
+        dw, w = _q5_0_block(row, b, half)
         a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
         a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
         a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
@@ -262,6 +291,17 @@ def _mm_q4_0(isa, w, q, d, sums, half, out):
 
 
 @njit(**_driver)
+def _mm_q5_0(isa, w, q, d, sums, half, out):
+    for r in prange(w.shape[0]):
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q5_0(isa, row, q[m], d[m], sums[m], half)
+
+
+@njit(**_driver)
 def _mm_q4_k(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
@@ -287,6 +327,7 @@ def _mm_q6_k(isa, w, q, d, sums, half, out):
 KERNELS: dict[str, tuple[Callable, int]] = {
     "q8_0": (_mm_q8_0, 32),
     "q4_0": (_mm_q4_0, 32),
+    "q5_0": (_mm_q5_0, 32),
     "q4_k": (_mm_q4_k, 256),
     "q6_k": (_mm_q6_k, 256),
 }

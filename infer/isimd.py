@@ -156,6 +156,22 @@ def nibbles32(typingctx, a, i):
     return B32(a, i), codegen
 
 
+@intrinsic
+def bits32(typingctx, a, i):
+    """The 32 bits of the little-endian word at a[i:i+4], one per byte (0 or 1): Q5_0's fifth
+    bits, bit j for value j (ggml's ``bytes_from_bits_32``: a byte shuffle and a mask)."""
+
+    def codegen(context, builder, sig, args):
+        v4 = ir.VectorType(_I8, 4)
+        word = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], v4), align=1)
+        spread = builder.shuffle_vector(word, word, ir.Constant(ir.VectorType(_I32, 32), [j // 8 for j in range(32)]))
+        mask = ir.Constant(_B32, [1 << (j % 8) for j in range(32)])
+        hit = builder.icmp_unsigned("!=", builder.and_(spread, mask), ir.Constant(_B32, [0] * 32))
+        return builder.zext(hit, _B32)
+
+    return B32(a, i), codegen
+
+
 def _bytes_op(op: str, doc: str):
     @intrinsic
     def f(typingctx, b, k):

@@ -7,8 +7,8 @@ NumPy has no kernel that multiplies blocks without first dequantizing them into 
 the rows over the cores. Prompt processing keeps using float32 matrix × matrix (BLAS reuses every
 weight across the batch; there these kernels would be slower).
 
-Two kinds. Q8_0, Q4_0, Q4_K and Q6_K multiply int8 codes in integer SIMD (int_kernels.py), bit
-for bit as ggml's ``vec_dot``. The other types (Q4_1, Q5_0, Q5_1, Q5_K, F16, BF16) are float
+Two kinds. Q8_0, Q4_0, Q5_0, Q4_K and Q6_K multiply int8 codes in integer SIMD (int_kernels.py), bit
+for bit as ggml's ``vec_dot``. The other types (Q4_1, Q5_1, Q5_K, F16, BF16) are float
 kernels, here: each weight is decoded in registers and multiplied at once, eight at a time
 (simd.py). This module converts the activations for either (``prepare``) and multiplies
 (``multiply``).
@@ -16,7 +16,7 @@ kernels, here: each weight is decoded in registers and multiplied at once, eight
 Shape of a float kernel. A row is walked block by block; eight lanes ``s`` gather the block's
 code × value products, ``acc = d·s + acc`` scales them lane-wise by the block's factor, and the
 lanes are added once, at the end of the row. Offsets that multiply every value of a block (the
-mins of Q4_1 and Q5_K, Q5_0's −16) are applied to the block's sum of ``x`` instead, in one scalar.
+mins of Q4_1, Q5_1 and Q5_K) are applied to the block's sum of ``x`` instead, in one scalar.
 
 Numerics of a float kernel. ``x`` is first rounded the way llama.cpp rounds activations for the
 weight type (``activations.round_activations``), so each product is the sum llama.cpp computes,
@@ -92,18 +92,6 @@ def _dot_q5(row, at, qh, x, j):
         q = V.fma(sixteen, V.lane_bits(qh, 8 * g), V.field(row, at + 8 * (g % 2), 4 * (g // 2), 15))
         s = V.fma(q, V.floats(x, j + 8 * g), s)
     return s
-
-
-@njit(**_inline)
-def _row_q5_0(row, x, xs, half):
-    """22-byte blocks: float16 d, 4 bytes of fifth bits, 16 bytes of nibbles; value = d·(q-16)."""
-    acc, off = V.zero(), F32(0)
-    for b in range(x.shape[0] // 32):
-        o = b * 22
-        d = _half(row, o, half)
-        acc = V.fma(V.splat(d), _dot_q5(row, o + 6, _fifth_bits(row, o + 2), x, b * 32), acc)
-        off += d * xs[b]
-    return V.total(acc) - F32(16) * off
 
 
 @njit(**_inline)
@@ -202,14 +190,6 @@ def _mm_q4_1(w, x, xs, half, out):
 
 
 @njit(**_parallel)
-def _mm_q5_0(w, x, xs, half, out):
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(x.shape[0]):
-            out[n, r] = _row_q5_0(row, x[n], xs[n], half)
-
-
-@njit(**_parallel)
 def _mm_q5_1(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         row = w[r]
@@ -245,7 +225,6 @@ def _mm_bf16(w, x, xs, half, out):
 #: in ``xs``: 0 when unused).
 FLOAT_KERNELS: dict[str, tuple[Callable, int]] = {
     "q4_1": (_mm_q4_1, 32),
-    "q5_0": (_mm_q5_0, 32),
     "q5_1": (_mm_q5_1, 32),
     "q5_k": (_mm_q5_k, 32),
     "f16": (_mm_f16, 0),
@@ -259,6 +238,11 @@ def fits(type_name: str, n_per_row: int) -> bool:
     """Whether a kernel multiplies rows of ``n_per_row`` values of this type (block types: any
     whole number of blocks; F16/BF16: a multiple of 8, the lane count)."""
     return type_name in KERNELS and (type_name not in ("f16", "bf16") or n_per_row % V.LANES == 0)
+
+
+def has_integer_kernel(type_name: str, n_per_row: int) -> bool:
+    """Whether rows of ``n_per_row`` values of this type go to an integer kernel."""
+    return type_name in int_kernels.KERNELS and n_per_row % int_kernels.KERNELS[type_name][1] == 0
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from llamashare.infer.activations import round_half
 from llamashare.infer.attention import attend
 from llamashare.infer.model_file import Config, ModelFile
 from llamashare.infer.simd import through_half
-from llamashare.infer.weights import Dense, Matrix, Streamed, project
+from llamashare.infer.weights import Blocks, Dense, Matrix, Streamed, integer_kernel, project
 
 F32 = np.float32
 #: Context size when none is asked for (capped by the model's training context).
@@ -276,7 +276,8 @@ class Llama:
         self.weights_kind = "f32" if kind is Dense else "streamed"
 
         def matrix(name: str) -> Matrix:
-            return kind(mf.raw(name), mf.qtype(name))
+            raw, qtype = mf.raw(name), mf.qtype(name)
+            return Blocks(raw, qtype) if integer_kernel(raw, qtype) else kind(raw, qtype)
 
         def vector(name: str) -> np.ndarray:
             return mf.floats(name).reshape(-1)

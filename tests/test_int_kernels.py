@@ -18,10 +18,10 @@ from llamashare.infer.activations import codes
 from llamashare.quant.qtype import lookup
 from tests import ggml_ref
 
-GGML_TYPE = {"q4_0": 2, "q8_0": 8, "q4_k": 12, "q6_k": 14}
+GGML_TYPE = {"q4_0": 2, "q5_0": 6, "q8_0": 8, "q4_k": 12, "q6_k": 14}
 ISAS = isimd.available()
 #: where each type keeps its float16 scales, as (offset in a block, count)
-SCALES = {"q8_0": [(0, 1)], "q4_0": [(0, 1)], "q4_k": [(0, 2)], "q6_k": [(208, 1)]}
+SCALES = {"q8_0": [(0, 1)], "q4_0": [(0, 1)], "q5_0": [(0, 1)], "q4_k": [(0, 2)], "q6_k": [(208, 1)]}
 
 
 def random_blocks(name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
