@@ -89,6 +89,25 @@ def _codes_q8_0(x, q, d):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def _codes_q8_1(x, q, d, s):  # type: ignore[no-untyped-def]
+    """ggml-cpu's AVX2 quantize_row_q8_1: Q8_0's codes and float16 scale, and ``s``, the block's
+    code sum times the unrounded scale, through float16 (the offsets of Q4_1/Q5_1 take it)."""
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // 32):
+            amax = F32(0)
+            for i in range(32 * b, 32 * b + 32):
+                amax = max(amax, abs(x[r, i]))
+            scale = amax / F32(127)
+            inv = F32(127) / amax if amax > 0 else F32(0)
+            d[r, b] = through_half(scale)
+            total = np.int32(0)
+            for i in range(32 * b, 32 * b + 32):
+                q[r, i] = np.int8(np.rint(x[r, i] * inv))
+                total += q[r, i]
+            s[r, b] = through_half(scale * F32(total))
+
+
+@njit(cache=True)
 def _codes_q8_k(x, q, d, sums):  # type: ignore[no-untyped-def]
     """``_round_q8_k``'s codes and scales, and the sum of every 16 codes (``block_q8_K.bsums``)."""
     for r in range(x.shape[0]):
@@ -114,18 +133,24 @@ def _codes_q8_k(x, q, d, sums):  # type: ignore[no-untyped-def]
 
 @dataclass(frozen=True)
 class Codes:
-    """Activation rows as llama.cpp's ``vec_dot_type`` blocks, for the integer kernels: ``q`` the
-    int8 codes (rows, n), ``d`` each block's scale (rows, n / block), ``sums`` each 16 codes' sum
-    (rows, n / 16; Q8_K only, else empty)."""
+    """Activation rows as llama.cpp's ``vec_dot_type`` blocks, for the integer kernels: ``kind``
+    ``q8_0``, ``q8_1`` or ``q8_k``; ``q`` the int8 codes (rows, n); ``d`` each block's scale
+    (rows, n / block); ``sums``: Q8_K's int16 sum of each 16 codes (rows, n / 16), Q8_1's float
+    ``s`` per block (rows, n / 32), else empty."""
 
-    block: int
+    kind: str
     q: np.ndarray
     d: np.ndarray
     sums: np.ndarray
 
 
-def codes(x: np.ndarray, block: int) -> Codes:
-    """float32 rows (rows, n) → Q8_0 (``block`` 32) or Q8_K (256) codes, exactly ggml's."""
+#: values per block of each kind of activation codes
+CODE_BLOCK = {"q8_0": 32, "q8_1": 32, "q8_k": 256}
+
+
+def codes(x: np.ndarray, kind: str) -> Codes:
+    """float32 rows (rows, n) → Q8_0, Q8_1 or Q8_K codes (``kind``), exactly ggml-cpu's."""
+    block = CODE_BLOCK[kind]
     if x.dtype != F32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
@@ -133,12 +158,16 @@ def codes(x: np.ndarray, block: int) -> Codes:
         raise ValueError(f"rows of {n} values are not whole blocks of {block}")
     q = np.empty((rows, n), dtype=np.int8)
     d = np.empty((rows, n // block), dtype=F32)
-    sums = np.empty((rows, n // 16 if block == 256 else 0), dtype=np.int16)
-    if block == 32:
+    if kind == "q8_0":
+        sums = np.empty((rows, 0), dtype=np.int16)
         _codes_q8_0(x, q, d)
+    elif kind == "q8_1":
+        sums = np.empty((rows, n // 32), dtype=F32)
+        _codes_q8_1(x, q, d, sums)
     else:
+        sums = np.empty((rows, n // 16), dtype=np.int16)
         _codes_q8_k(x, q, d, sums)
-    return Codes(block, q, d, sums)
+    return Codes(kind, q, d, sums)
 
 
 def _rows(kernel: Callable) -> Callable[[np.ndarray], np.ndarray]:

@@ -63,6 +63,28 @@ def _q5_0_block(row, b, half):
 
 
 @njit(**_row)
+def _q4_1_block(row, b, half):
+    """20-byte blocks: float16 d and m, 16 bytes of nibbles as Q4_0's; value d·q + m
+    (ggml_vec_dot_q4_1_q8_1: unsigned codes, the m term through the activations' ``s``)."""
+    o = 20 * b
+    return _half(row, o, half), _half(row, o + 2, half), I.nibbles32(row, o + 4)
+
+
+@njit(**_row)
+def _q5_1_block(row, b, half):
+    """24-byte blocks: float16 d and m, 4 bytes of fifth bits, 16 bytes of nibbles; value
+    d·(nibble + 16·bit) + m (ggml_vec_dot_q5_1_q8_1)."""
+    o = 24 * b
+    return _half(row, o, half), _half(row, o + 2, half), I.bor(I.nibbles32(row, o + 8), I.bshl(I.bits32(row, o + 4), 4))
+
+
+@njit(**_row)
+def _q81_step(isa, dw, mw, w, q, d, s, b, acc, summs):
+    """A Q4_1/Q5_1 block (scale dw, offset mw, unsigned codes w) · block b of Q8_1 codes."""
+    return I.fma_lanes(dw * d[b], I.dot_us(isa, w, I.load32(q, 32 * b)), acc), I.fma1(mw, s[b], summs)
+
+
+@njit(**_row)
 def _row_q8_0(isa, row, q, d, sums, half):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
@@ -123,6 +145,50 @@ def _row4_q5_0(isa, row, q, d, sums, n, half):
         a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
         a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
     return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
+
+
+@njit(**_row)
+def _row_q4_1(isa, row, q, d, sums, half):
+    acc, summs = I.fzero(), F32(0)
+    for b in range(q.shape[0] // 32):
+        dw, mw, w = _q4_1_block(row, b, half)
+        acc, summs = _q81_step(isa, dw, mw, w, q, d, sums, b, acc, summs)
+    return I.hsum(acc) + summs
+
+
+@njit(**_row)
+def _row4_q4_1(isa, row, q, d, sums, n, half):
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    s0, s1, s2, s3 = F32(0), F32(0), F32(0), F32(0)
+    for b in range(q.shape[1] // 32):
+        dw, mw, w = _q4_1_block(row, b, half)
+        a0, s0 = _q81_step(isa, dw, mw, w, q[n], d[n], sums[n], b, a0, s0)
+        a1, s1 = _q81_step(isa, dw, mw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1, s1)
+        a2, s2 = _q81_step(isa, dw, mw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2, s2)
+        a3, s3 = _q81_step(isa, dw, mw, w, q[n + 3], d[n + 3], sums[n + 3], b, a3, s3)
+    return I.hsum(a0) + s0, I.hsum(a1) + s1, I.hsum(a2) + s2, I.hsum(a3) + s3
+
+
+@njit(**_row)
+def _row_q5_1(isa, row, q, d, sums, half):
+    acc, summs = I.fzero(), F32(0)
+    for b in range(q.shape[0] // 32):
+        dw, mw, w = _q5_1_block(row, b, half)
+        acc, summs = _q81_step(isa, dw, mw, w, q, d, sums, b, acc, summs)
+    return I.hsum(acc) + summs
+
+
+@njit(**_row)
+def _row4_q5_1(isa, row, q, d, sums, n, half):
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    s0, s1, s2, s3 = F32(0), F32(0), F32(0), F32(0)
+    for b in range(q.shape[1] // 32):
+        dw, mw, w = _q5_1_block(row, b, half)
+        a0, s0 = _q81_step(isa, dw, mw, w, q[n], d[n], sums[n], b, a0, s0)
+        a1, s1 = _q81_step(isa, dw, mw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1, s1)
+        a2, s2 = _q81_step(isa, dw, mw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2, s2)
+        a3, s3 = _q81_step(isa, dw, mw, w, q[n + 3], d[n + 3], sums[n + 3], b, a3, s3)
+    return I.hsum(a0) + s0, I.hsum(a1) + s1, I.hsum(a2) + s2, I.hsum(a3) + s3
 
 
 @njit(**_row)
@@ -302,6 +368,28 @@ def _mm_q5_0(isa, w, q, d, sums, half, out):
 
 
 @njit(**_driver)
+def _mm_q4_1(isa, w, q, d, sums, half, out):
+    for r in prange(w.shape[0]):
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_1(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q4_1(isa, row, q[m], d[m], sums[m], half)
+
+
+@njit(**_driver)
+def _mm_q5_1(isa, w, q, d, sums, half, out):
+    for r in prange(w.shape[0]):
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_1(isa, row, q, d, sums, n, half)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q5_1(isa, row, q[m], d[m], sums[m], half)
+
+
+@njit(**_driver)
 def _mm_q4_k(isa, w, q, d, sums, half, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
@@ -323,11 +411,13 @@ def _mm_q6_k(isa, w, q, d, sums, half, out):
             out[m, r] = _row_q6_k(isa, row, q[m], d[m], sums[m], half)
 
 
-#: type name → (driver, values per activation block: 32 for Q8_0 codes, 256 for Q8_K).
-KERNELS: dict[str, tuple[Callable, int]] = {
-    "q8_0": (_mm_q8_0, 32),
-    "q4_0": (_mm_q4_0, 32),
-    "q5_0": (_mm_q5_0, 32),
-    "q4_k": (_mm_q4_k, 256),
-    "q6_k": (_mm_q6_k, 256),
+#: type name → (driver, the activation codes it takes: activations.codes' kind).
+KERNELS: dict[str, tuple[Callable, str]] = {
+    "q8_0": (_mm_q8_0, "q8_0"),
+    "q4_0": (_mm_q4_0, "q8_0"),
+    "q5_0": (_mm_q5_0, "q8_0"),
+    "q4_1": (_mm_q4_1, "q8_1"),
+    "q5_1": (_mm_q5_1, "q8_1"),
+    "q4_k": (_mm_q4_k, "q8_k"),
+    "q6_k": (_mm_q6_k, "q8_k"),
 }

@@ -7,8 +7,8 @@ NumPy has no kernel that multiplies blocks without first dequantizing them into 
 the rows over the cores. Prompt processing keeps using float32 matrix × matrix (BLAS reuses every
 weight across the batch; there these kernels would be slower).
 
-Two kinds. Q8_0, Q4_0, Q5_0, Q4_K and Q6_K multiply int8 codes in integer SIMD (int_kernels.py), bit
-for bit as ggml's ``vec_dot``. The other types (Q4_1, Q5_1, Q5_K, F16, BF16) are float
+Two kinds. Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K and Q6_K multiply int8 codes in integer SIMD (int_kernels.py), bit
+for bit as ggml's ``vec_dot``. The other types (Q5_K, F16, BF16) are float
 kernels, here: each weight is decoded in registers and multiplied at once, eight at a time
 (simd.py). This module converts the activations for either (``prepare``) and multiplies
 (``multiply``).
@@ -16,7 +16,7 @@ kernels, here: each weight is decoded in registers and multiplied at once, eight
 Shape of a float kernel. A row is walked block by block; eight lanes ``s`` gather the block's
 code × value products, ``acc = d·s + acc`` scales them lane-wise by the block's factor, and the
 lanes are added once, at the end of the row. Offsets that multiply every value of a block (the
-mins of Q4_1, Q5_1 and Q5_K) are applied to the block's sum of ``x`` instead, in one scalar.
+mins of Q5_K) are applied to the block's sum of ``x`` instead, in one scalar.
 
 Numerics of a float kernel. ``x`` is first rounded the way llama.cpp rounds activations for the
 weight type (``activations.round_activations``), so each product is the sum llama.cpp computes,
@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from llamashare.infer import int_kernels
 from llamashare.infer import simd as V
-from llamashare.infer.activations import Codes, codes, rounding
+from llamashare.infer.activations import CODE_BLOCK, Codes, codes, rounding
 from llamashare.infer.isimd import Isa, best
 
 F32 = np.float32
@@ -50,59 +50,6 @@ _inline = {"inline": "always", "fastmath": True, "cache": True}
 @njit(**_inline)
 def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
     return half[np.int32(row[at]) | (np.int32(row[at + 1]) << 8)]
-
-
-@njit(**_inline)
-def _dot_nibbles(row, at, x, j):
-    """16 bytes of nibbles at ``at`` (value i low, value i+16 high) · x[j:j+32], in lanes."""
-    s = V.mul(V.field(row, at, 0, 15), V.floats(x, j))
-    s = V.fma(V.field(row, at + 8, 0, 15), V.floats(x, j + 8), s)
-    s = V.fma(V.field(row, at, 4, 15), V.floats(x, j + 16), s)
-    return V.fma(V.field(row, at + 8, 4, 15), V.floats(x, j + 24), s)
-
-
-@njit(**_inline)
-def _row_q4_1(row, x, xs, half):
-    """20-byte blocks: float16 d and m, 16 bytes of nibbles; value = d·q + m."""
-    acc, off = V.zero(), F32(0)
-    for b in range(x.shape[0] // 32):
-        o = b * 20
-        acc = V.fma(V.splat(_half(row, o, half)), _dot_nibbles(row, o + 4, x, b * 32), acc)
-        off += _half(row, o + 2, half) * xs[b]
-    return V.total(acc) + off
-
-
-@njit(**_inline)
-def _fifth_bits(row, at):
-    """The little-endian uint32 of Q5 fifth bits (bit i belongs to value i)."""
-    return (
-        np.uint32(row[at])
-        | (np.uint32(row[at + 1]) << 8)
-        | (np.uint32(row[at + 2]) << 16)
-        | (np.uint32(row[at + 3]) << 24)
-    )
-
-
-@njit(**_inline)
-def _dot_q5(row, at, qh, x, j):
-    """16 bytes of nibbles at ``at`` plus the 32 fifth bits in ``qh`` · x[j:j+32], in lanes."""
-    sixteen = V.splat(16)
-    s = V.zero()
-    for g in range(4):  # values 8g..8g+7: nibble 4·(g//2) of bytes 8·(g%2).., fifth bits 8g..
-        q = V.fma(sixteen, V.lane_bits(qh, 8 * g), V.field(row, at + 8 * (g % 2), 4 * (g // 2), 15))
-        s = V.fma(q, V.floats(x, j + 8 * g), s)
-    return s
-
-
-@njit(**_inline)
-def _row_q5_1(row, x, xs, half):
-    """24-byte blocks: float16 d and m, fifth bits, nibbles; value = d·q + m."""
-    acc, off = V.zero(), F32(0)
-    for b in range(x.shape[0] // 32):
-        o = b * 24
-        acc = V.fma(V.splat(_half(row, o, half)), _dot_q5(row, o + 8, _fifth_bits(row, o + 4), x, b * 32), acc)
-        off += _half(row, o + 2, half) * xs[b]
-    return V.total(acc) + off
 
 
 @njit(**_inline)
@@ -182,22 +129,6 @@ _parallel = {"parallel": True, "fastmath": True, "cache": True}
 
 
 @njit(**_parallel)
-def _mm_q4_1(w, x, xs, half, out):
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(x.shape[0]):
-            out[n, r] = _row_q4_1(row, x[n], xs[n], half)
-
-
-@njit(**_parallel)
-def _mm_q5_1(w, x, xs, half, out):
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(x.shape[0]):
-            out[n, r] = _row_q5_1(row, x[n], xs[n], half)
-
-
-@njit(**_parallel)
 def _mm_q5_k(w, x, xs, half, out):
     for r in prange(w.shape[0]):
         row = w[r]
@@ -224,8 +155,6 @@ def _mm_bf16(w, x, xs, half, out):
 #: type name → (driver over float32 activations rounded as llama.cpp rounds them, values per sum
 #: in ``xs``: 0 when unused).
 FLOAT_KERNELS: dict[str, tuple[Callable, int]] = {
-    "q4_1": (_mm_q4_1, 32),
-    "q5_1": (_mm_q5_1, 32),
     "q5_k": (_mm_q5_k, 32),
     "f16": (_mm_f16, 0),
     "bf16": (_mm_bf16, 0),
@@ -242,7 +171,7 @@ def fits(type_name: str, n_per_row: int) -> bool:
 
 def has_integer_kernel(type_name: str, n_per_row: int) -> bool:
     """Whether rows of ``n_per_row`` values of this type go to an integer kernel."""
-    return type_name in int_kernels.KERNELS and n_per_row % int_kernels.KERNELS[type_name][1] == 0
+    return type_name in int_kernels.KERNELS and n_per_row % CODE_BLOCK[int_kernels.KERNELS[type_name][1]] == 0
 
 
 @dataclass(frozen=True)

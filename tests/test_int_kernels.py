@@ -18,10 +18,18 @@ from llamashare.infer.activations import codes
 from llamashare.quant.qtype import lookup
 from tests import ggml_ref
 
-GGML_TYPE = {"q4_0": 2, "q5_0": 6, "q8_0": 8, "q4_k": 12, "q6_k": 14}
+GGML_TYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q6_k": 14}
 ISAS = isimd.available()
 #: where each type keeps its float16 scales, as (offset in a block, count)
-SCALES = {"q8_0": [(0, 1)], "q4_0": [(0, 1)], "q5_0": [(0, 1)], "q4_k": [(0, 2)], "q6_k": [(208, 1)]}
+SCALES = {
+    "q8_0": [(0, 1)],
+    "q4_0": [(0, 1)],
+    "q5_0": [(0, 1)],
+    "q4_1": [(0, 2)],
+    "q5_1": [(0, 2)],
+    "q4_k": [(0, 2)],
+    "q6_k": [(208, 1)],
+}
 
 
 def random_blocks(name: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,25 +95,20 @@ def test_activation_codes_are_ggml_from_float(name: str) -> None:
     c = codes(x, int_kernels.KERNELS[name][1])
     for i, row in enumerate(x):
         vec_type, want = ggml_ref.activation_blocks(GGML_TYPE[name], row)
-        if c.block == 32:
-            assert vec_type == 8  # Q8_0
-            ours = np.concatenate(
-                [c.d[i].astype(np.float16)[:, None].view(np.uint8), c.q[i].reshape(-1, 32).view(np.uint8)], axis=1
-            )
-        else:
-            assert vec_type == 15  # Q8_K: float32 d, 256 codes, 16 int16 sums
-            ours = np.concatenate(
-                [
-                    c.d[i][:, None].view(np.uint8),
-                    c.q[i].reshape(-1, 256).view(np.uint8),
-                    c.sums[i].reshape(-1, 16).view(np.uint8),
-                ],
-                axis=1,
-            )
-        if c.block == 256:  # ggml leaves an all-zero block's sums unwritten (its scale 0 cancels them)
-            zero = c.d[i] == 0
-            ours = ours.reshape(-1, 292)[~zero]
-            want = want.reshape(-1, 292)[~zero]
+        half = c.d[i].astype(np.float16)[:, None].view(np.uint8)
+        if c.kind == "q8_0":  # float16 d, 32 codes
+            assert vec_type == 8
+            ours = np.concatenate([half, c.q[i].reshape(-1, 32).view(np.uint8)], axis=1)
+        elif c.kind == "q8_1":  # float16 d and s, 32 codes
+            assert vec_type == 9
+            s16 = c.sums[i].astype(np.float16)[:, None].view(np.uint8)
+            ours = np.concatenate([half, s16, c.q[i].reshape(-1, 32).view(np.uint8)], axis=1)
+        else:  # Q8_K: float32 d, 256 codes, 16 int16 sums
+            assert vec_type == 15
+            parts = [c.d[i][:, None].view(np.uint8), c.q[i].reshape(-1, 256).view(np.uint8)]
+            ours = np.concatenate([*parts, c.sums[i].reshape(-1, 16).view(np.uint8)], axis=1)
+            zero = c.d[i] == 0  # ggml leaves an all-zero block's sums unwritten (its scale 0 cancels them)
+            ours, want = ours[~zero], want.reshape(-1, 292)[~zero]
         assert np.array_equal(ours.reshape(-1), want.reshape(-1))
 
 
