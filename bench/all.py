@@ -48,6 +48,10 @@ RUNS = {
         ["--prompt-tokens", "64", "--gen-tokens", "32"],
         "SmolLM2-135M prompt and generation speed against llama.cpp",
     ),
+    "startup": (
+        ["--repeats", "3", "--cold"],
+        "whole process: `llamashare run -n 1` and `-n 256` against a fresh llama-cpp-python process",
+    ),
     "serve": (
         ["--streams", "1,4,8", "--tokens", "64"],
         "llamashare serve against llama-cpp-python's OpenAI server: 1, 4 and 8 concurrent streams",

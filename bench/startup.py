@@ -30,12 +30,18 @@ from bench.measure import smollm2, warm_page_cache  # noqa: E402
 
 PRESETS = ["Q8_0", "Q4_K_M"]
 PROMPT = "The capital of France is"
+# Greedy tokens through llama-cpp-python's own generation loop, exactly n of them (past an
+# end-of-generation token, as ``--ignore-eos`` does on our side).
 LLAMA_CPP = """
 import sys
 from llama_cpp import Llama
 m = Llama(model_path=sys.argv[1], n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
-out = m.create_completion(sys.argv[2], max_tokens=int(sys.argv[3]), temperature=0.0)
-print(out["choices"][0]["text"])
+out = []
+for t in m.generate(m.tokenize(sys.argv[2].encode()), temp=0.0):
+    out.append(t)
+    if len(out) == int(sys.argv[3]):
+        break
+print(m.detokenize(out).decode(errors="replace"))
 """
 TIMEOUT = 300
 

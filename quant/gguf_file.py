@@ -36,6 +36,7 @@ SCALAR_FORMATS = {
     V.FLOAT64: "<d",
 }
 MAX_DIMS = 4
+_U64 = struct.Struct("<Q")
 MAX_ARRAY_DEPTH = 8
 
 
@@ -96,6 +97,34 @@ class _Cursor:
         self.pos += n
         return s
 
+    def strings(self, count: int, keep: bool) -> list[bytes]:
+        """``count`` strings in a row (a vocabulary, its merges): one tight loop, not a method
+        call per field, since a 49k-token vocabulary is ~100k strings read at every load."""
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
+        length = _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                raise EOFError
+            (n,) = length(buf, pos)
+            pos += 8
+            if pos + n > end:
+                raise EOFError
+            if keep:
+                out.append(bytes(buf[pos : pos + n]))
+            pos += n
+        self.pos = pos
+        return out
+
+    def scalars(self, sub: int, count: int) -> list[int | float | bool]:
+        """An array of ``count`` fixed-size values, unpacked at once."""
+        fmt = SCALAR_FORMATS[V(sub)]
+        size = count * struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise EOFError
+        values = list(struct.unpack_from(f"<{count}{fmt[1:]}", self.buf, self.pos))
+        self.pos += size
+        return values
+
     def skip_value(self, vtype: int, depth: int = 0) -> None:
         if vtype == V.STRING:
             n = int(self.take("<Q"))
@@ -104,6 +133,8 @@ class _Cursor:
             sub, count = int(self.take("<I")), int(self.take("<Q"))
             if sub in SCALAR_FORMATS:
                 self.pos += count * struct.calcsize(SCALAR_FORMATS[V(sub)])
+            elif sub == V.STRING:
+                self.strings(count, keep=False)
             else:
                 _check_depth(depth)
                 for _ in range(count):
@@ -126,6 +157,10 @@ class _Cursor:
             return self.string().decode("utf-8", errors="replace")
         if vtype == V.ARRAY:
             sub, count = int(self.take("<I")), int(self.take("<Q"))
+            if sub == V.STRING:
+                return [b.decode("utf-8", errors="replace") for b in self.strings(count, keep=True)]
+            if sub in SCALAR_FORMATS:
+                return self.scalars(sub, count)
             if sub == V.ARRAY:
                 _check_depth(depth)
             return [self._typed(sub, depth + 1) for _ in range(count)]
