@@ -31,51 +31,46 @@ _driver = {"parallel": True, "cache": True}
 
 
 @njit(**_row)
-def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
-    return half[np.int32(row[at]) | (np.int32(row[at + 1]) << 8)]
-
-
-@njit(**_row)
 def _q8_step(isa, dw, w, q, d, b, acc):
     """One 32-value block of weight codes ``w`` (scale ``dw``) · block b of Q8_0 codes, into acc."""
     return I.fma_lanes(dw * d[b], I.dot_ss(isa, w, I.load32(q, 32 * b)), acc)
 
 
 @njit(**_row)
-def _q8_0_block(row, b, half):
+def _q8_0_block(row, b):
     """34-byte blocks: float16 d, 32 int8 codes (ggml_vec_dot_q8_0_q8_0)."""
-    return _half(row, 34 * b, half), I.load32(row, 34 * b + 2)
+    return I.half_at(row, 34 * b), I.load32(row, 34 * b + 2)
 
 
 @njit(**_row)
-def _q4_0_block(row, b, half):
+def _q4_0_block(row, b):
     """18-byte blocks: float16 d, 16 bytes of nibbles, value j low and j+16 high, code − 8
     (ggml_vec_dot_q4_0_q8_0)."""
-    return _half(row, 18 * b, half), I.bsub(I.nibbles32(row, 18 * b + 2), 8)
+    return I.half_at(row, 18 * b), I.bsub(I.nibbles32(row, 18 * b + 2), 8)
 
 
 @njit(**_row)
-def _q5_0_block(row, b, half):
+def _q5_0_block(row, b):
     """22-byte blocks: float16 d, 4 bytes of fifth bits (bit j for value j), 16 bytes of nibbles
     as Q4_0's; code (nibble + 16·bit) − 16 (ggml_vec_dot_q5_0_q8_0)."""
     o = 22 * b
-    return _half(row, o, half), I.bsub(I.bor(I.nibbles32(row, o + 6), I.bshl(I.bits32(row, o + 2), 4)), 16)
+    return I.half_at(row, o), I.bsub(I.bor(I.nibbles32(row, o + 6), I.bshl(I.bits32(row, o + 2), 4)), 16)
 
 
 @njit(**_row)
-def _q4_1_block(row, b, half):
+def _q4_1_block(row, b):
     """20-byte blocks: float16 d and m, 16 bytes of nibbles as Q4_0's; value d·q + m
     (ggml_vec_dot_q4_1_q8_1: unsigned codes, the m term through the activations' ``s``)."""
     o = 20 * b
-    return _half(row, o, half), _half(row, o + 2, half), I.nibbles32(row, o + 4)
+    return I.half_at(row, o), I.half_at(row, o + 2), I.nibbles32(row, o + 4)
 
 
 @njit(**_row)
-def _q5_1_block(row, b, half):
+def _q5_1_block(row, b):
     """24-byte blocks: float16 d and m, 4 bytes of fifth bits, 16 bytes of nibbles; value
     d·(nibble + 16·bit) + m (ggml_vec_dot_q5_1_q8_1)."""
     o = 24 * b
-    return _half(row, o, half), _half(row, o + 2, half), I.bor(I.nibbles32(row, o + 8), I.bshl(I.bits32(row, o + 4), 4))
+    return I.half_at(row, o), I.half_at(row, o + 2), I.bor(I.nibbles32(row, o + 8), I.bshl(I.bits32(row, o + 4), 4))
 
 
 @njit(**_row)
@@ -85,19 +80,19 @@ def _q81_step(isa, dw, mw, w, q, d, s, b, acc, summs):
 
 
 @njit(**_row)
-def _row_q8_0(isa, row, q, d, sums, half):
+def _row_q8_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
-        dw, w = _q8_0_block(row, b, half)
+        dw, w = _q8_0_block(row, b)
         acc = _q8_step(isa, dw, w, q, d, b, acc)
     return I.hsum(acc)
 
 
 @njit(**_row)
-def _row4_q8_0(isa, row, q, d, sums, n, half):
+def _row4_q8_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
-        dw, w = _q8_0_block(row, b, half)
+        dw, w = _q8_0_block(row, b)
         a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
         a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
         a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
@@ -106,19 +101,19 @@ def _row4_q8_0(isa, row, q, d, sums, n, half):
 
 
 @njit(**_row)
-def _row_q4_0(isa, row, q, d, sums, half):
+def _row_q4_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
-        dw, w = _q4_0_block(row, b, half)
+        dw, w = _q4_0_block(row, b)
         acc = _q8_step(isa, dw, w, q, d, b, acc)
     return I.hsum(acc)
 
 
 @njit(**_row)
-def _row4_q4_0(isa, row, q, d, sums, n, half):
+def _row4_q4_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
-        dw, w = _q4_0_block(row, b, half)
+        dw, w = _q4_0_block(row, b)
         a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
         a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
         a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
@@ -127,19 +122,19 @@ def _row4_q4_0(isa, row, q, d, sums, n, half):
 
 
 @njit(**_row)
-def _row_q5_0(isa, row, q, d, sums, half):
+def _row_q5_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
-        dw, w = _q5_0_block(row, b, half)
+        dw, w = _q5_0_block(row, b)
         acc = _q8_step(isa, dw, w, q, d, b, acc)
     return I.hsum(acc)
 
 
 @njit(**_row)
-def _row4_q5_0(isa, row, q, d, sums, n, half):
+def _row4_q5_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
-        dw, w = _q5_0_block(row, b, half)
+        dw, w = _q5_0_block(row, b)
         a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
         a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
         a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
@@ -148,20 +143,20 @@ def _row4_q5_0(isa, row, q, d, sums, n, half):
 
 
 @njit(**_row)
-def _row_q4_1(isa, row, q, d, sums, half):
+def _row_q4_1(isa, row, q, d, sums):
     acc, summs = I.fzero(), F32(0)
     for b in range(q.shape[0] // 32):
-        dw, mw, w = _q4_1_block(row, b, half)
+        dw, mw, w = _q4_1_block(row, b)
         acc, summs = _q81_step(isa, dw, mw, w, q, d, sums, b, acc, summs)
     return I.hsum(acc) + summs
 
 
 @njit(**_row)
-def _row4_q4_1(isa, row, q, d, sums, n, half):
+def _row4_q4_1(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     s0, s1, s2, s3 = F32(0), F32(0), F32(0), F32(0)
     for b in range(q.shape[1] // 32):
-        dw, mw, w = _q4_1_block(row, b, half)
+        dw, mw, w = _q4_1_block(row, b)
         a0, s0 = _q81_step(isa, dw, mw, w, q[n], d[n], sums[n], b, a0, s0)
         a1, s1 = _q81_step(isa, dw, mw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1, s1)
         a2, s2 = _q81_step(isa, dw, mw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2, s2)
@@ -170,20 +165,20 @@ def _row4_q4_1(isa, row, q, d, sums, n, half):
 
 
 @njit(**_row)
-def _row_q5_1(isa, row, q, d, sums, half):
+def _row_q5_1(isa, row, q, d, sums):
     acc, summs = I.fzero(), F32(0)
     for b in range(q.shape[0] // 32):
-        dw, mw, w = _q5_1_block(row, b, half)
+        dw, mw, w = _q5_1_block(row, b)
         acc, summs = _q81_step(isa, dw, mw, w, q, d, sums, b, acc, summs)
     return I.hsum(acc) + summs
 
 
 @njit(**_row)
-def _row4_q5_1(isa, row, q, d, sums, n, half):
+def _row4_q5_1(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     s0, s1, s2, s3 = F32(0), F32(0), F32(0), F32(0)
     for b in range(q.shape[1] // 32):
-        dw, mw, w = _q5_1_block(row, b, half)
+        dw, mw, w = _q5_1_block(row, b)
         a0, s0 = _q81_step(isa, dw, mw, w, q[n], d[n], sums[n], b, a0, s0)
         a1, s1 = _q81_step(isa, dw, mw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1, s1)
         a2, s2 = _q81_step(isa, dw, mw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2, s2)
@@ -234,7 +229,7 @@ def _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, at):
 
 
 @njit(**_row)
-def _row_q4_k(isa, row, q, d, sums, half):
+def _row_q4_k(isa, row, q, d, sums):
     """144-byte super-blocks of 256: float16 d and dmin, 12 bytes of 6-bit scales and mins, 128
     bytes of nibbles (32 bytes per 64 values: sub-block 2j low, 2j+1 high); value d·sc·q −
     dmin·m (ggml_vec_dot_q4_K_q8_K: int32 lanes per super-block, the mins through the code sums
@@ -242,23 +237,23 @@ def _row_q4_k(isa, row, q, d, sums, half):
     acc, m = I.fzero(), I.fzero()
     for b in range(q.shape[0] // 256):
         o = 144 * b
-        m = I.fma_splat(-d[b] * _half(row, o + 2, half), I.min_products(_q4_k_minimums(row, o), sums, 16 * b), m)
+        m = I.fma_splat(-d[b] * I.half_at(row, o + 2), I.min_products(_q4_k_minimums(row, o), sums, 16 * b), m)
         sumi = I.izero()
         for j in range(4):
             c_lo, c_hi, lo, hi = _q4_k_codes(row, o, j)
             sumi = I.iadd(sumi, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j))
-        acc = I.fma_lanes(d[b] * _half(row, o, half), sumi, acc)
+        acc = I.fma_lanes(d[b] * I.half_at(row, o), sumi, acc)
     return I.hsum(acc) + I.hsum4(m)
 
 
 @njit(**_row)
-def _row4_q4_k(isa, row, q, d, sums, n, half):
+def _row4_q4_k(isa, row, q, d, sums, n):
     """``_row_q4_k`` for activation rows n..n+3, each super-block decoded once for all four."""
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     m0, m1, m2, m3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 256):
         o = 144 * b
-        dw, dmw, mins = _half(row, o, half), _half(row, o + 2, half), _q4_k_minimums(row, o)
+        dw, dmw, mins = I.half_at(row, o), I.half_at(row, o + 2), _q4_k_minimums(row, o)
         m0 = I.fma_splat(-d[n, b] * dmw, I.min_products(mins, sums[n], 16 * b), m0)
         m1 = I.fma_splat(-d[n + 1, b] * dmw, I.min_products(mins, sums[n + 1], 16 * b), m1)
         m2 = I.fma_splat(-d[n + 2, b] * dmw, I.min_products(mins, sums[n + 2], 16 * b), m2)
@@ -305,23 +300,23 @@ def _q6_k_sum(isa, row, o, q, sums, b):
 
 
 @njit(**_row)
-def _row_q6_k(isa, row, q, d, sums, half):
+def _row_q6_k(isa, row, q, d, sums):
     """210-byte super-blocks: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales (one
     per 16 values), float16 d; value d·scale·(q − 32) (ggml_vec_dot_q6_K_q8_K)."""
     acc = I.fzero()
     for b in range(q.shape[0] // 256):
         o = 210 * b
-        acc = I.fma_lanes(d[b] * _half(row, o + 208, half), _q6_k_sum(isa, row, o, q, sums, b), acc)
+        acc = I.fma_lanes(d[b] * I.half_at(row, o + 208), _q6_k_sum(isa, row, o, q, sums, b), acc)
     return I.hsum(acc)
 
 
 @njit(**_row)
-def _row4_q6_k(isa, row, q, d, sums, n, half):
+def _row4_q6_k(isa, row, q, d, sums, n):
     """``_row_q6_k`` for activation rows n..n+3 (the bytes come from cache after the first)."""
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 256):
         o = 210 * b
-        dw = _half(row, o + 208, half)
+        dw = I.half_at(row, o + 208)
         a0 = I.fma_lanes(d[n, b] * dw, _q6_k_sum(isa, row, o, q[n], sums[n], b), a0)
         a1 = I.fma_lanes(d[n + 1, b] * dw, _q6_k_sum(isa, row, o, q[n + 1], sums[n + 1], b), a1)
         a2 = I.fma_lanes(d[n + 2, b] * dw, _q6_k_sum(isa, row, o, q[n + 2], sums[n + 2], b), a2)
@@ -335,80 +330,80 @@ def _row4_q6_k(isa, row, q, d, sums, n, half):
 
 
 @njit(**_driver)
-def _mm_q8_0(isa, w, q, d, sums, half, out):
+def _mm_q8_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q8_0(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q8_0(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q4_0(isa, w, q, d, sums, half, out):
+def _mm_q4_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q4_0(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q4_0(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q5_0(isa, w, q, d, sums, half, out):
+def _mm_q5_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q5_0(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q5_0(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q4_1(isa, w, q, d, sums, half, out):
+def _mm_q4_1(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_1(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_1(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q4_1(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q4_1(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q5_1(isa, w, q, d, sums, half, out):
+def _mm_q5_1(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_1(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_1(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q5_1(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q5_1(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q4_k(isa, w, q, d, sums, half, out):
+def _mm_q4_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_k(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_k(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q4_k(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q4_k(isa, row, q[m], d[m], sums[m])
 
 
 @njit(**_driver)
-def _mm_q6_k(isa, w, q, d, sums, half, out):
+def _mm_q6_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q6_k(isa, row, q, d, sums, n, half)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q6_k(isa, row, q, d, sums, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q6_k(isa, row, q[m], d[m], sums[m], half)
+            out[m, r] = _row_q6_k(isa, row, q[m], d[m], sums[m])
 
 
 #: type name → (driver, the activation codes it takes: activations.codes' kind).

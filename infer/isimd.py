@@ -473,3 +473,15 @@ def min_products(typingctx, mins, sums, i):
         return builder.sitofp(wide, _F8)
 
     return F8(L8, sums, i), codegen
+
+
+@intrinsic
+def half_at(typingctx, a, i):
+    """The little-endian float16 at bytes a[i:i+2] of a uint8 array, as float32 (one ``vcvtph2ps``
+    with F16C; exact, as every float16 is a float32)."""
+
+    def codegen(context, builder, sig, args):
+        raw = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(16)), align=1)
+        return builder.fpext(builder.bitcast(raw, ir.HalfType()), _F)
+
+    return types.float32(a, i), codegen

@@ -212,7 +212,7 @@ def multiply(type_name: str, blocks: np.ndarray, x: Prepared, isa: Isa | None = 
     (n, rows). ``isa``: the integer kernels' instruction set (the CPU's best by default)."""
     if isinstance(x, Codes):
         out = np.empty((x.q.shape[0], blocks.shape[0]), dtype=F32)
-        int_kernels.KERNELS[type_name][0]((isa or best_isa()).token, blocks, x.q, x.d, x.sums, HALF, out)
+        int_kernels.KERNELS[type_name][0]((isa or best_isa()).token, blocks, x.q, x.d, x.sums, out)
     else:
         out = np.empty((x.x.shape[0], blocks.shape[0]), dtype=F32)
         FLOAT_KERNELS[type_name][0](blocks, x.x, x.xs, HALF, out)
