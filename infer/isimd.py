@@ -21,6 +21,10 @@ slot in the same way; it is not written yet (no machine here executes it, see do
 
 Loads read 16 or 32 bytes starting at element ``i`` with no bounds check: the caller's loop
 bounds are the only guard, as in C.
+
+Caching. numba keys a cached kernel by the kernel's own source file, not by the intrinsics it
+inlines: a change here must also touch int_kernels.py (or clear its ``__pycache__``), or a stale
+compiled kernel is loaded.
 """
 
 from __future__ import annotations

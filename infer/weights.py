@@ -128,25 +128,17 @@ class Streamed(_Matrix):
         return 0  # it lives in the page cache, shared with the file
 
 
-class Blocks(_Matrix):
-    """A type with an integer kernel (Q8_0, Q4_0, Q4_K, Q6_K): a prompt's batch is multiplied on
-    the blocks too, four tokens per pass over each row (int_kernels.py), about as fast as BLAS on
-    a float32 copy, so there is no copy: the matrix is its memory map, and the products are
-    ggml's bits whatever the batch."""
+class Blocks(Streamed):
+    """A type with an integer kernel (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q6_K): left in the
+    memory map like a streamed matrix, but a prompt's batch is multiplied on the blocks too, four
+    tokens per pass over each row (int_kernels.py), about as fast as BLAS on a float32 copy; the
+    products are ggml's bits whatever the batch."""
 
     def _on_blocks(self, x: np.ndarray, apart: bool) -> bool:
         return x.ndim == 2
 
     def batch_product(self, x: np.ndarray) -> np.ndarray:
         return kernels.matvecs(self.qtype.name, self.raw, x)
-
-    @property
-    def batch_bytes(self) -> int:
-        return self.raw.nbytes
-
-    @property
-    def nbytes(self) -> int:
-        return 0  # it lives in the page cache, shared with the file
 
 
 def integer_kernel(raw: np.ndarray, qtype: type[QuantType]) -> bool:
