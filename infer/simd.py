@@ -90,16 +90,6 @@ def floats(typingctx, a, i):
 
 
 @intrinsic
-def int8s(typingctx, a, i):
-    """a[i:i+8] of a uint8 array read as signed bytes."""
-
-    def codegen(context, builder, sig, args):
-        return builder.sitofp(_load(context, builder, sig.args[0], args[0], args[1], ir.IntType(8), 1), _VEC)
-
-    return F8(a, i), codegen
-
-
-@intrinsic
 def halves(typingctx, a, i):
     """Eight little-endian float16 values from byte i of a uint8 array (F16C's vcvtph2ps on x86)."""
 
@@ -145,22 +135,6 @@ def field(typingctx, a, i, shift, mask):
         return builder.uitofp(builder.and_(builder.lshr(b, s), m), _VEC)
 
     return F8(a, i, shift, mask), codegen
-
-
-@intrinsic
-def lane_bits(typingctx, word, first):
-    """Bits first..first+7 of a 32-bit word, lane k holding bit first+k (Q5_0/Q5_1 fifth bits)."""
-
-    def codegen(context, builder, sig, args):
-        w = _splat(builder, context.cast(builder, args[0], sig.args[0], types.uint32))
-        at = builder.add(
-            _splat(builder, context.cast(builder, args[1], sig.args[1], types.uint32)),
-            ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))),
-        )
-        one = ir.Constant(ir.VectorType(_I32, LANES), [1] * LANES)
-        return builder.uitofp(builder.and_(builder.lshr(w, at), one), _VEC)
-
-    return F8(word, first), codegen
 
 
 def _binary(op: str, doc: str):
