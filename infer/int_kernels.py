@@ -274,6 +274,72 @@ def _row4_q4_k(isa, row, q, d, sums, n):
 
 
 @njit(**_row)
+def _q5_k_codes(row, o, h, j):
+    """Sub-blocks 2j and 2j+1 of the Q5_K super-block at ``o`` (176 bytes: float16 d and dmin,
+    12 bytes of scales and mins, 32 bytes ``h`` of fifth bits, bit k of byte i for sub-block k's
+    value i, 128 bytes of nibbles as Q4_K's): their 5-bit codes and 6-bit scales."""
+    bits = I.load32(row, o + 48 + 32 * j)
+    lo, _ = _scale_min_k4(row, o + 4, 2 * j)
+    hi, _ = _scale_min_k4(row, o + 4, 2 * j + 1)
+    c_lo = I.badd(I.band(bits, 15), I.bit_at(h, 2 * j, 4))
+    return c_lo, I.badd(I.bshr(bits, 4), I.bit_at(h, 2 * j + 1, 4)), lo, hi
+
+
+@njit(**_row)
+def _q5_k_min(row, o, sums, b):
+    """Σ min · (sum of the sub-block's 32 activation codes) over a Q5_K super-block, exactly."""
+    total = np.int32(0)
+    for k in range(8):
+        _, m = _scale_min_k4(row, o + 4, k)
+        total += m * (np.int32(sums[16 * b + 2 * k]) + np.int32(sums[16 * b + 2 * k + 1]))
+    return F32(total)
+
+
+@njit(**_row)
+def _row_q5_k(isa, row, q, d, sums):
+    """ggml_vec_dot_q5_K_q8_K: Q4_K's int32 lanes with a fifth bit per code; the mins as one
+    exact integer per super-block, into a scalar."""
+    acc, summs = I.fzero(), F32(0)
+    for b in range(q.shape[0] // 256):
+        o = 176 * b
+        summs = I.fma1(-d[b] * I.half_at(row, o + 2), _q5_k_min(row, o, sums, b), summs)
+        h, sumi = I.load32(row, o + 16), I.izero()
+        for j in range(4):
+            c_lo, c_hi, lo, hi = _q5_k_codes(row, o, h, j)
+            sumi = I.iadd(sumi, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j))
+        acc = I.fma_lanes(d[b] * I.half_at(row, o), sumi, acc)
+    return I.hsum(acc) + summs
+
+
+@njit(**_row)
+def _row4_q5_k(isa, row, q, d, sums, n):
+    """``_row_q5_k`` for activation rows n..n+3, each super-block decoded once for all four."""
+    a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
+    m0, m1, m2, m3 = F32(0), F32(0), F32(0), F32(0)
+    for b in range(q.shape[1] // 256):
+        o = 176 * b
+        dw, dmw = I.half_at(row, o), I.half_at(row, o + 2)
+        m0 = I.fma1(-d[n, b] * dmw, _q5_k_min(row, o, sums[n], b), m0)
+        m1 = I.fma1(-d[n + 1, b] * dmw, _q5_k_min(row, o, sums[n + 1], b), m1)
+        m2 = I.fma1(-d[n + 2, b] * dmw, _q5_k_min(row, o, sums[n + 2], b), m2)
+        m3 = I.fma1(-d[n + 3, b] * dmw, _q5_k_min(row, o, sums[n + 3], b), m3)
+        h = I.load32(row, o + 16)
+        s0, s1, s2, s3 = I.izero(), I.izero(), I.izero(), I.izero()
+        for j in range(4):
+            c_lo, c_hi, lo, hi = _q5_k_codes(row, o, h, j)
+            at = 256 * b + 64 * j
+            s0 = I.iadd(s0, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n], at))
+            s1 = I.iadd(s1, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 1], at))
+            s2 = I.iadd(s2, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 2], at))
+            s3 = I.iadd(s3, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 3], at))
+        a0 = I.fma_lanes(d[n, b] * dw, s0, a0)
+        a1 = I.fma_lanes(d[n + 1, b] * dw, s1, a1)
+        a2 = I.fma_lanes(d[n + 2, b] * dw, s2, a2)
+        a3 = I.fma_lanes(d[n + 3, b] * dw, s3, a3)
+    return I.hsum(a0) + m0, I.hsum(a1) + m1, I.hsum(a2) + m2, I.hsum(a3) + m3
+
+
+@njit(**_row)
 def _q6_k_half(isa, row, o, j, q, at):
     """Values 128j..128j+127 of a Q6_K super-block at ``o`` (unsigned 6-bit codes, each 16 times
     its int8 scale) · the activation codes at ``at``, in int32 lanes."""
@@ -396,6 +462,17 @@ def _mm_q4_k(isa, w, q, d, sums, out):
 
 
 @njit(**_driver)
+def _mm_q5_k(isa, w, q, d, sums, out):
+    for r in prange(w.shape[0]):
+        row, n = w[r], 0
+        while n + 4 <= q.shape[0]:
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_k(isa, row, q, d, sums, n)
+            n += 4
+        for m in range(n, q.shape[0]):
+            out[m, r] = _row_q5_k(isa, row, q[m], d[m], sums[m])
+
+
+@njit(**_driver)
 def _mm_q6_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
         row, n = w[r], 0
@@ -414,5 +491,6 @@ KERNELS: dict[str, tuple[Callable, str]] = {
     "q4_1": (_mm_q4_1, "q8_1"),
     "q5_1": (_mm_q5_1, "q8_1"),
     "q4_k": (_mm_q4_k, "q8_k"),
+    "q5_k": (_mm_q5_k, "q8_k"),
     "q6_k": (_mm_q6_k, "q8_k"),
 }

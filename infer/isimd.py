@@ -489,3 +489,27 @@ def half_at(typingctx, a, i):
         return builder.fpext(builder.bitcast(raw, ir.HalfType()), _F)
 
     return types.float32(a, i), codegen
+
+
+@intrinsic
+def bit_at(typingctx, b, k, to):
+    """((b >> k) & 1) << to in every byte, k a run-time bit index (Q5_K's fifth-bit planes)."""
+    if not isinstance(to, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        k8 = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _I8)
+        bit = builder.and_(builder.lshr(args[0], _splat(builder, k8, 32)), _const_bytes(1))
+        return builder.shl(bit, _const_bytes(sig.args[2].literal_value))
+
+    return B32(B32, k, to), codegen
+
+
+@intrinsic
+def badd(typingctx, a, b):
+    """a + b in every byte, wrapping."""
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return B32(B32, B32), codegen

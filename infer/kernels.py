@@ -7,22 +7,15 @@ NumPy has no kernel that multiplies blocks without first dequantizing them into 
 the rows over the cores. Prompt processing keeps using float32 matrix × matrix (BLAS reuses every
 weight across the batch; there these kernels would be slower).
 
-Two kinds. Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K and Q6_K multiply int8 codes in integer SIMD (int_kernels.py), bit
-for bit as ggml's ``vec_dot``. The other types (Q5_K, F16, BF16) are float
-kernels, here: each weight is decoded in registers and multiplied at once, eight at a time
-(simd.py). This module converts the activations for either (``prepare``) and multiplies
-(``multiply``).
-
-Shape of a float kernel. A row is walked block by block; eight lanes ``s`` gather the block's
-code × value products, ``acc = d·s + acc`` scales them lane-wise by the block's factor, and the
-lanes are added once, at the end of the row. Offsets that multiply every value of a block (the
-mins of Q5_K) are applied to the block's sum of ``x`` instead, in one scalar.
+Two kinds. Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K and Q6_K multiply int8 codes in integer
+SIMD (int_kernels.py), bit for bit as ggml's ``vec_dot``. F16 and BF16 are float kernels, here:
+each weight is widened in registers and multiplied at once, eight at a time (simd.py), 32 values
+summing in their own lanes before joining the row's, and the lanes added once at the end. This
+module converts the activations for either (``prepare``) and multiplies (``multiply``).
 
 Numerics of a float kernel. ``x`` is first rounded the way llama.cpp rounds activations for the
-weight type (``activations.round_activations``), so each product is the sum llama.cpp computes,
-in another order: ggml adds integer codes then scales each block, these add code × rounded value
-in float32 lanes. Blocks are read through a uint8 view; float16 scales through a 65 536-entry
-table.
+weight type (to float16 or bfloat16, ``activations.round_activations``), so each product is the
+sum llama.cpp computes, in another order.
 
 Layouts are ggml's (ggml-common.h), as quant/legacy_types.py and quant/k_types.py write them.
 """
@@ -41,53 +34,7 @@ from llamashare.infer.activations import CODE_BLOCK, Codes, codes, rounding
 from llamashare.infer.isimd import Isa, best
 
 F32 = np.float32
-#: float16 bit pattern → float32 value.
-HALF = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(F32)
-
 _inline = {"inline": "always", "fastmath": True, "cache": True}
-
-
-@njit(**_inline)
-def _half(row: np.ndarray, at: int, half: np.ndarray) -> np.float32:
-    return half[np.int32(row[at]) | (np.int32(row[at + 1]) << 8)]
-
-
-@njit(**_inline)
-def _scale_min_k4(row, at, k):
-    """ggml's get_scale_min_k4: sub-block k's 6-bit scale and min from the 12 bytes at ``at``."""
-    if k < 4:
-        return F32(row[at + k] & 63), F32(row[at + k + 4] & 63)
-    sc = (row[at + k + 4] & 15) | ((row[at + k - 4] >> 6) << 4)
-    m = (row[at + k + 4] >> 4) | ((row[at + k] >> 6) << 4)
-    return F32(sc), F32(m)
-
-
-@njit(**_inline)
-def _dot_q5_k(row, at, high, qh, bit, x, j):
-    """32 codes · x[j:j+32], in lanes: nibble ``high`` (0 low, 1 high) of the 32 bytes at ``at``
-    plus bit ``bit`` of the 32 bytes at ``qh`` as the fifth bit."""
-    s = V.zero()
-    for g in range(0, 32, 8):
-        q = V.fma(V.splat(16), V.field(row, qh + g, bit, 1), V.field(row, at + g, 4 * high, 15))
-        s = V.fma(q, V.floats(x, j + g), s)
-    return s
-
-
-@njit(**_inline)
-def _row_q5_k(row, x, xs, half):
-    """176-byte super-blocks of 256: float16 d and dmin, 12 bytes of 6-bit scales and mins, 32
-    bytes of fifth bits (bit k of byte i for sub-block k's value i), 128 bytes of nibbles (32
-    bytes hold sub-block 2c low and 2c+1 high); value d·sc·q − dmin·m."""
-    acc, off = V.zero(), F32(0)
-    for b in range(x.shape[0] // 256):
-        o, j = b * 176, b * 256
-        d, dmin = _half(row, o, half), _half(row, o + 2, half)
-        for k in range(8):  # sub-blocks of 32: k = 2c + high
-            sc, m = _scale_min_k4(row, o + 4, k)
-            s = _dot_q5_k(row, o + 48 + 32 * (k // 2), k % 2, o + 16, k, x, j + 32 * k)
-            acc = V.fma(V.splat(d * sc), s, acc)
-            off += dmin * m * xs[b * 8 + k]
-    return V.total(acc) - off
 
 
 @njit(**_inline)
@@ -112,12 +59,12 @@ def _row_halves(row, x, brain):
 
 
 @njit(**_inline)
-def _row_f16(row, x, xs, half):
+def _row_f16(row, x):
     return _row_halves(row, x, False)
 
 
 @njit(**_inline)
-def _row_bf16(row, x, xs, half):
+def _row_bf16(row, x):
     return _row_halves(row, x, True)
 
 
@@ -129,36 +76,23 @@ _parallel = {"parallel": True, "fastmath": True, "cache": True}
 
 
 @njit(**_parallel)
-def _mm_q5_k(w, x, xs, half, out):
+def _mm_f16(w, x, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for n in range(x.shape[0]):
-            out[n, r] = _row_q5_k(row, x[n], xs[n], half)
+            out[n, r] = _row_f16(row, x[n])
 
 
 @njit(**_parallel)
-def _mm_f16(w, x, xs, half, out):
+def _mm_bf16(w, x, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for n in range(x.shape[0]):
-            out[n, r] = _row_f16(row, x[n], xs[n], half)
+            out[n, r] = _row_bf16(row, x[n])
 
 
-@njit(**_parallel)
-def _mm_bf16(w, x, xs, half, out):
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for n in range(x.shape[0]):
-            out[n, r] = _row_bf16(row, x[n], xs[n], half)
-
-
-#: type name → (driver over float32 activations rounded as llama.cpp rounds them, values per sum
-#: in ``xs``: 0 when unused).
-FLOAT_KERNELS: dict[str, tuple[Callable, int]] = {
-    "q5_k": (_mm_q5_k, 32),
-    "f16": (_mm_f16, 0),
-    "bf16": (_mm_bf16, 0),
-}
+#: type name → driver over float32 activations rounded as llama.cpp rounds them.
+FLOAT_KERNELS: dict[str, Callable] = {"f16": _mm_f16, "bf16": _mm_bf16}
 #: Every type with a kernel: integer ones (int_kernels.py) where written, float ones for the rest.
 KERNELS = sorted({*FLOAT_KERNELS, *int_kernels.KERNELS})
 
@@ -176,11 +110,9 @@ def has_integer_kernel(type_name: str, n_per_row: int) -> bool:
 
 @dataclass(frozen=True)
 class Rounded:
-    """Activation rows for a float kernel: rounded as llama.cpp rounds them (``x``), and the sums
-    of every ``group`` values where the type's offsets need them (``xs``)."""
+    """Activation rows for a float kernel, rounded as llama.cpp rounds them (``x``)."""
 
     x: np.ndarray
-    xs: np.ndarray
 
 
 Prepared = Codes | Rounded
@@ -191,7 +123,7 @@ def conversion(type_name: str) -> Hashable:
     prepared activation (Q, K and V; gate and up)."""
     if type_name in int_kernels.KERNELS:
         return ("codes", int_kernels.KERNELS[type_name][1])
-    return (rounding(type_name), FLOAT_KERNELS[type_name][1])
+    return rounding(type_name)
 
 
 def prepare(type_name: str, x: np.ndarray) -> Prepared:
@@ -201,10 +133,7 @@ def prepare(type_name: str, x: np.ndarray) -> Prepared:
         raise ValueError(f"no kernel for rows of {x.shape[-1]} {type_name} values")
     if type_name in int_kernels.KERNELS:
         return codes(x, int_kernels.KERNELS[type_name][1])
-    group = FLOAT_KERNELS[type_name][1]
-    r = rounding(type_name)(np.ascontiguousarray(x, dtype=F32))
-    xs = r.reshape(r.shape[0], -1, group).sum(axis=2, dtype=F32) if group else r[:, :1]
-    return Rounded(r, np.ascontiguousarray(xs))
+    return Rounded(rounding(type_name)(np.ascontiguousarray(x, dtype=F32)))
 
 
 def multiply(type_name: str, blocks: np.ndarray, x: Prepared, isa: Isa | None = None) -> np.ndarray:
@@ -215,7 +144,7 @@ def multiply(type_name: str, blocks: np.ndarray, x: Prepared, isa: Isa | None = 
         int_kernels.KERNELS[type_name][0]((isa or best_isa()).token, blocks, x.q, x.d, x.sums, out)
     else:
         out = np.empty((x.x.shape[0], blocks.shape[0]), dtype=F32)
-        FLOAT_KERNELS[type_name][0](blocks, x.x, x.xs, HALF, out)
+        FLOAT_KERNELS[type_name](blocks, x.x, out)
     return out
 
 

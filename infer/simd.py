@@ -42,15 +42,6 @@ class _F8Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    """``value`` in every lane of a vector of its type."""
-    vec = ir.VectorType(value.type, LANES)
-    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(
-        one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-    )
-
-
 def _load(context, builder, arrty, arr, i, elem: ir.Type, align: int) -> ir.Value:
     """Eight ``elem`` values from element ``i`` of array ``arr`` (of a uint8 array: byte ``i``),
     as an LLVM vector."""
@@ -67,16 +58,6 @@ def zero(typingctx):
         return ir.Constant(_VEC, [0.0] * LANES)
 
     return F8(), codegen
-
-
-@intrinsic
-def splat(typingctx, x):
-    """A number in all eight lanes."""
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
-
-    return F8(x), codegen
 
 
 @intrinsic
@@ -123,20 +104,6 @@ def through_half(typingctx, x):
     return types.float32(types.float32), codegen
 
 
-@intrinsic
-def field(typingctx, a, i, shift, mask):
-    """(a[i:i+8] >> shift) & mask of a uint8 array: nibbles, 2-bit and 1-bit fields of packed codes."""
-
-    def codegen(context, builder, sig, args):
-        byte = ir.IntType(8)
-        b = _load(context, builder, sig.args[0], args[0], args[1], byte, 1)
-        s = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8))
-        m = _splat(builder, context.cast(builder, args[3], sig.args[3], types.uint8))
-        return builder.uitofp(builder.and_(builder.lshr(b, s), m), _VEC)
-
-    return F8(a, i, shift, mask), codegen
-
-
 def _binary(op: str, doc: str):
     @intrinsic
     def f(typingctx, a, b):
@@ -150,7 +117,6 @@ def _binary(op: str, doc: str):
 
 
 add = _binary("fadd", "a + b, lane by lane.")
-sub = _binary("fsub", "a - b, lane by lane.")
 mul = _binary("fmul", "a · b, lane by lane.")
 
 

@@ -129,7 +129,7 @@ class Streamed(_Matrix):
 
 
 class Blocks(Streamed):
-    """A type with an integer kernel (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q6_K): left in the
+    """A type with an integer kernel (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K, Q6_K): left in the
     memory map like a streamed matrix, but a prompt's batch is multiplied on the blocks too, four
     tokens per pass over each row (int_kernels.py), about as fast as BLAS on a float32 copy; the
     products are ggml's bits whatever the batch."""

@@ -323,7 +323,7 @@ def test_tiny_model_every_type_matches_llama_cpp(preset: str, tiny, reference) -
         assert all(run.agree)
 
 
-@pytest.mark.parametrize("preset", ["Q5_K_S"])
+@pytest.mark.parametrize("preset", ["F16", "BF16"])
 def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:
     """A prompt batch (slabs of dequantized rows) agrees with float32 copies; single tokens run
     the same block kernels in both, reading the blocks rather than the 4-byte copies.
@@ -338,10 +338,10 @@ def test_streamed_weights_give_the_same_logits(preset: str, tiny) -> None:
     for token in (5, 6, 7):
         a, b = streamed.forward([token]), dense.forward([token])
         assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
-    assert dense.token_bytes == streamed.token_bytes and dense.weight_bytes > 3 * streamed.token_bytes
+    assert dense.token_bytes == streamed.token_bytes and dense.weight_bytes >= 1.9 * streamed.token_bytes
 
 
-@pytest.mark.parametrize("preset", ["Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q6_K"])
+@pytest.mark.parametrize("preset", ["Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q5_K_S", "Q6_K"])
 def test_integer_kernel_types_keep_no_copy(preset: str, tiny) -> None:
     """Types with an integer kernel multiply prompt batches on the blocks as well: no float32
     copy whatever ``--weights`` says, and the same bits either way."""
@@ -349,7 +349,7 @@ def test_integer_kernel_types_keep_no_copy(preset: str, tiny) -> None:
     dense = Llama(tiny(preset), n_ctx=16, weights="f32")
     streamed = Llama(tiny(preset), n_ctx=16, weights="streamed")
     mats = dense._matrices()
-    assert any(m.qtype.name == preset.lower() for m in mats)
+    assert any(m.qtype.name == preset.lower().removesuffix("_s") for m in mats)
     assert all(m.nbytes == 0 for m in mats if m.qtype.name in int_kernels.KERNELS)
     assert np.array_equal(streamed.forward(ids, 0), dense.forward(ids, 0))
     assert np.array_equal(streamed.forward([5]), dense.forward([5]))

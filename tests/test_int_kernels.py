@@ -18,7 +18,7 @@ from llamashare.infer.activations import codes
 from llamashare.quant.qtype import lookup
 from tests import ggml_ref
 
-GGML_TYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q6_k": 14}
+GGML_TYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14}
 ISAS = isimd.available()
 #: where each type keeps its float16 scales, as (offset in a block, count)
 SCALES = {
@@ -28,6 +28,7 @@ SCALES = {
     "q4_1": [(0, 2)],
     "q5_1": [(0, 2)],
     "q4_k": [(0, 2)],
+    "q5_k": [(0, 2)],
     "q6_k": [(208, 1)],
 }
 
