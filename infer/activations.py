@@ -75,22 +75,9 @@ def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _codes_q8_0(x, q, d):  # type: ignore[no-untyped-def]
-    """``_round_q8_0``'s codes and scales themselves, row by row: ggml's ``block_q8_0`` rows."""
-    for r in range(x.shape[0]):
-        for b in range(x.shape[1] // 32):
-            amax = F32(0)
-            for i in range(32 * b, 32 * b + 32):
-                amax = max(amax, abs(x[r, i]))
-            inv = F32(127) / amax if amax > 0 else F32(0)
-            d[r, b] = through_half(amax / F32(127))
-            for i in range(32 * b, 32 * b + 32):
-                q[r, i] = np.int8(np.rint(x[r, i] * inv))
-
-
-@njit(cache=True)
-def _codes_q8_1(x, q, d, s):  # type: ignore[no-untyped-def]
-    """ggml-cpu's AVX2 quantize_row_q8_1: Q8_0's codes and float16 scale, and ``s``, the block's
+def _codes_q8_0(x, q, d, s):  # type: ignore[no-untyped-def]
+    """``_round_q8_0``'s codes and scales themselves, row by row: ggml's ``block_q8_0`` rows. With
+    a column per block in ``s``, also Q8_1's ``s`` (ggml-cpu's AVX2 quantize_row_q8_1): the block's
     code sum times the unrounded scale, through float16 (the offsets of Q4_1/Q5_1 take it)."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // 32):
@@ -104,7 +91,8 @@ def _codes_q8_1(x, q, d, s):  # type: ignore[no-untyped-def]
             for i in range(32 * b, 32 * b + 32):
                 q[r, i] = np.int8(np.rint(x[r, i] * inv))
                 total += q[r, i]
-            s[r, b] = through_half(scale * F32(total))
+            if s.shape[1]:
+                s[r, b] = through_half(scale * F32(total))
 
 
 @njit(cache=True)
@@ -158,12 +146,9 @@ def codes(x: np.ndarray, kind: str) -> Codes:
         raise ValueError(f"rows of {n} values are not whole blocks of {block}")
     q = np.empty((rows, n), dtype=np.int8)
     d = np.empty((rows, n // block), dtype=F32)
-    if kind == "q8_0":
-        sums = np.empty((rows, 0), dtype=np.int16)
-        _codes_q8_0(x, q, d)
-    elif kind == "q8_1":
-        sums = np.empty((rows, n // 32), dtype=F32)
-        _codes_q8_1(x, q, d, sums)
+    if kind in ("q8_0", "q8_1"):
+        sums = np.empty((rows, n // 32 if kind == "q8_1" else 0), dtype=F32)
+        _codes_q8_0(x, q, d, sums)
     else:
         sums = np.empty((rows, n // 16), dtype=np.int16)
         _codes_q8_k(x, q, d, sums)

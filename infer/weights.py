@@ -30,15 +30,20 @@ F32 = np.float32
 STREAM_BYTES = 16 << 20
 
 
+def _per_row(raw: np.ndarray, qtype: type[QuantType]) -> int:
+    """Values per row of a matrix of ``qtype`` blocks."""
+    return raw.shape[1] // qtype.type_size * qtype.block_size
+
+
 class _Matrix:
-    """x times the matrix: ``feed`` rounds x as llama.cpp would, ``product`` multiplies. A single
-    token multiplies the GGUF blocks themselves where a kernel exists (``kernel``); a batch goes
-    to ``batch_product``, which each representation does its own way."""
+    """x times the matrix: ``prepare`` converts x as llama.cpp would, ``multiply`` multiplies. A
+    single token multiplies the GGUF blocks themselves where a kernel exists (``kernel``); a batch
+    goes to ``batch_product``, which each representation does its own way."""
 
     def __init__(self, raw: np.ndarray, qtype: type[QuantType]) -> None:
         self.raw, self.qtype = raw, qtype
         self.feed = round_activations(qtype)
-        self.kernel = kernels.fits(qtype.name, raw.shape[1] // qtype.type_size * qtype.block_size)
+        self.kernel = kernels.fits(qtype.name, _per_row(raw, qtype))
 
     def __call__(self, x: np.ndarray, apart: bool = False) -> np.ndarray:
         return self.multiply(self.prepare(x, apart), apart)
@@ -143,15 +148,15 @@ class Blocks(Streamed):
 
 def integer_kernel(raw: np.ndarray, qtype: type[QuantType]) -> bool:
     """Whether a matrix is multiplied by an integer kernel (and so needs no float32 copy)."""
-    return kernels.has_integer_kernel(qtype.name, raw.shape[1] // qtype.type_size * qtype.block_size)
+    return kernels.has_integer_kernel(qtype.name, _per_row(raw, qtype))
 
 
 Matrix = Dense | Streamed | Blocks
 
 
 def project(x: np.ndarray, *mats: Matrix, apart: bool = False) -> list[np.ndarray]:
-    """``x`` times each matrix, rounding ``x`` once per distinct activation type (``apart``: see
-    ``_Matrix.product``)."""
+    """``x`` times each matrix, converting ``x`` once per distinct conversion (``apart``: see
+    ``_Matrix.multiply``)."""
     fed: dict[Hashable, np.ndarray | kernels.Prepared] = {}
     out = []
     for m in mats:
