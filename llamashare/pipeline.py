@@ -126,6 +126,11 @@ def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, 
         f"{status.verified} of {status.selected} files verified against the manifest (BLAKE3, size); "
         f"the daemon is {status.state}"
     )
+    if status.reused:
+        log.note(
+            f"{human_size(status.reused)} of {human_size(status.size)} was already on disk (files the store's "
+            f"other releases hold are linked, not downloaded); downloaded {human_size(status.downloaded)}"
+        )
     return status
 
 
@@ -300,6 +305,7 @@ class ActivityBar:
 class Removed:
     name: str
     size_before: int  # bytes on disk before removal
+    still_shared: int  # of those, source bytes other releases link: still on disk
     stopped_seeding: bool
     kept: list[Path]  # folders kept on request (--keep-source)
     foreign: list[Path]  # files in its folders that llamashare did not write: left alone
@@ -317,7 +323,7 @@ def remove_release(home: Home, name: str, keep_source: bool) -> Removed:
             client.call("DELETE", f"/releases/{quote(name, safe='')}")
         size = entry.size_on_disk()
         removal = store.remove(entry, keep_source)
-    return Removed(name, size, stopped, removal.kept, removal.foreign)
+    return Removed(name, size, removal.shared_bytes, stopped, removal.kept, removal.foreign)
 
 
 @contextmanager

@@ -176,11 +176,22 @@ class Entry:
                 return path
         return next(iter(files.values()), None)
 
+    def file_stats(self) -> Iterator[os.stat_result]:
+        """Every regular file of the release (its folder, and a user's --dir source), once."""
+        roots = [self.root] if self.owns_source else [self.root, self.source_dir]
+        for root in roots:
+            for p in root.rglob("*"):
+                if not p.is_symlink() and p.is_file():
+                    yield p.stat()
+
     def size_on_disk(self) -> int:
-        total = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
-        if not self.owns_source:
-            total += sum(p.stat().st_size for p in self.source_dir.rglob("*") if p.is_file() and not p.is_symlink())
-        return total
+        """Bytes of the release's files, each counted in full (shared ones too: see ``shared_bytes``)."""
+        return sum(st.st_size for st in self.file_stats())
+
+    def shared_bytes(self) -> int:
+        """Bytes of its files that are hard links also used elsewhere (the store's other
+        releases): on disk once, and not freed by removing this release."""
+        return sum(st.st_size for st in self.file_stats() if st.st_nlink > 1)
 
 
 class Store:
@@ -203,6 +214,14 @@ class Store:
             have = ", ".join(e.name for e in self.entries()) or "nothing yet"
             raise StoreError(f"no release {name!r} in the store {self.root} (it has: {have})")
         return entry
+
+    def disk_usage(self) -> int:
+        """Bytes the whole store takes, each file counted once however many releases link it."""
+        seen: dict[tuple[int, int], int] = {}
+        for entry in self.entries():
+            for st in entry.file_stats():
+                seen[st.st_dev, st.st_ino] = st.st_size
+        return sum(seen.values())
 
     def entries(self) -> list[Entry]:
         if not self.root.is_dir():
@@ -297,8 +316,12 @@ class Store:
                     # Always by hash: a file of the user's with the release's size may sit at the
                     # path, in the store's folder too (a refused fetch is rolled back through here).
                     if _is_release_file(hasher, path, f):
+                        shared = path.stat().st_nlink > 1  # another release links it: not freed
                         path.unlink()
-                        removal.deleted_bytes += f.size
+                        if shared:
+                            removal.shared_bytes += f.size
+                        else:
+                            removal.deleted_bytes += f.size
                     elif path.exists():
                         removal.foreign.append(path)
             if owned:
@@ -325,7 +348,8 @@ class Removal:
 
     kept: list[Path] = field(default_factory=list)
     foreign: list[Path] = field(default_factory=list)  # not the release's (another size or hash): untouched
-    deleted_bytes: int = 0
+    deleted_bytes: int = 0  # source bytes freed
+    shared_bytes: int = 0  # source files unlinked whose bytes other releases still use
 
 
 #: What the store itself may leave in an entry's folder before the entry exists (a lock).

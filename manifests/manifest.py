@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
 import json
 import re
@@ -66,6 +67,10 @@ class FileEntry:
         if bad:
             return f"{' and '.join(bad)} differ; got blake3 {(blake3 or '?')[:16]}…, expected {self.blake3[:16]}…"
         return None
+
+    def selected_by(self, include: tuple[str, ...]) -> bool:
+        """Whether ``fetch --include`` globs take this file (no globs: every file)."""
+        return not include or any(fnmatch.fnmatchcase(self.path, g) for g in include)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ verification runs on the node's own worker threads and reports back through :met
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -170,6 +170,7 @@ class Release:
     verified_at: float | None = None
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
+    reused_bytes: int = 0  # selected files on disk and verified when added: not downloaded
     seeded_seconds: float = 0.0  # libtorrent's finished_duration: kept in resume data across restarts
     initial_seeding: bool = False  # in BEP 16 mode now (spec.initial_seeding until the swarm has a copy)
     seen_elsewhere: set[int] = field(default_factory=set)  # initial seeding: pieces seen at some peer
@@ -196,13 +197,15 @@ class Release:
         return any(h.have_piece(piece) for h in self.handles)
 
 
-def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
-    """What must hold on disk before a release is added; thread-safe (no libtorrent).
+def check_files(manifest: Manifest, spec: ReleaseSpec, known: AbstractSet[str] = frozenset()) -> frozenset[str]:
+    """What must hold on disk before a release is added; thread-safe (no libtorrent). Returns
+    the selected files already there and verified, whose pieces the node then marks as had.
 
     A publisher's release (``seed_forever``: its pieces will be marked as had without libtorrent
     checking them) must be the manifest's files, BLAKE3 and SHA-256, whoever asked for it. For a
     download, a file already at a target path must be the release's own file, or nothing is
-    added: it is never overwritten."""
+    added: it is never overwritten. ``known``: paths just placed from verified copies (the store's
+    other releases, checked by BLAKE3 on the way in), not hashed again."""
     save_dir = Path(spec.save_dir)
     if spec.seed_forever:
         reports = verify_release(manifest, save_dir)
@@ -213,19 +216,24 @@ def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
             raise VerificationError(
                 f"refusing to seed {manifest.name}: {bad[0].entry.path} is {bad[0].state.value}{detail}{more}", reports
             )
-        return
+        return frozenset(f.path for f in manifest.files)
     need = 0  # bytes still to be written: the selected files not on disk yet
+    present = set()
     with Hasher() as hasher:
         for entry in manifest.files:
-            if not _selected(entry, spec.include):
+            if not entry.selected_by(spec.include):
                 continue
             path = safe_join(save_dir, entry.path)
             if not path.exists():
                 need += entry.size
                 continue
             if path.is_file() and path.stat().st_size == entry.size:
+                if entry.path in known:
+                    present.add(entry.path)
+                    continue
                 digest = hasher.hash_file(path, sha256=False)
                 if entry.mismatch(digest.size, digest.blake3) is None:
+                    present.add(entry.path)
                     continue
             raise ReleaseConflict(
                 f"{path} is in the way: it exists with other content than {manifest.name}'s "
@@ -233,6 +241,7 @@ def check_files(manifest: Manifest, spec: ReleaseSpec) -> None:
             )
     save_dir.mkdir(parents=True, exist_ok=True)
     check_free_space(save_dir, need)
+    return frozenset(present)
 
 
 class Node:
@@ -305,11 +314,11 @@ class Node:
 
     # ------------------------------------------------------------------ adding and removing
 
-    def add(self, manifest: Manifest, spec: ReleaseSpec, checked: bool = False) -> Release:
+    def add(self, manifest: Manifest, spec: ReleaseSpec, present: AbstractSet[str] | None = None) -> Release:
         """Start fetching (or seeding) a release. Raises ReleaseError for conflicts.
 
-        ``checked``: :func:`check_files` already ran for it (the daemon runs that on a worker
-        thread, so hashing gigabytes never holds up its event loop)."""
+        ``present``: what :func:`check_files` returned for it, when it already ran (the daemon
+        runs it on a worker thread, so hashing gigabytes never holds up its event loop)."""
         if spec.name in self.releases:
             raise ReleaseConflict(f"release {spec.name!r} is already in this node")
         if manifest.torrent.data is None:
@@ -318,13 +327,13 @@ class Node:
             parse_peer(peer)  # refused now, before anything is saved that a restart would trip on
         save_dir = Path(spec.save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        if not checked:
-            check_files(manifest, spec)
+        if present is None:
+            present = check_files(manifest, spec)
         folder = self.state_dir / "releases" / spec.name
         atomic_write(folder / "manifest.toml", dumps(manifest).encode())
         atomic_write(folder / "spec.json", spec.to_json().encode())
         try:
-            return self._add(manifest, spec, None)
+            return self._add(manifest, spec, None, present=present)
         except Exception as exc:  # libtorrent's own errors included: nothing of it may stay saved
             self._forget_state(spec.name)
             if isinstance(exc, LlamashareError):
@@ -337,9 +346,11 @@ class Node:
         spec: ReleaseSpec,
         resume: lt.add_torrent_params | None | bool,
         twin_resume: lt.add_torrent_params | None | bool = None,
+        present: AbstractSet[str] = frozenset(),
     ) -> Release:
         """Add the release's torrent(s) from their resume data, or from the manifest when there is
-        none (``None``) or it was unreadable (``False``: then what is on disk is checked)."""
+        none (``None``) or it was unreadable (``False``: then what is on disk is checked).
+        ``present``: files just verified on disk by BLAKE3 (:func:`check_files`)."""
         atp = resume if isinstance(resume, lt.add_torrent_params) else lt.load_torrent_buffer(_torrent(manifest))
         ti = atp.ti
         assert ti is not None  # loaded from the manifest's torrent or from resume data holding it
@@ -357,7 +368,7 @@ class Node:
                 continue
             rel = path[len(prefix) :] if path.startswith(prefix) else path
             renamed[i] = rel
-            wanted = _selected(by_path[rel], spec.include)
+            wanted = by_path[rel].selected_by(spec.include)
             priorities.append(4 if wanted else 0)
             files[rel] = FileStatus.PENDING if wanted else FileStatus.SKIPPED
         for peer in spec.peers:
@@ -368,6 +379,14 @@ class Node:
         # resume data: then nothing on disk is trusted, not even a publisher's own files.
         trusted = spec.seed_forever and resume is None and twin_resume is not False
         seeded = [True] * ti.num_pieces() if trusted else None
+        # Likewise for a download's files already on disk and verified (linked from the store's
+        # other releases, or kept from before): their pieces are had, not re-checked by reading
+        # every byte again; libtorrent fetches only the rest.
+        on_disk = {rel for rel in present if files.get(rel) is FileStatus.PENDING} if resume is None else set()
+        if on_disk and seeded is None:
+            seeded = _pieces_within(fs, piece_size=ti.piece_length(), paths=renamed, present=on_disk)
+            for rel in on_disk:
+                files[rel] = FileStatus.VERIFIED
         handle = self._add_torrent(atp, spec, renamed, priorities, FileStatus.SKIPPED in files.values(), seeded)
         release = Release(
             spec,
@@ -377,6 +396,7 @@ class Node:
             priorities=priorities,
             renamed=renamed,
             selected_size=sum(f.size for f in manifest.files if files[f.path] is not FileStatus.SKIPPED),
+            reused_bytes=sum(f.size for f in manifest.files if f.path in on_disk),
         )
         if manifest.torrent.v1_twin is not None:
             twin_atp = (
@@ -791,6 +811,7 @@ class Node:
                     download_rate=sum(s.download_payload_rate for s in statuses if not s.is_seeding),
                     upload_rate=sum(s.upload_payload_rate for s in statuses),
                     downloaded=r.downloaded_bytes,
+                    reused=r.reused_bytes,
                     uploaded=r.uploaded_bytes,
                     ratio=self.ratio(r),
                     ratio_target=None if r.spec.seed_forever else r.spec.ratio,
@@ -825,6 +846,17 @@ def _read_resume(path: Path) -> lt.add_torrent_params | None | bool:
         return False
 
 
+def _pieces_within(fs: lt.file_storage, piece_size: int, paths: dict[int, str], present: set[str]) -> list[bool]:
+    """Per piece: whether every file it holds bytes of is in ``present`` (pad files aside)."""
+    have = [True] * -(-fs.total_size() // piece_size)
+    for i, rel in paths.items():
+        if rel in present or not fs.file_size(i):
+            continue
+        first, last = fs.file_offset(i) // piece_size, (fs.file_offset(i) + fs.file_size(i) - 1) // piece_size
+        have[first : last + 1] = [False] * (last + 1 - first)
+    return have
+
+
 def _seconds(duration: timedelta | float) -> float:
     """libtorrent reports durations as timedelta in some builds and as seconds in others."""
     return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
@@ -835,10 +867,6 @@ def _torrent(manifest: Manifest) -> bytes:
     if manifest.torrent.data is None:
         raise ReleaseError(f"{manifest.name}: the manifest carries no torrent (load it with its .torrent beside it)")
     return manifest.torrent.data
-
-
-def _selected(entry: FileEntry, include: tuple[str, ...]) -> bool:
-    return not include or any(fnmatch.fnmatchcase(entry.path, g) for g in include)
 
 
 _SPACE_ERRORS = ("file too large", "file too short", "no space left on device", "disk quota exceeded")

@@ -56,6 +56,7 @@ class ReleaseStatus:
     upload_rate: int
     downloaded: int  # payload bytes, all time
     uploaded: int
+    reused: int  # selected bytes already on disk and verified when added (e.g. linked from the store)
     ratio: float  # uploaded / size
     ratio_target: float | None  # None: seeds until removed
     seed_time: float | None  # seconds of seeding after which it stops
@@ -103,6 +104,7 @@ class ReleaseStatus:
             upload_rate=0,
             downloaded=0,
             uploaded=0,
+            reused=0,
             ratio=0.0,
             ratio_target=None,
             seed_time=None,

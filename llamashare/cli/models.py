@@ -33,7 +33,8 @@ def _seeding_text(r: ReleaseStatus | None) -> tuple[str, str]:
 @cli.command("list", context_settings=CONTEXT)
 @click.pass_obj
 def list_(home: Home) -> None:
-    """List the releases in the model store: version, license, size on disk, seeding state,
+    """List the releases in the model store: version, license, size on disk, bytes shared with
+    other releases (files with the same BLAKE3 are kept once, as hard links), seeding state,
     share ratio and the GGUF files built from them.
 
     \b
@@ -51,15 +52,26 @@ def list_(home: Home) -> None:
         click.echo(f"the store {store.root} is empty (llamashare fetch NAME.toml adds to it)")
         return
     seeding = _seeding_states(home)
-    table = Table("name", "version", "license", "on disk", "seeding", "ratio", "GGUF", box=None)
+    table = Table("name", "version", "license", "on disk", "shared", "seeding", "ratio", "GGUF", box=None)
     for e in entries:
         m = e.manifest()
         state, ratio = _seeding_text(seeding.get(m.name))
         types = ", ".join(p.name.removeprefix(f"{e.name}.").removesuffix(".gguf") for p in e.ggufs().values()) or "-"
+        shared = e.shared_bytes()
         table.add_row(
-            m.name, m.version, m.license.splitlines()[0][:30], human_size(e.size_on_disk()), state, ratio, types
+            m.name,
+            m.version,
+            m.license.splitlines()[0][:30],
+            human_size(e.size_on_disk()),
+            human_size(shared) if shared else "-",
+            state,
+            ratio,
+            types,
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    click.echo(
+        f"{len(entries)} releases, {human_size(store.disk_usage())} on disk (files shared between releases counted once)"
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -84,7 +96,11 @@ def info(home: Home, name: str) -> None:
         f"manifest:  {e.manifest_path}"
         + (f" (signed by ed25519:{m.signature.public_key})" if m.signature else " (unsigned)")
     )
-    click.echo(f"source:    {e.source_dir} ({len(m.files)} files, {human_size(m.total_size)})")
+    shared = e.shared_bytes()
+    click.echo(
+        f"source:    {e.source_dir} ({len(m.files)} files, {human_size(m.total_size)}"
+        + (f"; {human_size(shared)} shared with other releases, on disk once)" if shared else ")")
+    )
     state, ratio = _seeding_text(_seeding_states(home).get(m.name))
     click.echo(f"seeding:   {state}, ratio {ratio}")
     for step_id, path in e.ggufs().items():
@@ -113,7 +129,10 @@ def rm(home: Home, name: str, keep_source: bool) -> None:
     r = remove_release(home, name, keep_source)
     if r.stopped_seeding:
         click.echo(f"stopped seeding {name}")
-    click.echo(f"removed {name} ({human_size(r.size_before)} before removal)" + "".join(f"; kept {k}" for k in r.kept))
+    shared = f", {human_size(r.still_shared)} of it still used by other releases" if r.still_shared else ""
+    click.echo(
+        f"removed {name} ({human_size(r.size_before)} before removal{shared})" + "".join(f"; kept {k}" for k in r.kept)
+    )
     if r.foreign:
         click.echo(
             f"left {len(r.foreign)} file(s) llamashare did not write (or that no longer match the release), "

@@ -14,7 +14,9 @@ Endpoints (all JSON):
     POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
                                              "seed_forever", "no_seed", "initial_seeding", "include": [...],
                                              "peers": [...]}; without "dir" the files go to the
-                                             model store (MODELS_DIR/NAME/source);
+                                             model store (MODELS_DIR/NAME/source); files another
+                                             release of the store holds are placed from there
+                                             (llamashare.reuse), listed in the reply's "reused";
                                              again for a release in error or paused: retry / resume it
     PATCH  /api/v1/releases/{name}          change it: {"ratio", "seed_time", "paused"}
     DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
@@ -35,14 +37,17 @@ import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
 
 from aiohttp import web
 
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
 from llamashare.errors import LlamashareError, ReleaseConflict
-from llamashare.manifests.manifest import parse_manifest
+from llamashare.manifests.manifest import Manifest, parse_manifest
 from llamashare.p2p.node import Node, ReleaseSpec, check_files
+from llamashare.reuse import Reused, reuse_stored_files
 from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
@@ -116,6 +121,13 @@ def make_app(
     async def status(request: web.Request) -> web.Response:
         return web.json_response({"node": info, "releases": [r.to_json() for r in node.status()]})
 
+    def prepare(manifest: Manifest, spec: ReleaseSpec) -> tuple[list[Reused], frozenset[str]]:
+        """Place what the store already holds, then check what is on disk (worker thread)."""
+        reused = []
+        if store is not None and not spec.seed_forever:
+            reused = reuse_stored_files(store, manifest, Path(spec.save_dir), spec.include)
+        return reused, check_files(manifest, spec, known={r.path for r in reused})
+
     async def add(request: web.Request) -> web.Response:
         data = await body(request)
         if not isinstance(data.get("manifest"), str) or not isinstance(data.get("dir", ""), str):
@@ -148,11 +160,13 @@ def make_app(
             return web.json_response({"name": manifest.name, "added": False})
         # Hash what is on disk on a worker thread: gigabytes must not hold up the event loop
         # (status, the page, other requests). Then add on the loop, checking the name again.
-        await asyncio.get_running_loop().run_in_executor(None, check_files, manifest, spec)
+        reused, present = await asyncio.get_running_loop().run_in_executor(None, prepare, manifest, spec)
         if manifest.name in node.releases:
             return _error(409, f"release {manifest.name!r} was added meanwhile")
-        node.add(manifest, spec, checked=True)
-        return web.json_response({"name": manifest.name, "added": True}, status=201)
+        node.add(manifest, spec, present=present)
+        return web.json_response(
+            {"name": manifest.name, "added": True, "reused": [asdict(r) for r in reused]}, status=201
+        )
 
     async def patch(request: web.Request) -> web.Response:
         name = request.match_info["name"]
