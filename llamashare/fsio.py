@@ -104,14 +104,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def link_boundary(folder: Path) -> Path:
+    """Where the symlinks of a release folder may lead: inside the folder itself, or, for a
+    Hugging Face cache snapshot (``…/models--ORG--NAME/snapshots/REV``, whose files are links
+    to ``../../blobs/…``), inside that repo's folder of the cache."""
+    repo = folder.parent.parent
+    if folder.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return repo
+    return folder
+
+
 def safe_join(root: Path, relpath: str) -> Path:
-    """``root / relpath``, refusing anything that would resolve outside ``root``.
+    """``root / relpath``, refusing anything that would resolve outside ``root`` (or, for a
+    Hugging Face cache snapshot, outside its repo folder: see :func:`link_boundary`).
 
     ``relpath`` comes from a manifest that was already validated (relative, no ``..``), but a
     symlink planted inside ``root`` could still lead out of it; resolve and check.
     """
     base = root.resolve()
+    bound = link_boundary(base)
     target = (base / relpath).resolve()
-    if not target.is_relative_to(base):
-        raise UnsafePathError(relpath, f"resolves to {target}, outside {base} (a symlink?)")
+    if not target.is_relative_to(bound):
+        raise UnsafePathError(relpath, f"resolves to {target}, outside {bound} (a symlink?)")
     return base / relpath

@@ -27,6 +27,7 @@ from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, fetch
 from llamashare.errors import DaemonError, StoreError
 from llamashare.fsio import safe_join
+from llamashare.manifests.hf_cache import hub_cache, install, repo_folder
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
 from llamashare.manifests.signing import check_publisher
 from llamashare.p2p.status import FileStatus, ReleaseStatus
@@ -47,6 +48,7 @@ class BuildOptions:
     base_manifest: Path | None = None  # for a delta whose base is not in the store yet
     threads: int | None = None
     key: str | None = None  # --key: this publisher (hex) must have signed the release
+    hf_cache: bool = False  # the files go to a Hugging Face cache snapshot: put them in its layout once verified
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def fetch_release(
             if new:
                 store.remove(entry, keep_source=False)
             raise
+        if build.hf_cache:
+            _install_hf(manifest, entry.source_dir, log)
         if not build.convert:
             return Outcome(entry, status, None)
         chosen = choose_quant(build.quant, home.config().default_quant, manifest)
@@ -105,6 +109,32 @@ def fetch_release(
         except Exception:
             log.note("the files are verified and the daemon keeps seeding them; building the GGUF failed (below)")
             raise
+
+
+def hf_snapshot_dir(manifest: Manifest) -> Path:
+    """Where ``fetch --hf-cache`` puts a release: the snapshot folder of the Hugging Face repo
+    and commit its manifest names, in the cache huggingface_hub would use."""
+    if manifest.origin is None:
+        raise StoreError(
+            f"{manifest.name} does not say which Hugging Face repo it is (no [origin] in its manifest); "
+            "fetch it without --hf-cache"
+        )
+    return repo_folder(hub_cache(), manifest.origin.huggingface) / "snapshots" / manifest.origin.revision
+
+
+def _install_hf(manifest: Manifest, snapshot: Path, log: StepLog) -> None:
+    assert manifest.origin is not None  # hf_snapshot_dir checked it
+    done = install(manifest, snapshot)
+    o = manifest.origin
+    log.note(
+        f"in the Hugging Face cache as {o.huggingface} at {o.revision[:12]}"
+        + (f" ({o.ref})" if o.ref else "")
+        + f": {len(done.linked)} files linked to their blobs in {snapshot.parent.parent}"
+    )
+    if done.kept:
+        log.note(f"left {len(done.kept)} file(s) as plain files: the cache's blob of that name holds other bytes")
+    if done.ref_note:
+        log.note(done.ref_note)
 
 
 def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepLog) -> None:

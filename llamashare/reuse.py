@@ -6,9 +6,11 @@ that only fixes a tokenizer file, a fine-tune shipped with its base's tokenizer,
 under two names): before a download starts, each selected file that another release of the store
 has is found by its BLAKE3, checked against it (a file changed behind the store's back is never
 passed on), and placed at its path; the node then marks its pieces as had, downloads only the
-rest, and seeds every file.
+rest, and seeds every file. Files in the user's Hugging Face cache count too: an LFS blob is
+named by its SHA-256, which the manifest pins beside the BLAKE3.
 
-Inside the store a file is placed as a **hard link**: one copy on disk however many releases use it,
+Inside the store a file is placed as a **hard link** (to another stored release's file, or to a
+Hugging Face cache blob, which huggingface_hub never edits in place): one copy on disk however many releases use it,
 freed only when the last of them is removed (the filesystem counts the links; ``rm`` unlinks one
 name, ``list`` and ``info`` read the count). Into or out of a user's own folder (``fetch --dir``),
 where a file may be edited in place, it is **copied** instead (a reflink where the filesystem can),
@@ -26,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamashare.errors import UnsafePathError
-from llamashare.fsio import safe_join
+from llamashare.fsio import link_boundary, safe_join
 from llamashare.manifests.hashing import Hasher
+from llamashare.manifests.hf_cache import hub_cache
 from llamashare.manifests.manifest import FileEntry, Manifest
 from llamashare.store import Store
 
@@ -43,7 +46,9 @@ class Holder:
 
     release: str
     path: Path
-    owned: bool  # inside the store (hard links are safe), not in a user's --dir folder
+    #: Inside the store, or a blob of a Hugging Face cache (never edited in place: huggingface_hub
+    #: writes a new blob and renames it), so a hard link is safe; not a user's --dir folder.
+    linkable: bool
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,13 @@ def index(store: Store, exclude: str) -> dict[str, list[Holder]]:
         if entry.name == exclude:
             continue
         try:
-            manifest, source, owned = entry.manifest(), entry.source_dir, entry.owns_source
+            manifest, source = entry.manifest(), entry.source_dir
+            linkable = entry.owns_source or link_boundary(source.resolve()) != source.resolve()
         except Exception:  # one unreadable release must not stop another's fetch
             continue
         for f in manifest.files:
             try:
-                out.setdefault(f.blake3, []).append(Holder(entry.name, safe_join(source, f.path), owned))
+                out.setdefault(f.blake3, []).append(Holder(entry.name, safe_join(source, f.path), linkable))
             except UnsafePathError:
                 continue
     return out
@@ -82,6 +88,10 @@ def reuse_stored_files(store: Store, manifest: Manifest, target: Path, include: 
     if not wanted:
         return []
     holders = index(store, exclude=manifest.name)
+    for f in wanted:  # then the Hugging Face cache: an LFS file's blob is named by its SHA-256
+        holders.setdefault(f.blake3, []).extend(
+            Holder("the Hugging Face cache", blob, linkable=True) for blob in hf_blobs(f.sha256)
+        )
     target_owned = target.resolve() == (store.entry(manifest.name).root / "source").resolve()
     placed: list[Reused] = []
     with Hasher() as hasher:
@@ -93,17 +103,27 @@ def reuse_stored_files(store: Store, manifest: Manifest, target: Path, include: 
             if os.path.lexists(dst):
                 continue
             for holder in holders.get(f.blake3, ()):
-                linked = _place(hasher, holder.path, f, dst, link=target_owned and holder.owned)
+                linked = _place(hasher, holder.path, f, dst, link=target_owned and holder.linkable)
                 if linked is not None:
                     placed.append(Reused(f.path, f.size, holder.release, linked))
                     break
     return placed
 
 
+def hf_blobs(sha256: str) -> list[Path]:
+    """Blobs of any model repo in the Hugging Face cache (``hf_cache.hub_cache``) named ``sha256``."""
+    try:
+        return sorted(p for p in hub_cache().glob(f"models--*/blobs/{sha256}") if p.is_file())
+    except OSError:
+        return []
+
+
 def _place(hasher: Hasher, src: Path, f: FileEntry, dst: Path, link: bool) -> bool | None:
     """Put ``src`` at ``dst`` if it is ``f``'s file: True linked, False copied, None not done."""
     try:
-        if src.is_symlink() or not src.is_file() or src.stat().st_size != f.size:
+        if src.is_symlink():  # a Hugging Face snapshot's link (safe_join kept it inside its cache)
+            src = src.resolve()
+        if not src.is_file() or src.stat().st_size != f.size:
             return None
         dst.parent.mkdir(parents=True, exist_ok=True)
         if link:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llamashare.errors import ManifestError, OutputExistsError, SourceDirError
-from llamashare.fsio import atomic_write
+from llamashare.fsio import atomic_write, link_boundary
 from llamashare.manifests.hashing import Hasher, Progress
+from llamashare.manifests.hf_cache import origin_of, snapshot_at
 from llamashare.manifests.manifest import (
     BaseRef,
     FileEntry,
@@ -63,10 +64,14 @@ def list_release_files(root: Path, exclude: AbstractSet[Path] = frozenset()) -> 
     """(relative POSIX path, size) of every regular file under ``root``, in torrent order.
 
     Symlinks and special files are refused rather than followed: a release must be exactly the
-    bytes in the folder, and a link could pull in anything on the machine.
+    bytes in the folder, and a link could pull in anything on the machine. The one exception is a
+    Hugging Face cache snapshot, whose files are links into its repo's ``blobs/``: links to
+    regular files inside that repo folder are followed (``fsio.link_boundary``), others refused.
     """
     if not root.is_dir():
         raise SourceDirError(f"{root} is not a directory")
+    bound = link_boundary(root.resolve())
+    followed = bound != root.resolve()
     excluded = {p.resolve() for p in exclude}
     found: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
@@ -80,7 +85,13 @@ def list_release_files(root: Path, exclude: AbstractSet[Path] = frozenset()) -> 
             path = here / name
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
-                raise SourceDirError(f"{path} is a symlink; publish real files, not links")
+                if not followed or not path.resolve().is_relative_to(bound / "blobs"):
+                    where = f"outside the cache's {bound / 'blobs'}" if followed else "publish real files, not links"
+                    raise SourceDirError(f"{path} is a symlink; {where}")
+                try:
+                    st = path.stat()
+                except OSError:
+                    raise SourceDirError(f"{path} links to a missing blob (an interrupted download?)") from None
             if not stat.S_ISREG(st.st_mode):
                 raise SourceDirError(f"{path} is not a regular file")
             if path.resolve() in excluded:
@@ -135,6 +146,8 @@ def create_release(
             torrent_files.append(
                 TorrentFile(tuple(rel.split("/")), digest.size, digest.v1_pieces, digest.v2_layer, digest.v2_root)
             )
+    snapshot = snapshot_at(root)  # a Hugging Face cache snapshot: its blob names are checked too
+    origin = origin_of(snapshot, tuple(entries)) if snapshot is not None else None
     torrent = build_torrent(info.name, piece_size, torrent_files, info.trackers, info.web_seeds)
     meta = read_torrent(torrent)
     ref = TorrentRef(
@@ -155,6 +168,7 @@ def create_release(
         web_seeds=info.web_seeds,
         base=info.base,
         recommended_quant=info.recommended_quant,
+        origin=origin,
         files=tuple(entries),
         torrent=ref,
     )

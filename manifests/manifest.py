@@ -86,6 +86,19 @@ class TorrentRef:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a release's files came from on the Hugging Face Hub (a cache snapshot it was made
+    from), so a fetcher can put them into its own Hugging Face cache (``fetch --hf-cache``)."""
+
+    huggingface: str  # the repo id, ORG/NAME (or NAME)
+    revision: str  # the commit: 40 hex digits
+    ref: str | None = None  # the branch or tag that named that commit when published (e.g. main)
+    #: Files kept in git rather than LFS: their cache blob is named by their git blob SHA-1,
+    #: every other file's by its SHA-256.
+    git_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BaseRef:
     """The release a delta applies to: its name and the SHA-256 of its canonical manifest bytes."""
 
@@ -116,6 +129,7 @@ class Manifest:
     web_seeds: tuple[str, ...] = ()
     base: BaseRef | None = None
     recommended_quant: str | None = None
+    origin: Origin | None = None
     signature: Signature | None = None
     format_version: int = FORMAT_VERSION
 
@@ -280,6 +294,7 @@ def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manife
         "web_seeds",
         "base",
         "recommended_quant",
+        "origin",
         "torrent",
         "files",
         "signature",
@@ -322,6 +337,7 @@ def from_dict(doc: Mapping[str, Any], torrent_dir: Path | None = None) -> Manife
         recommended_quant=quant,
         files=files,
         torrent=torrent,
+        origin=_parse_origin(_typed(doc["origin"], dict, "origin"), files) if "origin" in doc else None,
         signature=_parse_signature(_typed(doc["signature"], dict, "signature")) if "signature" in doc else None,
     )
     check_torrent_matches(manifest)
@@ -414,6 +430,31 @@ def _parse_trackers(value: Any) -> tuple[tuple[str, ...], ...]:
     return tuple(tiers)
 
 
+#: A Hugging Face repo id: an optional namespace and a name, each what the Hub allows.
+_HF_REPO_RE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_GIT_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def _parse_origin(table: Mapping[str, Any], files: tuple[FileEntry, ...]) -> Origin:
+    _no_unknown(table, {"huggingface", "revision", "ref", "git_files"}, "origin.")
+    repo = _require(table, "huggingface", str, "origin.")
+    if not _HF_REPO_RE.fullmatch(repo) or "--" in repo or ".." in repo:
+        raise ManifestError("origin.huggingface", f"{repo!r} is not a Hugging Face repo id (ORG/NAME)")
+    revision = _require(table, "revision", str, "origin.")
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise ManifestError("origin.revision", "must be a commit: 40 lowercase hex digits")
+    ref = _optional(table, "ref", str, "origin.")
+    if ref is not None and (not _GIT_REF_RE.fullmatch(ref) or ".." in ref or ref.endswith("/")):
+        raise ManifestError("origin.ref", f"{ref!r} is not a branch or tag name")
+    paths = {f.path for f in files}
+    git_files = []
+    for i, path in enumerate(_typed(table.get("git_files", []), list, "origin.git_files")):
+        if not isinstance(path, str) or path not in paths:
+            raise ManifestError(f"origin.git_files[{i}]", "must be the path of one of the release's files")
+        git_files.append(path)
+    return Origin(repo, revision, ref, tuple(sorted(set(git_files))))
+
+
 def _parse_base(doc: Mapping[str, Any]) -> BaseRef:
     table = _typed(doc["base"], dict, "base")
     _no_unknown(table, {"name", "manifest_sha256"}, "base.")
@@ -489,6 +530,12 @@ def to_dict(manifest: Manifest, include_signature: bool = True) -> dict[str, Any
     doc["web_seeds"] = list(m.web_seeds)
     if m.base is not None:
         doc["base"] = {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256}
+    if m.origin is not None:
+        o = m.origin
+        doc["origin"] = {"huggingface": o.huggingface, "revision": o.revision}
+        if o.ref is not None:
+            doc["origin"]["ref"] = o.ref
+        doc["origin"]["git_files"] = list(o.git_files)
     t = m.torrent
     torrent: dict[str, Any] = {
         "info_hash_v1": t.info_hash_v1,

@@ -16,6 +16,7 @@ from llamashare.manifests.manifest import (
     BaseRef,
     FileEntry,
     Manifest,
+    Origin,
     TorrentRef,
     canonical_bytes,
     check_relative_path,
@@ -99,6 +100,16 @@ def manifests(draw: st.DrawFn) -> Manifest:
         kind=kind,
         base=BaseRef("llama-7b", draw(hexstr(64))) if kind == "delta" else None,
         recommended_quant=draw(st.none() | st.just("Q4_K_M")),
+        origin=draw(
+            st.none()
+            | st.builds(
+                Origin,
+                st.sampled_from(["HuggingFaceTB/SmolLM2-135M", "gpt2"]),
+                hexstr(40),
+                st.none() | st.just("main"),
+                st.lists(st.sampled_from(paths), unique=True).map(lambda g: tuple(sorted(g))),
+            )
+        ),
         files=tuple(FileEntry(p, s, draw(hexstr(64)), draw(hexstr(64))) for p, s in zip(paths, sizes)),
         torrent=TorrentRef(meta.info_hash_v1, meta.info_hash_v2, piece, data=data),
     )
@@ -218,6 +229,18 @@ HOSTILE = [
     ),
     ("signature", {"algorithm": "ed25519", "public_key": "00", "value": HEX64 * 2}, "signature.public_key", "hex"),
     ("base", {"name": "llama", "manifest_sha256": HEX64}, "base", "only allowed"),
+    ("origin", {"huggingface": "org--x/name", "revision": "0" * 40}, "origin.huggingface", "not a Hugging Face repo"),
+    ("origin", {"huggingface": "org/../name", "revision": "0" * 40}, "origin.huggingface", "not a Hugging Face repo"),
+    ("origin", {"huggingface": "org/name", "revision": "main"}, "origin.revision", "40 lowercase hex"),
+    ("origin", {"huggingface": "org/name", "revision": "0" * 40, "ref": "../x"}, "origin.ref", "branch or tag"),
+    (
+        "origin",
+        {"huggingface": "org/name", "revision": "0" * 40, "git_files": ["not/there.json"]},
+        "origin.git_files[0]",
+        "one of the release's files",
+    ),
+    ("origin", {"huggingface": "org/name", "revision": "0" * 40, "x": 1}, "origin.x", "not a known field"),
+    ("origin", {"revision": "0" * 40}, "origin.huggingface", "missing"),
     # Terminal escapes: text that would be commands on a terminal (clipboard, cursor, reordering).
     ("license", "MIT\x1b]52;c;aGk=\x07\x1b[1A\x1b[2K", "license", "U+001B"),
     ("description", "fine\u202egnp.exe", "description", "U+202E"),

@@ -48,6 +48,13 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
     help="Put the release's files here [default: in the model store, MODELS_DIR/NAME/source].",
 )
 @click.option(
+    "--hf-cache",
+    is_flag=True,
+    help="Put the files into the Hugging Face cache (HF_HUB_CACHE, as huggingface_hub finds it) "
+    "as the snapshot the manifest's [origin] names, and seed them from there: transformers and "
+    "huggingface_hub then load the repo offline.",
+)
+@click.option(
     "--quant",
     metavar="TYPE",
     help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].",
@@ -91,6 +98,7 @@ def fetch(
     home: Home,
     manifest: Path,
     directory: Path | None,
+    hf_cache: bool,
     quant: str | None,
     no_convert: bool,
     base_manifest: Path | None,
@@ -120,17 +128,22 @@ def fetch(
       llamashare fetch llama-7b.toml --quant Q4_K_M --ratio 2 --seed-time 1d
       llamashare fetch vicuna-7b-delta.toml --base llama-7b.toml
       llamashare fetch my-model.toml --dir ./my-model --no-convert
+      llamashare fetch smollm2-135m.toml --hf-cache   # then from_pretrained(..., local_files_only=True)
     """
     from llamashare.daemon.home import parse_duration
     from llamashare.daemon.submit import FetchOptions
     from llamashare.manifests.signing import parse_public_key
-    from llamashare.pipeline import BuildOptions, fetch_release
+    from llamashare.pipeline import BuildOptions, fetch_release, hf_snapshot_dir
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog
 
     m = load_and_show(manifest)
     if quant is not None:
         preset(quant)  # an unknown type fails before any download
+    if hf_cache:
+        if directory is not None:
+            raise click.UsageError("--hf-cache chooses where the files go; leave out --dir")
+        directory = hf_snapshot_dir(m)
     cfg = home.config()
     opts = FetchOptions(
         directory=Path(),
@@ -150,6 +163,7 @@ def fetch(
         base_manifest=base_manifest,
         threads=threads,
         key=parse_public_key(key) if key else None,
+        hf_cache=hf_cache,
     )
     out = fetch_release(home, m, opts, build, StepLog(quiet=quiet), source=directory)
     st = out.status

@@ -86,17 +86,24 @@ def create(
     """Publish DIRECTORY as a release: hash every file once (BLAKE3, SHA-256 and hybrid v1+v2
     torrent pieces together) and write a TOML manifest plus the .torrent.
 
-    Top-level .git/ and .cache/ folders are skipped; symlinks are refused.
+    Top-level .git/ and .cache/ folders are skipped; symlinks are refused, except in a Hugging
+    Face cache snapshot (models--ORG--NAME/snapshots/REV), whose links into its blobs/ are
+    followed, each blob checked against its name (SHA-256 or git SHA-1). The manifest then
+    records the repo and commit, and `seed` seeds the snapshot in place.
 
     \b
-    Example:
+    Examples:
       llamashare create ./llama-7b --license llama2 --version 2023-02 \\
           --tracker udp://tracker.example.org:6969/announce -o llama-7b.toml
+      llamashare create ~/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M/snapshots/* \\
+          --license Apache-2.0
     """
     from llamashare.manifests.create import ReleaseInfo, base_ref, create_release, list_release_files, write_release
+    from llamashare.manifests.hf_cache import snapshot_at
     from llamashare.manifests.manifest import check_name
 
-    name = name or directory.resolve().name
+    snapshot = snapshot_at(directory)
+    name = name or (snapshot.repo_id.rpartition("/")[2] if snapshot else directory.resolve().name)
     output = output or Path(f"{name}.toml")
     if base_name and base_manifest is None:
         raise click.UsageError("--base-name needs --base-manifest (the base release's manifest)")
@@ -137,6 +144,9 @@ def create(
     )
     for path in torrent_paths:
         click.echo(f"wrote {path}")
+    if manifest.origin is not None:
+        o = manifest.origin
+        click.echo(f"from Hugging Face {o.huggingface} at {o.revision}" + (f" ({o.ref})" if o.ref else ""))
     click.echo(f"info-hash v1 {manifest.torrent.info_hash_v1}")
     click.echo(f"info-hash v2 {manifest.torrent.info_hash_v2}")
     if manifest.torrent.v1_twin:
