@@ -69,7 +69,7 @@ WEIGHTS_OPTION = click.option(
 )
 
 
-def _model_path(home: Home, model: str) -> Path:
+def model_path(home: Home, model: str) -> Path:
     """A GGUF path as given, or the best GGUF the store built for release ``model``."""
     path = Path(model)
     if path.exists() or path.suffix == ".gguf" or "/" in model:
@@ -107,7 +107,7 @@ def _load_model(
     from llamashare.infer.model import Llama
     from llamashare.infer.tokenizer import GGUFTokenizer
 
-    model = _model_path(home, model_arg)
+    model = model_path(home, model_arg)
     t0 = time.perf_counter()
     llm = Llama(model, n_ctx=ctx_size, weights=weights)
     tok = GGUFTokenizer(llm.file)

@@ -1,8 +1,9 @@
-"""The model store: ``list``, ``info`` and ``rm``."""
+"""The model store: ``list``, ``info``, ``rm`` and ``export``."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -138,3 +139,49 @@ def rm(home: Home, name: str, keep_source: bool) -> None:
             f"left {len(r.foreign)} file(s) llamashare did not write (or that no longer match the release), "
             f"e.g. {r.foreign[0]}"
         )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option(
+    "--to", "to", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to export into."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ollama", "lmstudio"]),
+    default="ollama",
+    show_default=True,
+    help="ollama: the GGUF and a Modelfile (stop tokens, license) beside it; lmstudio: LM Studio's "
+    "models-folder layout, PUBLISHER/NAME-GGUF/FILE.gguf.",
+)
+@click.pass_obj
+def export(home: Home, model: str, to: Path, fmt: str) -> None:
+    """Lay out MODEL (a release in the store: the GGUF `run NAME` uses; or a GGUF path) for
+    another runtime. The GGUF is hard-linked, not copied, when DIR is on the same filesystem;
+    nothing already in DIR is overwritten.
+
+    \b
+    Examples:
+      llamashare export smollm2-135m-instruct --to ./ollama-smollm2 && \\
+          ollama create smollm2 -f ./ollama-smollm2/Modelfile
+      llamashare export smollm2-135m-instruct --format lmstudio --to ~/.lmstudio/models
+    """
+    from llamashare.cli.generate import model_path
+    from llamashare.export import export_gguf
+    from llamashare.store import Store
+
+    gguf = model_path(home, model)
+    name, license_text, publisher = gguf.stem.split(".")[0], None, "llamashare"
+    if gguf != Path(model):  # a release name
+        m = Store(home.models_dir).get(model).manifest()
+        name, license_text = m.name, m.license
+        if m.origin is not None and "/" in m.origin.huggingface:
+            publisher = m.origin.huggingface.split("/")[0]
+    out = export_gguf(gguf, to, fmt, name, license_text, publisher)
+    click.echo(f"wrote {out.gguf}" + (" (a hard link: no copy)" if out.linked else " (copied)"))
+    if out.modelfile is not None:
+        click.echo(f"wrote {out.modelfile} (stop: {', '.join(printable(s, multiline=False) for s in out.stops)})")
+    for note in out.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"load it with: {out.load}")
