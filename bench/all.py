@@ -39,6 +39,10 @@ RUNS = {
         [],
         "16 daemons sharing 256 MiB: the origin's upload against a central host and plain seeding; SIGKILL churn",
     ),
+    "store": (
+        ["--repeats", "3"],
+        "one copy of every byte: two releases sharing files, and publishing a 1 GiB Hugging Face snapshot in place",
+    ),
     "convert": (
         ["--layers", "4", "--repeats", "2"],
         "convert (streaming) against the naive whole-tensor conversion and a disk copy",
