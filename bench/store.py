@@ -148,7 +148,8 @@ def make_snapshot(hub: Path, size: int) -> Path:
 def publish_snapshot(root: Path, size: int, repeats: int) -> list[tuple[str, str, str]]:
     snap = make_snapshot(root / "hub", size)
     blobs = sorted((snap.parent.parent / "blobs").iterdir())
-    in_place, copied = [], []
+    in_place: list[float] = []
+    copied: list[float] = []
     for r in range(repeats):
         for way in ("in place", "copy first"):
             warm_page_cache(blobs)
