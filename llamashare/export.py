@@ -1,12 +1,11 @@
 """``export``: a GGUF the store built, laid out for the runtimes people already use.
 
 - **Ollama**: ``DIR/NAME.TYPE.gguf`` and a ``DIR/Modelfile`` beside it (``FROM`` the file,
-  ``PARAMETER stop`` for every token that ends generation, ``LICENSE`` the release's terms), so
-  ``ollama create NAME -f DIR/Modelfile`` imports it. The Modelfile has no ``TEMPLATE``: the chat
-  template travels inside the GGUF (``tokenizer.chat_template``), and Ollama maps that Jinja
-  template to its own Go template when it imports a GGUF. A translation written here could not be
-  checked against Ollama on this project's machines, and a subtly wrong prompt format is worse
-  than Ollama's own mapping.
+  ``TEMPLATE`` the chat template as a Go template, ``PARAMETER stop`` for every token that ends
+  generation, ``LICENSE`` the release's terms), so ``ollama create NAME -f DIR/Modelfile`` imports
+  it. The Go template is written only when it renders exactly what the GGUF's Jinja template does
+  (``infer.go_template``); otherwise it is left out and Ollama maps the GGUF's own template when it
+  imports the file, which is better than a subtly wrong prompt format.
 - **LM Studio**: ``DIR/PUBLISHER/NAME-GGUF/NAME.TYPE.gguf``, the layout of LM Studio's models
   folder (``~/.lmstudio/models``); it reads the chat template and stop tokens from the GGUF.
 
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from llamashare.errors import StoreError
 from llamashare.fsio import atomic_write
+from llamashare.infer.go_template import ollama_template
 from llamashare.infer.tokenizer import GGUFTokenizer, VocabFile
 from llamashare.manifests.hashing import Hasher
 
@@ -50,9 +50,12 @@ def export_gguf(
     """Lay ``gguf`` out in ``to`` for runtime ``fmt`` (one of :data:`FORMATS`)."""
     if fmt not in FORMATS:
         raise StoreError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    tok = GGUFTokenizer(VocabFile(gguf))
+    vocab = VocabFile(gguf)
+    tok = GGUFTokenizer(vocab)
     stops = tuple(sorted({tok.tokens[i] for i in tok.eog}))
     notes: list[str] = []
+    chat_template = vocab.meta("tokenizer.chat_template")
+    go_template = ollama_template(chat_template, tok) if isinstance(chat_template, str) else None
     if fmt == "lmstudio":
         folder = to / _folder_name(publisher) / f"{_folder_name(name)}-GGUF"
         target = folder / gguf.name
@@ -64,7 +67,12 @@ def export_gguf(
     target = to / gguf.name
     linked = _place(gguf, target)
     modelfile = to / "Modelfile"
-    text = modelfile_text(target.name, stops, license_text, notes)
+    if go_template is None:
+        notes.append(
+            "no TEMPLATE in the Modelfile: the chat template is not one a Go template can restate "
+            "exactly; Ollama maps the GGUF's own when it imports the file"
+        )
+    text = modelfile_text(target.name, stops, license_text, notes, go_template)
     if modelfile.exists() and modelfile.read_text(errors="replace") != text:
         raise StoreError(f"{modelfile} exists with other content; move it away (nothing was overwritten)")
     atomic_write(modelfile, text.encode())
@@ -72,13 +80,13 @@ def export_gguf(
     return Exported(target, linked, modelfile, stops, f"ollama create {tag} -f {modelfile}", notes)
 
 
-def modelfile_text(gguf_name: str, stops: tuple[str, ...], license_text: str | None, notes: list[str]) -> str:
-    """An Ollama Modelfile for ``gguf_name`` beside it (see the module docstring for why no TEMPLATE)."""
-    lines = [
-        "# Written by llamashare export. Load with: ollama create NAME -f Modelfile",
-        "# The chat template is the GGUF's own (tokenizer.chat_template); Ollama maps it when importing.",
-        f"FROM ./{gguf_name}",
-    ]
+def modelfile_text(
+    gguf_name: str, stops: tuple[str, ...], license_text: str | None, notes: list[str], template: str | None = None
+) -> str:
+    """An Ollama Modelfile for ``gguf_name`` beside it."""
+    lines = ["# Written by llamashare export. Load with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
+    if template is not None:
+        lines.append(f'TEMPLATE """{template}"""')
     for stop in stops:
         if _quotable(stop):
             lines.append(f'PARAMETER stop "{stop}"')
