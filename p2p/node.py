@@ -37,11 +37,14 @@ import libtorrent as lt
 
 from llamashare.errors import LlamashareError, ReleaseConflict, ReleaseError, VerificationError
 from llamashare.fsio import atomic_write, check_free_space, safe_join
+from llamashare.manifests.channel import libtorrent_keys
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, dumps, load_manifest
+from llamashare.manifests.signing import load_private_key
 from llamashare.manifests.torrent import v1_companion
 from llamashare.manifests.verify import verify_release
 from llamashare.p2p.address import parse_peer
+from llamashare.p2p.channels import Channels
 from llamashare.p2p.settings import NetworkOptions, session_settings
 from llamashare.p2p.status import FileStatus, ReleaseStatus, State
 
@@ -267,6 +270,8 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
         self._pending_resume = 0
         self._wakeup: Callable[[], None] | None = None
+        #: Signed channels in the DHT (publish, resolve) and the manifest torrents they carry.
+        self.channels = Channels(self.session, state_dir / "channels")
 
     def set_wakeup(self, wakeup: Callable[[], None], alert_fd: int) -> None:
         """Let an event loop poll at once instead of on a timer: libtorrent writes a byte to
@@ -289,6 +294,7 @@ class Node:
 
     def restore(self) -> list[str]:
         """Re-add every release saved in the state dir (after a restart or crash)."""
+        self.channels.restore(key_pair)
         restored = []
         for folder in sorted((self.state_dir / "releases").iterdir()):
             for stray in folder.glob(".*.incomplete"):  # an atomic write cut short by a crash
@@ -544,6 +550,7 @@ class Node:
         for release in self.releases.values():
             self._collect_verifications(release)
             self._update_state(release)
+        self.channels.tick()
 
     def _release_for(self, alert: lt.alert) -> Release | None:
         handle = getattr(alert, "handle", None)
@@ -553,6 +560,9 @@ class Node:
         return self.releases.get(name) if name else None
 
     def _on_alert(self, alert: lt.alert) -> None:
+        if isinstance(alert, (lt.dht_mutable_item_alert, lt.dht_put_alert)):
+            self.channels.on_alert(alert)
+            return
         release = self._release_for(alert)
         if isinstance(alert, lt.save_resume_data_alert):
             self._pending_resume -= 1
@@ -832,6 +842,11 @@ class Node:
             )
         out += [ReleaseStatus.unrestorable(name, why) for name, why in sorted(self.broken.items())]
         return out
+
+
+def key_pair(path: Path) -> tuple[bytes, bytes]:
+    """A publisher's key file as libtorrent's DHT takes it: (public key, expanded secret)."""
+    return libtorrent_keys(load_private_key(path))
 
 
 def _read_resume(path: Path) -> lt.add_torrent_params | None | bool:

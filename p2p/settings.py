@@ -27,6 +27,9 @@ class NetworkOptions:
     local_only: bool = False
     upload_rate_limit: int = 0  # bytes/s, 0 = unlimited
     download_rate_limit: int = 0
+    #: DHT nodes to join through (HOST:PORT). With ``local_only`` the DHT runs only if some are
+    #: given, and then only with them (tests and closed networks form their own DHT on loopback).
+    dht_bootstrap: tuple[str, ...] = ()
 
 
 def session_settings(opts: NetworkOptions) -> dict:
@@ -39,7 +42,8 @@ def session_settings(opts: NetworkOptions) -> dict:
         | lt.alert_category.status
         | lt.alert_category.storage
         | lt.alert_category.tracker
-        | lt.alert_category.peer,
+        | lt.alert_category.peer
+        | lt.alert_category.dht,
         "alert_queue_size": 10_000,
         # uTP is a congestion-friendly protocol for shared home links; its user-space pacing caps
         # throughput far below TCP on fast links (the biggest single loss measured on loopback).
@@ -95,14 +99,37 @@ def session_settings(opts: NetworkOptions) -> dict:
         # it, and our torrents are not auto-managed, so its queue does not apply to them.
         "upload_rate_limit": opts.upload_rate_limit,
         "download_rate_limit": opts.download_rate_limit,
-        "enable_dht": not opts.local_only,
+        "enable_dht": not opts.local_only or bool(opts.dht_bootstrap),
         "enable_lsd": not opts.local_only,
         "enable_upnp": not opts.local_only,
         "enable_natpmp": not opts.local_only,
     }
+    if opts.dht_bootstrap:
+        given = ",".join(opts.dht_bootstrap)
+        s["dht_bootstrap_nodes"] = (
+            given if opts.local_only else f"{given},{lt.default_settings()['dht_bootstrap_nodes']}"
+        )
     if opts.local_only:
         # Loopback tests run many peers on one address and need quick retries and no
         # bans for "too many connections from one IP".
         s["peer_connect_timeout"] = 3
         s["min_announce_interval"] = 1
+        if opts.dht_bootstrap:
+            # A DHT of nodes that all live on 127.0.0.1 (or one LAN): libtorrent would keep one
+            # node per /24 in its routing table and in each search, and insist on node ids
+            # derived from a public address (BEP 42); none of that can hold on loopback.
+            s["dht_restrict_routing_ips"] = False
+            s["dht_restrict_search_ips"] = False
+            s["dht_prefer_verified_node_ids"] = False
+            s["dht_enforce_node_id"] = False
+            # Announce each torrent to the DHT every few seconds rather than every 15 minutes: a
+            # closed network is small and changes quickly (a node that has just finished a
+            # download must be findable by the next one now).
+            s["dht_announce_interval"] = 5
+            # libtorrent blocks an IP that sends it more than 5 DHT packets a second, for 5
+            # minutes. On loopback every node is one IP (127.0.0.1), so a few lookups at once
+            # would cut the whole DHT apart.
+            s["dht_block_ratelimit"] = 10_000
+            s["dht_upload_rate_limit"] = 1 << 20
+            s["dht_ignore_dark_internet"] = False
     return s

@@ -129,15 +129,24 @@ def fetch(
       llamashare fetch vicuna-7b-delta.toml --base llama-7b.toml
       llamashare fetch my-model.toml --dir ./my-model --no-convert
       llamashare fetch smollm2-135m.toml --hf-cache   # then from_pretrained(..., local_files_only=True)
+      llamashare fetch ed25519:3b6a27bc…/llama-7b     # a published release: no file in hand
     """
     from llamashare.daemon.home import parse_duration
     from llamashare.daemon.submit import FetchOptions
+    from llamashare.manifests.channel import is_address
     from llamashare.manifests.signing import parse_public_key
     from llamashare.pipeline import BuildOptions, fetch_release, hf_snapshot_dir
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog
 
-    m = load_and_show(manifest)
+    if is_address(str(manifest)):
+        from llamashare.daemon.submit import resolve
+
+        where = FetchOptions(directory=Path(), listen_port=listen_port, api_port=api_port, local_only=local_only)
+        m = resolve(home, str(manifest), where, timeout=timeout or 60.0)
+        click.echo(f"{manifest}: {m.name} {m.version}, signed by that key, from the DHT and the swarm", err=True)
+    else:
+        m = load_and_show(manifest)
     if quant is not None:
         preset(quant)  # an unknown type fails before any download
     if hf_cache:

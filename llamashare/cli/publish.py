@@ -308,3 +308,47 @@ def seed(
         ),
     )
     click.echo(f"{m.name}: {status.selected} files verified; seeding from {directory} until stopped")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Your private key file [default: publisher.key in the user config folder].",
+)
+@network_options
+@click.pass_obj
+def publish(
+    home: Home, manifest: Path, key_file: Path | None, listen_port: int | None, api_port: int | None, local_only: bool
+) -> None:
+    """Publish MANIFEST under your key in the DHT, so that `llamashare fetch ed25519:<key>/<name>`
+    finds it with no web page, tracker or file in hand. The manifest must be signed by that key
+    (an unsigned one is signed now, in place). The daemon seeds the manifest itself as a small
+    torrent and keeps the DHT item alive while it runs; publish a new version the same way.
+    Seed the release's files too (`llamashare seed`), or nobody can download them.
+
+    \b
+    Example:
+      llamashare seed llama-7b.toml --dir ./llama-7b && llamashare publish llama-7b.toml --key ~/keys/me.key
+    """
+    from llamashare.daemon.submit import FetchOptions
+    from llamashare.daemon.submit import publish as do_publish
+    from llamashare.fsio import atomic_write
+    from llamashare.manifests.manifest import dumps, load_manifest
+    from llamashare.manifests.signing import load_private_key, public_key_text, sign_manifest
+
+    key_file = key_file or default_key_path()
+    key = load_private_key(key_file)
+    m = load_manifest(manifest)
+    if m.torrent.data is None or m.torrent.file is not None:
+        raise ManifestError("torrent", "must be embedded to publish in the DHT (create it without --no-embed)")
+    if m.signature is None:
+        m = sign_manifest(m, key)
+        atomic_write(manifest, dumps(m).encode("utf-8"))
+        click.echo(f"signed {manifest} as {public_key_text(key.public_key())}")
+    opts = FetchOptions(directory=Path(), listen_port=listen_port, api_port=api_port, local_only=local_only)
+    address = do_publish(home, m, key_file, opts)
+    click.echo(f"published {m.name} {m.version}: {address}")
+    click.echo(f"fetch it with: llamashare fetch {address}")

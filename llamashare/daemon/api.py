@@ -21,6 +21,11 @@ Endpoints (all JSON):
     PATCH  /api/v1/releases/{name}          change it: {"ratio", "seed_time", "paused"}
     DELETE /api/v1/releases/{name}          stop and forget a release (its files stay)
     POST   /api/v1/shutdown                 save resume data and exit
+    POST   /api/v1/channels                 publish: {"manifest": signed TOML text, "key_file": its
+                                             signer's private key file}; puts the pointer in the DHT
+                                             and seeds the manifest; answers the release's address
+    POST   /api/v1/resolve                  {"address": "ed25519:<key>/<name>", "timeout"}: the
+                                             manifest the DHT item points at, from the swarm, checked
     POST   /api/v1/login-links              a one-time dashboard link (token holders only)
     GET    /api/v1/overview                 the dashboard's view: releases in the daemon and the
                                              store, GGUF files, running steps, rate history
@@ -45,12 +50,16 @@ from aiohttp import web
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
 from llamashare.errors import LlamashareError, ReleaseConflict
+from llamashare.manifests.channel import Address, parse_address
 from llamashare.manifests.manifest import Manifest, parse_manifest
-from llamashare.p2p.node import Node, ReleaseSpec, check_files
+from llamashare.manifests.signing import verify_signature
+from llamashare.p2p.node import Node, ReleaseSpec, check_files, key_pair
 from llamashare.reuse import Reused, reuse_stored_files
 from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
+RESOLVE_TIMEOUT = 60.0  # seconds a resolution waits for the DHT and the swarm, by default
+MAX_RESOLVE_TIMEOUT = 600.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -190,6 +199,45 @@ def make_app(
         node.remove(name)
         return web.json_response({"name": name, "removed": True})
 
+    async def publish(request: web.Request) -> web.Response:
+        """Put a signed manifest's pointer in the DHT under its signer's key (see p2p.channels)."""
+        data = await body(request)
+        if not isinstance(data.get("manifest"), str) or not isinstance(data.get("key_file"), str):
+            return _error(400, "'manifest' (TOML text) and 'key_file' (an absolute path) are required")
+        if not data["key_file"].startswith("/"):
+            return _error(400, "'key_file' must be an absolute path")
+        text = data["manifest"].encode()
+        manifest = parse_manifest(text, source="request")
+        public, secret = key_pair(Path(data["key_file"]))
+        verify_signature(manifest, pinned_key=public.hex())  # signed, by exactly this key
+        address = Address(public.hex(), manifest.name)
+        pointer = node.channels.publish(address, text, data["key_file"], public, secret)
+        return web.json_response(
+            {"address": str(address), "manifest_sha256": pointer.manifest_sha256, "torrent": pointer.torrent}
+        )
+
+    async def resolve(request: web.Request) -> web.Response:
+        """Resolve ``ed25519:<key>/<name>`` in the DHT and return the manifest it points at, taken
+        from the swarm and checked: its SHA-256 is the item's, its signature is that key's."""
+        data = await body(request)
+        if not isinstance(data.get("address"), str):
+            return _error(400, "'address' (ed25519:<key hex>/<name>) is required")
+        address = parse_address(data["address"])
+        timeout = _number(data, "timeout", RESOLVE_TIMEOUT) or RESOLVE_TIMEOUT
+        r = node.channels.resolve(address)
+        deadline = asyncio.get_running_loop().time() + min(timeout, MAX_RESOLVE_TIMEOUT)
+        while not r.done and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        node.channels.drop(r)
+        if not r.done:
+            stage = "no DHT node had a usable item for it" if not r.final else "no peer sent the manifest it names"
+            why = f"; {r.refused}" if r.refused else ""
+            return _error(504, f"{address}: {stage} within {timeout:g}s{why}")
+        if r.error is not None:
+            return _error(502, f"{address}: {r.error}")
+        assert r.manifest is not None  # parsed, hash and signature checked (p2p.channels)
+        return web.json_response({"manifest": r.manifest.decode(), "seq": r.seq})
+
     async def shutdown(request: web.Request) -> web.Response:
         on_shutdown()
         return web.json_response({"stopping": True})
@@ -204,6 +252,8 @@ def make_app(
             web.patch("/api/v1/releases/{name}", patch),
             web.delete("/api/v1/releases/{name}", delete),
             web.post("/api/v1/shutdown", shutdown),
+            web.post("/api/v1/channels", publish),
+            web.post("/api/v1/resolve", resolve),
         ]
     )
     return app

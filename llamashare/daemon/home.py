@@ -24,6 +24,10 @@ def default_home() -> Path:
     return Path(env) if env else Path(platformdirs.user_data_dir("llamashare"))
 
 
+#: A DHT node as libtorrent's bootstrap list takes it: a host name, IPv4 or [IPv6], and a port.
+_NODE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
+
+
 @dataclass(frozen=True)
 class Config:
     """``config.toml`` in the home; every key optional. Command-line options override it."""
@@ -39,6 +43,8 @@ class Config:
     default_quant: str | None = None  # what fetch quantizes to [default: the manifest's recommendation, else Q4_K_M]
     #: [publishers] table: release-name glob → trusted key (hex); matching releases must be signed by it
     publishers: dict[str, str] = field(default_factory=dict)
+    #: DHT nodes (HOST:PORT) to join through; with local_only, the DHT runs with these alone
+    dht_bootstrap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,9 @@ class Home:
             if key == "publishers":
                 values[key] = self._publishers(value)
                 continue
+            if key == "dht_bootstrap":
+                values[key] = self._nodes(value)
+                continue
             kinds: dict[str, type | tuple[type, ...]] = {
                 "ratio": (int, float),
                 "seed_time": (int, float),
@@ -135,6 +144,14 @@ class Home:
                 )
             values[key] = value
         return Config(**values)
+
+    def _nodes(self, value: object) -> tuple[str, ...]:
+        """DHT bootstrap nodes: HOST:PORT, a host name or an address (libtorrent resolves names)."""
+        if not isinstance(value, list) or not all(isinstance(v, str) and _NODE.fullmatch(v) for v in value):
+            raise ConfigError(f'{self.config_file}: dht_bootstrap must be a list of "HOST:PORT" strings')
+        if any(not 0 < int(v.rpartition(":")[2]) < 65536 for v in value):
+            raise ConfigError(f"{self.config_file}: dht_bootstrap: a port must be 1–65535")
+        return tuple(value)
 
     def _publishers(self, table: object) -> dict[str, str]:
         from llamashare.errors import KeyFileError

@@ -56,6 +56,7 @@ def run_daemon(
         upload_rate_limit=cfg.upload_limit,
         download_rate_limit=cfg.download_limit,
         listen_host="127.0.0.1" if (cfg.local_only if local_only is None else local_only) else "0.0.0.0",
+        dht_bootstrap=cfg.dht_bootstrap,
     )
     token = secrets.token_urlsafe(32)
     atomic_write(home.token_file, token.encode(), mode=0o600)

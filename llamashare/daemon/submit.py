@@ -15,7 +15,7 @@ from pathlib import Path
 from llamashare.daemon.client import DaemonClient, start_daemon
 from llamashare.daemon.home import Home
 from llamashare.errors import FetchError
-from llamashare.manifests.manifest import Manifest, dumps
+from llamashare.manifests.manifest import Manifest, dumps, parse_manifest
 from llamashare.p2p.status import ReleaseStatus, State
 
 POLL = 0.2
@@ -113,3 +113,18 @@ def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
     seeds them until removed; a file that is not the manifest's is refused with its name."""
     client = _submit(home, manifest, opts, seed_forever=True)
     return release_status(client, manifest.name)
+
+
+def resolve(home: Home, address: str, opts: FetchOptions, timeout: float = 60.0) -> Manifest:
+    """The manifest ``address`` (``ed25519:<key>/<name>``) names now: the daemon resolves it in the
+    DHT, takes the manifest from the swarm and checks its hash and signature; parsed again here."""
+    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    reply = client.call("POST", "/resolve", {"address": address, "timeout": timeout}, timeout=timeout + 30)
+    return parse_manifest(reply["manifest"], source=address)
+
+
+def publish(home: Home, manifest: Manifest, key_file: Path, opts: FetchOptions) -> str:
+    """Put ``manifest`` (signed with ``key_file``) in the DHT; return its address."""
+    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    reply = client.call("POST", "/channels", {"manifest": dumps(manifest), "key_file": str(key_file.resolve())})
+    return str(reply["address"])
