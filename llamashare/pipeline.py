@@ -94,9 +94,11 @@ def fetch_release(
             status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
         except DaemonError:
             # The daemon refused the release (a file in the way, another release of that name):
-            # nothing was fetched for it, so the store forgets the entry this call made.
+            # nothing was fetched for it, so the store forgets the entry this call made. In a
+            # folder of the user's (--dir), files are left alone: one that already had the
+            # release's bytes was theirs, not written by this fetch.
             if new:
-                store.remove(entry, keep_source=False)
+                store.remove(entry, keep_source=not entry.owns_source)
             raise
         if build.hf_cache:
             _install_hf(manifest, entry.source_dir, log)

@@ -18,6 +18,7 @@ from llamashare.daemon.client import DaemonClient, stop_daemon
 from llamashare.daemon.home import Home
 from llamashare.errors import ManifestError
 from llamashare.manifests.channel import Address, Pointer, decode_pointer, libtorrent_keys
+from llamashare.manifests.create import write_release
 from llamashare.manifests.manifest import dumps, load_manifest
 from llamashare.manifests.signing import sign_manifest
 from llamashare.p2p.channels import Resolution
@@ -64,8 +65,6 @@ def _dht_homes(homes: Homes, names: list[str]) -> dict[str, Home]:
 def _publish(tmp_path: Path, home: Home, folder: Path, version: str, key: Path) -> tuple[Path, str]:
     m, torrent = make_release(folder, version=version)
     toml = tmp_path / f"{folder.name}-{version}.toml"
-    from llamashare.manifests.create import write_release
-
     write_release(m, torrent, toml, force=True)
     p = cli(home, "seed", str(toml), "--dir", str(folder))
     assert p.returncode == 0, p.stderr
@@ -223,3 +222,14 @@ def test_an_item_that_is_not_our_pointer_is_refused(value: bytes) -> None:
 def test_pointer_round_trip_fits_an_item() -> None:
     p = Pointer("ab" * 32, "cd" * 20)
     assert decode_pointer(p.encode()) == p and len(p.encode()) <= 1000
+
+
+def test_without_a_dht_publish_and_resolve_say_so(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
+    solo = homes("solo")  # local_only, no dht_bootstrap: the DHT is off
+    key = tmp_path / "k.key"
+    assert cli(solo, "keygen", str(key)).returncode == 0
+    m, torrent = make_release(sample_model)
+    write_release(m, torrent, tmp_path / "s.toml")
+    for args in (("publish", str(tmp_path / "s.toml"), "--key", str(key)), ("fetch", "ed25519:" + "22" * 32 + "/x")):
+        p = cli(solo, *args)
+        assert p.returncode != 0 and "the DHT is off" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -58,6 +58,7 @@ from llamashare.reuse import Reused, reuse_stored_files
 from llamashare.store import Store
 
 MAX_BODY = 64 * 1024 * 1024  # a manifest with an embedded torrent for a very large release
+NO_DHT = "the DHT is off in this node's daemon (local_only, and no dht_bootstrap nodes in its config)"
 RESOLVE_TIMEOUT = 60.0  # seconds a resolution waits for the DHT and the swarm, by default
 MAX_RESOLVE_TIMEOUT = 600.0
 
@@ -206,6 +207,8 @@ def make_app(
             return _error(400, "'manifest' (TOML text) and 'key_file' (an absolute path) are required")
         if not data["key_file"].startswith("/"):
             return _error(400, "'key_file' must be an absolute path")
+        if not node.session.is_dht_running():
+            return _error(409, NO_DHT)
         text = data["manifest"].encode()
         manifest = parse_manifest(text, source="request")
         public, secret = key_pair(Path(data["key_file"]))
@@ -223,6 +226,8 @@ def make_app(
         if not isinstance(data.get("address"), str):
             return _error(400, "'address' (ed25519:<key hex>/<name>) is required")
         address = parse_address(data["address"])
+        if not node.session.is_dht_running():
+            return _error(409, NO_DHT)
         timeout = _number(data, "timeout", RESOLVE_TIMEOUT) or RESOLVE_TIMEOUT
         r = node.channels.resolve(address)
         deadline = asyncio.get_running_loop().time() + min(timeout, MAX_RESOLVE_TIMEOUT)
