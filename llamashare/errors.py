@@ -178,3 +178,10 @@ class StoreError(LlamashareError):
 
 class FetchError(LlamashareError):
     """The release could not be fetched (error state, timeout)."""
+
+
+class LicenseError(LlamashareError):
+    """A release's license is not one the user's [policy] allows, or its custom terms were not
+    accepted; raised before anything is downloaded."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -27,6 +27,7 @@ from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, fetch
 from llamashare.errors import DaemonError, StoreError
 from llamashare.fsio import safe_join
+from llamashare.licenses import Acceptances, License, check_license
 from llamashare.manifests.hf_cache import hub_cache, install, repo_folder
 from llamashare.manifests.manifest import Manifest, load_manifest, manifest_id
 from llamashare.manifests.signing import check_publisher
@@ -49,6 +50,9 @@ class BuildOptions:
     threads: int | None = None
     key: str | None = None  # --key: this publisher (hex) must have signed the release
     hf_cache: bool = False  # the files go to a Hugging Face cache snapshot: put them in its layout once verified
+    accept_license: bool = False  # --accept-license: custom terms are accepted (and recorded) without asking
+    ask_license: Callable[[License], bool] | None = None  # shows custom terms, returns the answer (a terminal)
+    manifest_where: str = "the manifest"  # where the license text is, for a refusal
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ def fetch_release(
     """Fetch ``manifest`` into the store (files in ``source`` if given), then build its GGUF."""
     _check_trust(home, manifest, build, log)
     store = Store(home.models_dir)
+    _check_license(home, store, manifest, build, build.manifest_where, log)
     new = not store.entry(manifest.name).exists()
     entry = store.add(manifest, source)
     with store.lock(entry):
@@ -139,6 +144,15 @@ def _install_hf(manifest: Manifest, snapshot: Path, log: StepLog) -> None:
         log.note(done.ref_note)
 
 
+def _check_license(home: Home, store: Store, manifest: Manifest, build: BuildOptions, where: str, log: StepLog) -> None:
+    """Before anything is written: the config's [policy] licenses, and custom terms accepted once."""
+    lic = check_license(
+        manifest, home.config().licenses, Acceptances(store.root), build.accept_license, build.ask_license, where
+    )
+    if lic.spdx is None:
+        log.note(f"{manifest.name}: custom license terms {lic.first_line!r}, accepted")
+
+
 def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepLog) -> None:
     """Before anything is written: a release the config or --key pins must carry that signature."""
     pins = {"*": build.key} if build.key else home.config().publishers  # --key: exactly this publisher
@@ -188,6 +202,7 @@ def _base(
                 f"{ref.manifest_sha256[:16]}…)"
             )
         _check_trust(home, base_manifest, build, log)
+        _check_license(home, store, base_manifest, build, str(build.base_manifest), log)
         entry = store.add(base_manifest)
     _download(home, entry.manifest(), replace(opts, directory=entry.source_dir, include=()), log, "the base ")
     return entry

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from llamashare.cli.base import CONTEXT, PEER_OPTION, cli, load_and_show, network_options
+from llamashare.ui import err
 
 if TYPE_CHECKING:
     from llamashare.daemon.home import Home
+    from llamashare.licenses import License
 
 
 @cli.command(context_settings=CONTEXT)
@@ -38,6 +41,19 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
     run_demo(home, workdir, echo=click.echo, quiet=quiet)
 
 
+def ask_license(lic: License) -> bool:
+    """Show custom license terms on the terminal and ask whether to accept them."""
+    from llamashare.text import printable
+
+    lines = lic.text.strip().splitlines()
+    err.print(f"This release comes under custom terms ({printable(lic.first_line, multiline=False)}):")
+    for line in lines[:30]:
+        err.print("  " + printable(line, multiline=False), markup=False, highlight=False)
+    if len(lines) > 30:
+        err.print(f"  … ({len(lines) - 30} more lines: the license field of the manifest)")
+    return click.confirm("Accept these terms?", default=False, err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -60,6 +76,12 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
     help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].",
 )
 @click.option("--no-convert", is_flag=True, help="Stop once the files are verified (no GGUF).")
+@click.option(
+    "--accept-license",
+    is_flag=True,
+    help="Accept the release's custom license terms (not an SPDX id) without being asked; they are "
+    "recorded in the store. Read them first: they are the manifest's license.",
+)
 @click.option(
     "--base",
     "base_manifest",
@@ -101,6 +123,7 @@ def fetch(
     hf_cache: bool,
     quant: str | None,
     no_convert: bool,
+    accept_license: bool,
     base_manifest: Path | None,
     key: str | None,
     ratio: float | None,
@@ -173,6 +196,9 @@ def fetch(
         threads=threads,
         key=parse_public_key(key) if key else None,
         hf_cache=hf_cache,
+        accept_license=accept_license,
+        ask_license=ask_license if sys.stdin.isatty() and sys.stderr.isatty() else None,
+        manifest_where=str(manifest),
     )
     out = fetch_release(home, m, opts, build, StepLog(quiet=quiet), source=directory)
     st = out.status

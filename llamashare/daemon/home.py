@@ -45,6 +45,8 @@ class Config:
     publishers: dict[str, str] = field(default_factory=dict)
     #: DHT nodes (HOST:PORT) to join through; with local_only, the DHT runs with these alone
     dht_bootstrap: tuple[str, ...] = ()
+    #: [policy] licenses: the only licenses fetch takes (SPDX ids, or a custom license's first line)
+    licenses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Home:
             doc = tomllib.loads(self.config_file.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
-        known = {f.name: f for f in fields(Config)}
+        known = {f.name: f for f in fields(Config) if f.name != "licenses"} | {"policy": None}
         values: dict[str, Any] = {}
         for key, value in doc.items():
             if key not in known:
@@ -121,6 +123,9 @@ class Home:
                 continue
             if key == "dht_bootstrap":
                 values[key] = self._nodes(value)
+                continue
+            if key == "policy":
+                values["licenses"] = self._policy(value)
                 continue
             kinds: dict[str, type | tuple[type, ...]] = {
                 "ratio": (int, float),
@@ -144,6 +149,16 @@ class Home:
                 )
             values[key] = value
         return Config(**values)
+
+    def _policy(self, table: object) -> tuple[str, ...] | None:
+        if not isinstance(table, dict) or set(table) - {"licenses"}:
+            raise ConfigError(f'{self.config_file}: [policy] holds only licenses = ["Apache-2.0", ...]')
+        licenses = table.get("licenses")
+        if licenses is None:
+            return None
+        if not isinstance(licenses, list) or not all(isinstance(v, str) and v.strip() for v in licenses):
+            raise ConfigError(f"{self.config_file}: policy.licenses must be a list of license names")
+        return tuple(v.strip() for v in licenses)
 
     def _nodes(self, value: object) -> tuple[str, ...]:
         """DHT bootstrap nodes: HOST:PORT, a host name or an address (libtorrent resolves names)."""
