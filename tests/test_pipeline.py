@@ -180,6 +180,8 @@ def test_delta_release_end_to_end(tmp_path: Path, homes: Homes) -> None:
     assert "fetch the base base-llama" in p.stderr and "apply the delta to base-llama" in p.stderr, p.stderr
     store = Store(b.models_dir)
     assert {e.name for e in store.entries()} == {"base-llama", "delta-llama"}
+    info = cli(b, "info", "delta-llama").stdout
+    assert f"base:      base-llama, license Apache-2.0, manifest {manifest_id(m_base)}" in info, info
     built = store.get("delta-llama").best_gguf()
     assert built is not None
     direct = tmp_path / "target.gguf"

@@ -91,6 +91,10 @@ def info(home: Home, name: str) -> None:
     m, rec = e.manifest(), e.record()
     click.echo(f"{m.name} {m.version} ({m.kind}{f', delta on {m.base.name}' if m.base else ''})")
     click.echo(f"license:   {m.license.splitlines()[0]}")
+    if m.base is not None:
+        base = Store(home.models_dir).find_base(m.base.name, m.base.manifest_sha256)
+        base_license = base.manifest().license.splitlines()[0] if base is not None else "(not in the store)"
+        click.echo(f"base:      {m.base.name}, license {base_license}, manifest {m.base.manifest_sha256}")
     if m.description:
         click.echo(f"about:     {m.description}")
     click.echo(
