@@ -195,7 +195,19 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-API_KEYS = ["manifest", "dir", "ratio", "seed_time", "no_seed", "seed_forever", "include", "peers"]
+API_KEYS = [
+    "manifest",
+    "dir",
+    "ratio",
+    "seed_time",
+    "no_seed",
+    "seed_forever",
+    "include",
+    "peers",
+    "key_file",
+    "address",
+    "timeout",
+]
 PATH_TRICKS = ["../../etc", "/etc/passwd", "relative/dir", "", "/tmp/\x00x", "/" + "a" * 5000, "~/x"]
 
 
@@ -211,6 +223,8 @@ def api_requests(draw: st.DrawFn, manifest_text: str) -> tuple[str, str, bytes, 
                 ("DELETE", "/releases/%00"),
                 ("GET", "/status"),
                 ("POST", "/releases/x/y"),
+                ("POST", "/channels"),
+                ("POST", "/resolve"),
             ]
         )
     )

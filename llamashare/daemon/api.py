@@ -160,8 +160,8 @@ def make_app(
             no_seed=bool(data.get("no_seed", False)),
             initial_seeding=bool(data.get("initial_seeding", False)),
         )
-        if not spec.save_dir.startswith("/"):
-            return _error(400, "'dir' must be an absolute path")
+        if not spec.save_dir.startswith("/") or "\x00" in spec.save_dir:
+            return _error(400, "'dir' must be an absolute path (with no NUL character)")
         existing = node.releases.get(manifest.name)
         if existing is not None:
             if existing.manifest.torrent.info_hash_v1 != manifest.torrent.info_hash_v1:
@@ -205,12 +205,14 @@ def make_app(
         data = await body(request)
         if not isinstance(data.get("manifest"), str) or not isinstance(data.get("key_file"), str):
             return _error(400, "'manifest' (TOML text) and 'key_file' (an absolute path) are required")
-        if not data["key_file"].startswith("/"):
-            return _error(400, "'key_file' must be an absolute path")
+        if not data["key_file"].startswith("/") or "\x00" in data["key_file"]:
+            return _error(400, "'key_file' must be an absolute path (with no NUL character)")
         if not node.session.is_dht_running():
             return _error(409, NO_DHT)
         text = data["manifest"].encode()
         manifest = parse_manifest(text, source="request")
+        if manifest.torrent.data is None or manifest.torrent.file is not None:
+            return _error(400, "the manifest's torrent must be embedded to publish it in the DHT")
         public, secret = key_pair(Path(data["key_file"]))
         verify_signature(manifest, pinned_key=public.hex())  # signed, by exactly this key
         address = Address(public.hex(), manifest.name)
