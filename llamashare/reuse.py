@@ -32,6 +32,7 @@ from llamashare.fsio import link_boundary, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.hf_cache import hub_cache
 from llamashare.manifests.manifest import FileEntry, Manifest
+from llamashare.manifests.verify import holds_entry
 from llamashare.store import Store
 
 #: Linux's FICLONE ioctl (``_IOW(0x94, 9, int)``): the destination shares the source's blocks,
@@ -127,8 +128,7 @@ def _place(hasher: Hasher, src: Path, f: FileEntry, dst: Path, link: bool) -> bo
             return None
         dst.parent.mkdir(parents=True, exist_ok=True)
         if link:
-            digest = hasher.hash_file(src, sha256=False)
-            if f.mismatch(digest.size, digest.blake3) is not None:
+            if not holds_entry(hasher, src, f):
                 return None
             try:
                 os.link(src, dst)  # never replaces: a path that appeared meanwhile stays
@@ -153,8 +153,7 @@ def _copy(hasher: Hasher, src: Path, f: FileEntry, dst: Path) -> bool:
                 shutil.copyfileobj(fin, fout, 16 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        digest = hasher.hash_file(tmp, sha256=False)
-        if f.mismatch(digest.size, digest.blake3) is not None:
+        if not holds_entry(hasher, tmp, f):
             return False
         os.link(tmp, dst)
         return True

@@ -33,6 +33,7 @@ from llamashare.errors import ManifestError, StoreError, UnsafePathError
 from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
 from llamashare.manifests.manifest import FileEntry, Manifest, check_name, dumps, load_manifest, manifest_id
+from llamashare.manifests.verify import holds_entry
 
 
 @dataclass(frozen=True)
@@ -370,14 +371,9 @@ def _foreign_files(root: Path, allowed: AbstractSet[str] = frozenset()) -> list[
 
 
 def _is_release_file(hasher: Hasher, path: Path, entry: FileEntry) -> bool:
-    """Whether ``path`` is still the release's own file (a regular file, not a link)."""
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.size:
-            return False
-        digest = hasher.hash_file(path, sha256=False)
-    except OSError:
-        return False
-    return entry.mismatch(digest.size, digest.blake3) is None
+    """Whether ``path`` is still the release's own file (a regular file, not a link: ``rm``
+    never deletes through one)."""
+    return not path.is_symlink() and holds_entry(hasher, path, entry)
 
 
 def _prune_empty(folder: Path, stop: Path) -> None:

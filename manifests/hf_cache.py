@@ -72,9 +72,7 @@ def git_blob_sha1(path: Path) -> str:
     """Git's object id of a file: SHA-1 over ``blob <size>\\0`` and the bytes."""
     sha = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(f, lambda: sha).hexdigest()
 
 
 def origin_of(snapshot: Snapshot, files: tuple[FileEntry, ...]) -> Origin:
@@ -172,10 +170,7 @@ def _blob_holds(blob: Path, f: FileEntry, etag: str, git: bool) -> bool:
             return False
         if git:
             return git_blob_sha1(blob) == etag
-        sha = hashlib.sha256()
         with open(blob, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                sha.update(chunk)
-        return sha.hexdigest() == etag
+            return hashlib.file_digest(fh, "sha256").hexdigest() == etag
     except OSError:
         return False

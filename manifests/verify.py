@@ -62,6 +62,18 @@ def check_file(hasher: Hasher, root: Path, entry: FileEntry, progress: Progress 
     return FileReport(entry, FileState.WRONG_HASH, why) if why else FileReport(entry, FileState.OK)
 
 
+def holds_entry(hasher: Hasher, path: Path, entry: FileEntry) -> bool:
+    """Whether ``path`` (a link is followed) is a regular file with ``entry``'s size and BLAKE3:
+    the quick "is this still that file" check of fetch, the store and rm; never raises for I/O."""
+    try:
+        if not path.is_file() or path.stat().st_size != entry.size:
+            return False
+        digest = hasher.hash_file(path, sha256=False)
+    except OSError:
+        return False
+    return entry.mismatch(digest.size, digest.blake3) is None
+
+
 def verify_release(manifest: Manifest, root: Path, progress: Progress | None = None) -> list[FileReport]:
     """One report per manifest file, in manifest order."""
     with Hasher() as hasher:

@@ -74,7 +74,6 @@ class Channels:
         folder.mkdir(parents=True, exist_ok=True)
         self.resolutions: dict[tuple[str, str], Resolution] = {}
         self.published: dict[str, dict] = {}  # name → {"address", "key_file", "sha256", "torrent", "put_at"}
-        self.put_results: dict[str, int] = {}  # name → nodes that stored the last put
         self.seen_seq: dict[str, int] = self._load("seen.json")
         self._handles: dict[str, lt.torrent_handle] = {}  # manifest torrents by info-hash
         self._load_key: KeyLoader | None = None
@@ -164,8 +163,7 @@ class Channels:
         if isinstance(alert, lt.dht_mutable_item_alert):
             self._on_item(alert)
         elif isinstance(alert, lt.dht_put_alert):
-            salt = bytes(alert.salt).decode(errors="replace")
-            self.put_results[salt] = alert.num_success
+            log.info("DHT put of %s stored at %d nodes", bytes(alert.salt).decode(errors="replace"), alert.num_success)
 
     def _on_item(self, alert: lt.dht_mutable_item_alert) -> None:
         """Keep the highest-seq item of a search; decide when the search is over (authoritative).
