@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import libtorrent as lt  # noqa: E402
 
-from llamashare.daemon.client import start_daemon, stop_daemon  # noqa: E402
+from llamashare.daemon.client import StartOptions, start_daemon, stop_daemon  # noqa: E402
 from llamashare.daemon.home import Home  # noqa: E402
 from llamashare.daemon.submit import FetchOptions, release_status, seed  # noqa: E402
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release  # noqa: E402
@@ -76,7 +76,7 @@ def llamashare_fetch(
     m = load_manifest(manifest_path)
     text = manifest_path.read_text()
     nodes = [home(work, f"leech{n}") for n in range(leechers)]
-    clients = [start_daemon(h, local_only=True) for h in nodes]
+    clients = [start_daemon(h, StartOptions(local_only=True)) for h in nodes]
     outs = [work / f"out{n}" for n in range(leechers)]
     for out in outs:
         shutil.rmtree(out, ignore_errors=True)
@@ -227,7 +227,7 @@ def main() -> None:
         manifest_path = work / "bench.toml"
         write_release(m, torrent, manifest_path, force=True)
         seeder = home(work, "seeder")
-        seed(seeder, m, FetchOptions(directory=src, local_only=True))
+        seed(seeder, m, FetchOptions(directory=src, start=StartOptions(local_only=True)))
 
         print("llamashare → llamashare ...", flush=True)
         one, lag1 = llamashare_fetch(work, manifest_path, 1, seeder, "1 leecher")
@@ -239,7 +239,7 @@ def main() -> None:
         slow_manifest = work / "bench-slow.toml"
         sm, storrent = create_release(src, ReleaseInfo(name="bench", license="MIT", trackers=((tracker.http,),)), PIECE)
         write_release(sm, storrent, slow_manifest, force=True)
-        seed(slow, sm, FetchOptions(directory=src, local_only=True))
+        seed(slow, sm, FetchOptions(directory=src, start=StartOptions(local_only=True)))
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 1 leecher ...", flush=True)
         slow_one, _ = llamashare_fetch(work, slow_manifest, 1, slow, f"origin at {SLOW_UPLINK >> 20} MiB/s, 1 leecher")
         print(f"slow origin ({SLOW_UPLINK >> 20} MiB/s) → 4 leechers ...", flush=True)

@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llamashare.daemon.client import DaemonClient, start_daemon, stop_daemon  # noqa: E402
+from llamashare.daemon.client import DaemonClient, StartOptions, start_daemon, stop_daemon  # noqa: E402
 from llamashare.daemon.home import Home  # noqa: E402
 from llamashare.daemon.submit import FetchOptions, release_status, seed  # noqa: E402
 from llamashare.errors import DaemonError  # noqa: E402
@@ -135,11 +135,13 @@ def run_swarm(
     origin = fresh_home(work, "origin", f"upload_limit = {origin_uplink}\n" if origin_uplink else "")
     try:
         m, src, manifest_path = make_release(work, tracker, size, piece, files)
-        seed(origin, m, FetchOptions(directory=src, local_only=True, initial_seeding=initial_seeding))
+        seed(
+            origin, m, FetchOptions(directory=src, start=StartOptions(local_only=True), initial_seeding=initial_seeding)
+        )
         origin_client = DaemonClient(origin)
         logs = [NodeLog(fresh_home(work, f"node{i:02d}")) for i in range(nodes)]
         with ThreadPoolExecutor(4) as pool:  # start the daemons four at a time
-            clients = list(pool.map(lambda n: start_daemon(n.home, local_only=True), logs))
+            clients = list(pool.map(lambda n: start_daemon(n.home, StartOptions(local_only=True)), logs))
         for log, client in zip(logs, clients):
             log.client = client
         text = manifest_path.read_text()
@@ -227,7 +229,7 @@ def _poll(log: NodeLog, m: Manifest, start: float, restarts: ThreadPoolExecutor)
 def _restart(log: NodeLog, m: Manifest) -> DaemonClient:
     """Start a killed node again; its release comes back from its state on disk, re-checked.
     The pieces it had at the kill but not after the check (``lost``) must come again."""
-    client = start_daemon(log.home, local_only=True)
+    client = start_daemon(log.home, StartOptions(local_only=True))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         st = release_status(client, m.name)

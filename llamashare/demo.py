@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llamashare.daemon.client import DaemonClient, running_client, stop_daemon
+from llamashare.daemon.client import DaemonClient, StartOptions, running_client, stop_daemon
 from llamashare.daemon.home import Home
 from llamashare.daemon.submit import FetchOptions, seed
 from llamashare.errors import LlamashareError, VerificationError
@@ -100,7 +100,9 @@ def _run(b: Home, work: Path, echo: Callable[[str], None], quiet: bool) -> None:
             seed(a, manifest, FetchOptions(directory=published))
             peer = f"127.0.0.1:{DaemonClient(a).info['listen_port']}"
             log.note(f"node A listens on {peer}; no DHT, no trackers: node B is told this address")
-        opts = FetchOptions(directory=Path(), peers=(peer,), timeout=600, local_only=True, listen_port=0)
+        opts = FetchOptions(
+            directory=Path(), peers=(peer,), timeout=600, start=StartOptions(listen_port=0, local_only=True)
+        )
         outcome = fetch_release(b, manifest, opts, BuildOptions(quant=manifest.recommended_quant), log)
         seeder = DaemonClient(a).status().release(RELEASE)
         uploaded = seeder.uploaded if seeder is not None else 0

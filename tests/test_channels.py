@@ -49,9 +49,9 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _dht_homes(homes: Homes, names: list[str]) -> dict[str, Home]:
+def _dht_homes(homes: Homes, names: list[str], ports: dict[str, int] | None = None) -> dict[str, Home]:
     """One home per name, each listening on its own port and bootstrapping to all the others."""
-    ports = dict(zip(names, _free_ports(len(names)), strict=True))
+    ports = ports or dict(zip(names, _free_ports(len(names)), strict=True))
     made = {}
     for name in names:
         others = ", ".join(f'"127.0.0.1:{p}"' for n, p in ports.items() if n != name)
@@ -77,9 +77,14 @@ def _publish(tmp_path: Path, home: Home, folder: Path, version: str, key: Path) 
 def test_fetch_by_address_alone_then_without_the_publisher(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
     # A fourth node that only takes part in the DHT: a node never asks itself for peers, so with
     # the publisher gone, two nodes alone could not find each other's announces.
-    nodes = _dht_homes(homes, ["publisher", "first", "late", "bystander"])
-    for h in nodes.values():  # start every daemon, so the DHT exists before the put
-        assert cli(h, "daemon", "start").returncode == 0
+    names = ["publisher", "first", "late", "bystander"]
+    ports = dict(zip(names, _free_ports(len(names)), strict=True))
+    nodes = _dht_homes(homes, names, ports)
+    # The late node's daemon is started by its fetch, given the DHT on the command line alone.
+    nodes["late"].config_file.write_text(f"local_only = true\nratio = 100.0\nlisten_port = {ports['late']}\n")
+    for name, h in nodes.items():  # start the others, so the DHT exists before the put
+        if name != "late":
+            assert cli(h, "daemon", "start").returncode == 0
     key = tmp_path / "me.key"
     assert cli(nodes["publisher"], "keygen", str(key)).returncode == 0
     toml, address = _publish(tmp_path, nodes["publisher"], sample_model, "1.0", key)
@@ -96,7 +101,8 @@ def test_fetch_by_address_alone_then_without_the_publisher(tmp_path: Path, homes
 
     # The publisher goes away; a late fetcher still gets manifest and files from the first one.
     stop_daemon(nodes["publisher"])
-    p = cli(nodes["late"], "fetch", address, "--no-convert", "--timeout", "90", timeout=180)
+    flags = [a for n in ("first", "bystander") for a in ("--dht-bootstrap", f"127.0.0.1:{ports[n]}")]
+    p = cli(nodes["late"], "fetch", address, "--no-convert", "--timeout", "90", *flags, timeout=180)
     assert p.returncode == 0, p.stderr
     late = Store(nodes["late"].models_dir).get("sample-llama")
     assert late.manifest() == got.manifest()
@@ -112,6 +118,8 @@ def test_unknown_address_fails_in_one_line(tmp_path: Path, homes: Homes) -> None
     assert p.returncode != 0 and "no DHT node had a usable item" in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = cli(nodes["a"], "fetch", "ed25519:zz/x", "--no-convert")
     assert p.returncode != 0 and "is not ed25519:<64 hex digits>/<release name>" in p.stderr, p.stderr
+    p = cli(nodes["a"], "fetch", "ed25519:zz/x", "--dht-bootstrap", "127.0.0.1:0")
+    assert p.returncode == 2 and "is not HOST:PORT" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 # -- refusals, on in-process nodes (the checks live in the swarm engine, p2p.channels) ----------

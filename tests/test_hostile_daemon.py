@@ -112,6 +112,18 @@ def test_infinite_ratio_is_refused_by_flag_and_config(tmp_path: Path, homes: Hom
     assert p.returncode == 2 and "ratio must be a finite number" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("node", ["127.0.0.1", "127.0.0.1:0", "host:99999", "a b:1", "-x:5"])
+def test_bad_dht_node_is_refused_by_flag_and_config(tmp_path: Path, homes: Homes, node: str) -> None:
+    _, _, path = _release(tmp_path, "good", {"a.bin": 100_000})
+    home = homes("n")
+    p = cli(home, "fetch", str(path), "--dht-bootstrap", node, "--no-convert")
+    assert p.returncode == 2 and "is not HOST:PORT" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    home.config_file.write_text(f'dht_bootstrap = ["{node}"]\n')
+    p = cli(home, "fetch", str(path), "--no-convert")
+    assert p.returncode == 2 and "dht_bootstrap" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not home.info_file.exists()  # no daemon was started
+
+
 def test_an_api_caller_cannot_have_unhashed_files_seeded(tmp_path: Path, homes: Homes) -> None:
     """A manifest listing someone's private file with made-up hashes, sent as a publisher's
     release: the daemon hashes the file itself and refuses; nothing is seeded."""

@@ -6,6 +6,7 @@ the single table in :func:`main`; a traceback means a bug.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,23 +71,50 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 def network_options(f):  # type: ignore[no-untyped-def]
-    """--listen-port / --api-port / --local-only, for commands that may start the daemon."""
-    f = click.option(
+    """--listen-port / --api-port / --local-only / --dht-bootstrap, for commands that may start
+    the daemon; the command receives them as one ``start: StartOptions``."""
+
+    @functools.wraps(f)
+    def command(*args, listen_port, api_port, local_only, dht_bootstrap, **kwargs):  # type: ignore[no-untyped-def]
+        from llamashare.daemon.client import StartOptions
+
+        start = StartOptions(listen_port, api_port, local_only, dht_bootstrap)
+        return f(*args, start=start, **kwargs)
+
+    command = click.option(
+        "--dht-bootstrap",
+        multiple=True,
+        metavar="HOST:PORT",
+        callback=dht_nodes,
+        help="Join the DHT through this node (repeat for more); with --local-only the DHT runs "
+        "with these alone [default: config dht_bootstrap].",
+    )(command)
+    command = click.option(
         "--local-only",
         is_flag=True,
         help="No DHT, local discovery, UPnP or NAT-PMP; listen on 127.0.0.1 (tests, LAN demos).",
-    )(f)
-    f = click.option(
+    )(command)
+    command = click.option(
         "--api-port",
         type=click.IntRange(0, 65535),
         help="Daemon API port on 127.0.0.1 if it starts now [default: config, else any free].",
-    )(f)
-    f = click.option(
+    )(command)
+    command = click.option(
         "--listen-port",
         type=click.IntRange(0, 65535),
         help="BitTorrent port if the daemon starts now [default: config, else 6881].",
-    )(f)
-    return f
+    )(command)
+    return command
+
+
+def dht_nodes(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--dht-bootstrap``: each must be HOST:PORT, refused here (exit 2)."""
+    from llamashare.p2p.address import parse_dht_node
+
+    try:
+        return tuple(parse_dht_node(text) for text in value)
+    except LlamashareError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def load_and_show(manifest_path: Path) -> Manifest:

@@ -12,6 +12,7 @@ from llamashare.cli.base import CONTEXT, PEER_OPTION, cli, load_and_show, networ
 from llamashare.ui import err
 
 if TYPE_CHECKING:
+    from llamashare.daemon.client import StartOptions
     from llamashare.daemon.home import Home
     from llamashare.licenses import License
 
@@ -133,9 +134,7 @@ def fetch(
     peers: tuple[str, ...],
     timeout: float | None,
     threads: int | None,
-    listen_port: int | None,
-    api_port: int | None,
-    local_only: bool,
+    start: StartOptions,
     quiet: bool,
 ) -> None:
     """Download a release over BitTorrent into the model store, verify every file against
@@ -165,8 +164,7 @@ def fetch(
     if is_address(str(manifest)):
         from llamashare.daemon.submit import resolve
 
-        where = FetchOptions(directory=Path(), listen_port=listen_port, api_port=api_port, local_only=local_only)
-        m = resolve(home, str(manifest), where, timeout=timeout or 60.0)
+        m = resolve(home, str(manifest), start, timeout=timeout or 60.0)
         click.echo(f"{manifest}: {m.name} {m.version}, signed by that key, from the DHT and the swarm", err=True)
     else:
         m = load_and_show(manifest)
@@ -185,9 +183,7 @@ def fetch(
         include=include,
         peers=peers,
         timeout=timeout,
-        listen_port=listen_port,
-        api_port=api_port,
-        local_only=local_only,
+        start=start,
     )
     build = BuildOptions(
         quant=quant,

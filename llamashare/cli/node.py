@@ -14,6 +14,7 @@ from llamashare.text import printable
 from llamashare.ui import err, human_size
 
 if TYPE_CHECKING:
+    from llamashare.daemon.client import StartOptions
     from llamashare.daemon.home import Home
 
 
@@ -111,7 +112,7 @@ def daemon() -> None:
 @daemon.command("start", context_settings=CONTEXT)
 @network_options
 @click.pass_obj
-def daemon_start(home: Home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+def daemon_start(home: Home, start: StartOptions) -> None:
     """Start the daemon in the background (nothing happens if it already runs).
 
     \b
@@ -120,7 +121,7 @@ def daemon_start(home: Home, listen_port: int | None, api_port: int | None, loca
     """
     from llamashare.daemon.client import start_daemon
 
-    info = start_daemon(home, listen_port, api_port, local_only).info
+    info = start_daemon(home, start).info
     click.echo(
         f"daemon running: pid {info['pid']}, API 127.0.0.1:{info['api_port']}, listen port {info['listen_port']}"
     )
@@ -165,7 +166,7 @@ def daemon_status(home: Home) -> None:
 @daemon.command("run", context_settings=CONTEXT)
 @network_options
 @click.pass_obj
-def daemon_run(home: Home, listen_port: int | None, api_port: int | None, local_only: bool) -> None:
+def daemon_run(home: Home, start: StartOptions) -> None:
     """Run the daemon in the foreground (what `daemon start` runs in the background), e.g. under
     a service manager; it logs to daemon.log in the home and stops on SIGTERM.
 
@@ -175,4 +176,4 @@ def daemon_run(home: Home, listen_port: int | None, api_port: int | None, local_
     """
     from llamashare.daemon.service import run_daemon
 
-    run_daemon(home, listen_port, api_port, local_only or None)
+    run_daemon(home, start)

@@ -13,6 +13,7 @@ from llamashare.errors import EXIT_FAILURE, ManifestError
 from llamashare.ui import byte_progress, err, human_size
 
 if TYPE_CHECKING:
+    from llamashare.daemon.client import StartOptions
     from llamashare.daemon.home import Home
 
 
@@ -280,9 +281,7 @@ def seed(
     directory: Path,
     peers: tuple[str, ...],
     initial_seeding: bool,
-    listen_port: int | None,
-    api_port: int | None,
-    local_only: bool,
+    start: StartOptions,
 ) -> None:
     """Seed a release you have (as its publisher): verify every file (BLAKE3 and SHA-256), then
     hand it to the background daemon, which seeds it until you `llamashare stop` it.
@@ -301,9 +300,7 @@ def seed(
         FetchOptions(
             directory=directory,
             peers=peers,
-            listen_port=listen_port,
-            api_port=api_port,
-            local_only=local_only,
+            start=start,
             initial_seeding=initial_seeding,
         ),
     )
@@ -320,9 +317,7 @@ def seed(
 )
 @network_options
 @click.pass_obj
-def publish(
-    home: Home, manifest: Path, key_file: Path | None, listen_port: int | None, api_port: int | None, local_only: bool
-) -> None:
+def publish(home: Home, manifest: Path, key_file: Path | None, start: StartOptions) -> None:
     """Publish MANIFEST under your key in the DHT, so that `llamashare fetch ed25519:<key>/<name>`
     finds it with no web page, tracker or file in hand. The manifest must be signed by that key
     (an unsigned one is signed now, in place). The daemon seeds the manifest itself as a small
@@ -333,7 +328,6 @@ def publish(
     Example:
       llamashare seed llama-7b.toml --dir ./llama-7b && llamashare publish llama-7b.toml --key ~/keys/me.key
     """
-    from llamashare.daemon.submit import FetchOptions
     from llamashare.daemon.submit import publish as do_publish
     from llamashare.fsio import atomic_write
     from llamashare.manifests.manifest import dumps, load_manifest
@@ -348,7 +342,6 @@ def publish(
         m = sign_manifest(m, key)
         atomic_write(manifest, dumps(m).encode("utf-8"))
         click.echo(f"signed {manifest} as {public_key_text(key.public_key())}")
-    opts = FetchOptions(directory=Path(), listen_port=listen_port, api_port=api_port, local_only=local_only)
-    address = do_publish(home, m, key_file, opts)
+    address = do_publish(home, m, key_file, start)
     click.echo(f"published {m.name} {m.version}: {address}")
     click.echo(f"fetch it with: llamashare fetch {address}")

@@ -12,12 +12,33 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llamashare.daemon.home import Home
 from llamashare.errors import DaemonError
 from llamashare.p2p.status import DaemonStatus
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """How a daemon that a command starts listens (ignored when one already runs); None and
+    empty fall back to the home's config."""
+
+    listen_port: int | None = None
+    api_port: int | None = None
+    local_only: bool = False
+    dht_bootstrap: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        """The same options as ``daemon run`` flags."""
+        out = [] if self.listen_port is None else ["--listen-port", str(self.listen_port)]
+        out += [] if self.api_port is None else ["--api-port", str(self.api_port)]
+        out += ["--local-only"] if self.local_only else []
+        for node in self.dht_bootstrap:
+            out += ["--dht-bootstrap", node]
+        return out
 
 
 class DaemonClient:
@@ -89,13 +110,7 @@ def running_client(home: Home) -> DaemonClient | None:
     return client
 
 
-def start_daemon(
-    home: Home,
-    listen_port: int | None = None,
-    api_port: int | None = None,
-    local_only: bool = False,
-    timeout: float = 30,
-) -> DaemonClient:
+def start_daemon(home: Home, start: StartOptions | None = None, timeout: float = 30) -> DaemonClient:
     """Start a detached daemon for ``home`` (if none runs) and wait until its API answers."""
     client = running_client(home)
     if client is not None:
@@ -103,12 +118,7 @@ def start_daemon(
     home.make()
     home.info_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "llamashare", "--home", str(home.root), "daemon", "run"]
-    if listen_port is not None:
-        cmd += ["--listen-port", str(listen_port)]
-    if api_port is not None:
-        cmd += ["--api-port", str(api_port)]
-    if local_only:
-        cmd.append("--local-only")
+    cmd += (start or StartOptions()).args()
     with open(home.log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + timeout

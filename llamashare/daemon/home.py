@@ -16,16 +16,12 @@ from typing import Any
 
 import platformdirs
 
-from llamashare.errors import ConfigError
+from llamashare.errors import ConfigError, ReleaseError
 
 
 def default_home() -> Path:
     env = os.environ.get("LLAMASHARE_HOME")
     return Path(env) if env else Path(platformdirs.user_data_dir("llamashare"))
-
-
-#: A DHT node as libtorrent's bootstrap list takes it: a host name, IPv4 or [IPv6], and a port.
-_NODE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -161,12 +157,14 @@ class Home:
         return tuple(v.strip() for v in licenses)
 
     def _nodes(self, value: object) -> tuple[str, ...]:
-        """DHT bootstrap nodes: HOST:PORT, a host name or an address (libtorrent resolves names)."""
-        if not isinstance(value, list) or not all(isinstance(v, str) and _NODE.fullmatch(v) for v in value):
+        from llamashare.p2p.address import parse_dht_node
+
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{self.config_file}: dht_bootstrap must be a list of "HOST:PORT" strings')
-        if any(not 0 < int(v.rpartition(":")[2]) < 65536 for v in value):
-            raise ConfigError(f"{self.config_file}: dht_bootstrap: a port must be 1–65535")
-        return tuple(value)
+        try:
+            return tuple(parse_dht_node(v) for v in value)
+        except ReleaseError as exc:
+            raise ConfigError(f"{self.config_file}: dht_bootstrap: {exc}") from None
 
     def _publishers(self, table: object) -> dict[str, str]:
         from llamashare.errors import KeyFileError

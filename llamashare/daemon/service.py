@@ -22,6 +22,7 @@ from aiohttp import web
 
 from llamashare import __version__
 from llamashare.daemon.api import make_app
+from llamashare.daemon.client import StartOptions
 from llamashare.daemon.dashboard import DASHBOARD_KEY
 from llamashare.daemon.home import Home
 from llamashare.errors import DaemonRunningError
@@ -36,10 +37,9 @@ RESUME_EVERY = 30.0
 log = logging.getLogger("llamashare.daemon")
 
 
-def run_daemon(
-    home: Home, listen_port: int | None = None, api_port: int | None = None, local_only: bool | None = None
-) -> None:
-    """Run in the foreground until SIGTERM/SIGINT or an API shutdown."""
+def run_daemon(home: Home, start: StartOptions | None = None) -> None:
+    """Run in the foreground until SIGTERM/SIGINT or an API shutdown; ``start`` overrides the config."""
+    start = start or StartOptions()
     home.make()
     lock = open(home.lock_file, "a+")
     try:
@@ -50,18 +50,19 @@ def run_daemon(
         filename=home.log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = home.config()
+    local_only = start.local_only or cfg.local_only
     net = NetworkOptions(
-        listen_port=cfg.listen_port if listen_port is None else listen_port,
-        local_only=cfg.local_only if local_only is None else local_only,
+        listen_port=cfg.listen_port if start.listen_port is None else start.listen_port,
+        local_only=local_only,
         upload_rate_limit=cfg.upload_limit,
         download_rate_limit=cfg.download_limit,
-        listen_host="127.0.0.1" if (cfg.local_only if local_only is None else local_only) else "0.0.0.0",
-        dht_bootstrap=cfg.dht_bootstrap,
+        listen_host="127.0.0.1" if local_only else "0.0.0.0",
+        dht_bootstrap=start.dht_bootstrap or cfg.dht_bootstrap,
     )
     token = secrets.token_urlsafe(32)
     atomic_write(home.token_file, token.encode(), mode=0o600)
     try:
-        asyncio.run(_serve(home, net, token, cfg.api_port if api_port is None else api_port))
+        asyncio.run(_serve(home, net, token, cfg.api_port if start.api_port is None else start.api_port))
     finally:
         home.info_file.unlink(missing_ok=True)
         fcntl.flock(lock, fcntl.LOCK_UN)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamashare.daemon.client import DaemonClient, start_daemon
+from llamashare.daemon.client import DaemonClient, StartOptions, start_daemon
 from llamashare.daemon.home import Home
 from llamashare.errors import FetchError
 from llamashare.manifests.manifest import Manifest, dumps, parse_manifest
@@ -33,9 +33,7 @@ class FetchOptions:
     include: tuple[str, ...] = ()
     peers: tuple[str, ...] = ()
     timeout: float | None = None  # give up waiting (the daemon keeps trying)
-    listen_port: int | None = None
-    api_port: int | None = None
-    local_only: bool = False
+    start: StartOptions = StartOptions()  # for a daemon this command starts
     initial_seeding: bool = False  # seed: BEP 16 super-seeding until every piece has been seen in the swarm
 
 
@@ -52,7 +50,7 @@ def check_writable(directory: Path) -> None:
 def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bool) -> DaemonClient:
     if not seed_forever:
         check_writable(opts.directory)
-    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    client = start_daemon(home, opts.start)
     client.call(
         "POST",
         "/releases",
@@ -115,16 +113,16 @@ def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
     return release_status(client, manifest.name)
 
 
-def resolve(home: Home, address: str, opts: FetchOptions, timeout: float = 60.0) -> Manifest:
+def resolve(home: Home, address: str, start: StartOptions, timeout: float = 60.0) -> Manifest:
     """The manifest ``address`` (``ed25519:<key>/<name>``) names now: the daemon resolves it in the
     DHT, takes the manifest from the swarm and checks its hash and signature; parsed again here."""
-    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    client = start_daemon(home, start)
     reply = client.call("POST", "/resolve", {"address": address, "timeout": timeout}, timeout=timeout + 30)
     return parse_manifest(reply["manifest"], source=address)
 
 
-def publish(home: Home, manifest: Manifest, key_file: Path, opts: FetchOptions) -> str:
+def publish(home: Home, manifest: Manifest, key_file: Path, start: StartOptions) -> str:
     """Put ``manifest`` (signed with ``key_file``) in the DHT; return its address."""
-    client = start_daemon(home, opts.listen_port, opts.api_port, opts.local_only)
+    client = start_daemon(home, start)
     reply = client.call("POST", "/channels", {"manifest": dumps(manifest), "key_file": str(key_file.resolve())})
     return str(reply["address"])
