@@ -91,12 +91,12 @@ def fetch_release(
     _check_trust(home, manifest, build, log)
     store = Store(home.models_dir)
     _check_license(home, store, manifest, build, build.manifest_where, log)
-    new = not store.entry(manifest.name).exists()
+    new = store.holding(manifest) is None
     entry = store.add(manifest, source)
     with store.lock(entry):
         base = _base(home, store, manifest, opts, build, log)
         try:
-            status = _download(home, manifest, replace(opts, directory=entry.source_dir), log, "")
+            status = _download(home, manifest, replace(opts, directory=entry.source_dir, key=entry.key), log, "")
         except DaemonError:
             # The daemon refused the release (a file in the way, another release of that name):
             # nothing was fetched for it, so the store forgets the entry this call made. In a
@@ -204,7 +204,9 @@ def _base(
         _check_trust(home, base_manifest, build, log)
         _check_license(home, store, base_manifest, build, str(build.base_manifest), log)
         entry = store.add(base_manifest)
-    _download(home, entry.manifest(), replace(opts, directory=entry.source_dir, include=()), log, "the base ")
+    _download(
+        home, entry.manifest(), replace(opts, directory=entry.source_dir, include=(), key=entry.key), log, "the base "
+    )
     return entry
 
 
@@ -362,15 +364,15 @@ def remove_release(home: Home, name: str, keep_source: bool) -> Removed:
     """``rm``: stop seeding NAME (if this node's daemon runs it), then delete what the store
     wrote for it, under the release's lock so no fetch of it is running meanwhile."""
     store = Store(home.models_dir)
-    entry = store.get(name)
+    entry = store.get(name, unique=True)
     with store.lock(entry):
         client = running_client(home)
-        stopped = client is not None and client.status().release(name) is not None
+        stopped = client is not None and client.status().release(entry.key) is not None
         if client is not None and stopped:
-            client.call("DELETE", f"/releases/{quote(name, safe='')}")
+            client.call("DELETE", f"/releases/{quote(entry.key, safe='')}")
         size = entry.size_on_disk()
         removal = store.remove(entry, keep_source)
-    return Removed(name, size, removal.shared_bytes, stopped, removal.kept, removal.foreign)
+    return Removed(entry.key, size, removal.shared_bytes, stopped, removal.kept, removal.foreign)
 
 
 @contextmanager

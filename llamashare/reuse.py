@@ -66,7 +66,7 @@ def index(store: Store, exclude: str) -> dict[str, list[Holder]]:
     """BLAKE3 → every stored release's file said to hold those bytes (from their manifests)."""
     out: dict[str, list[Holder]] = {}
     for entry in store.entries():
-        if entry.name == exclude:
+        if entry.key == exclude:
             continue
         try:
             manifest, source = entry.manifest(), entry.source_dir
@@ -75,7 +75,7 @@ def index(store: Store, exclude: str) -> dict[str, list[Holder]]:
             continue
         for f in manifest.files:
             try:
-                out.setdefault(f.blake3, []).append(Holder(entry.name, safe_join(source, f.path), linkable))
+                out.setdefault(f.blake3, []).append(Holder(entry.key, safe_join(source, f.path), linkable))
             except UnsafePathError:
                 continue
     return out
@@ -88,12 +88,13 @@ def reuse_stored_files(store: Store, manifest: Manifest, target: Path, include: 
     wanted = [f for f in manifest.files if f.size and f.selected_by(include)]
     if not wanted:
         return []
-    holders = index(store, exclude=manifest.name)
+    own = store.holding(manifest)
+    holders = index(store, exclude=own.key if own else "")
     for f in wanted:  # then the Hugging Face cache: an LFS file's blob is named by its SHA-256
         holders.setdefault(f.blake3, []).extend(
             Holder("the Hugging Face cache", blob, linkable=True) for blob in hf_blobs(f.sha256)
         )
-    target_owned = target.resolve() == (store.entry(manifest.name).root / "source").resolve()
+    target_owned = own is not None and target.resolve() == (own.root / "source").resolve()
     placed: list[Reused] = []
     with Hasher() as hasher:
         for f in wanted:

@@ -2,7 +2,7 @@
 
 ::
 
-    MODELS_DIR/NAME/
+    MODELS_DIR/KEY/   KEY = NAME, or NAME@VERSION for a further version of a name
         manifest.toml     the release as fetched (what was verified against)
         release.json      where the source files are, the license, and one record per finished step
         source/           the verified files, seeded by the daemon (unless fetched with --dir)
@@ -32,7 +32,15 @@ from typing import Any
 from llamashare.errors import ManifestError, StoreError, UnsafePathError
 from llamashare.fsio import atomic_write, safe_join
 from llamashare.manifests.hashing import Hasher
-from llamashare.manifests.manifest import FileEntry, Manifest, check_name, dumps, load_manifest, manifest_id
+from llamashare.manifests.manifest import (
+    FileEntry,
+    Manifest,
+    choose_key,
+    dumps,
+    load_manifest,
+    manifest_id,
+    split_key,
+)
 from llamashare.manifests.verify import holds_entry
 
 
@@ -49,11 +57,12 @@ class StepRecord:
 
 
 class Entry:
-    """One release in the store."""
+    """One release (one version of a name) in the store."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.name = root.name
+        self.key = root.name  # NAME or NAME@VERSION: the folder, and the release's name in the node
+        self.name = split_key(self.key)[0]
 
     @property
     def manifest_path(self) -> Path:
@@ -72,6 +81,16 @@ class Entry:
 
     def manifest(self) -> Manifest:
         return load_manifest(self.manifest_path)
+
+    @property
+    def version(self) -> str:
+        return str(self.record().get("version") or self.manifest().version)
+
+    @property
+    def added(self) -> float:
+        """When the store took it (older stores did not record it: the manifest's write time)."""
+        value = self.record().get("added")
+        return float(value) if isinstance(value, int | float) else self.manifest_path.stat().st_mtime
 
     def record(self) -> dict[str, Any]:
         try:
@@ -201,20 +220,40 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def entry(self, name: str) -> Entry:
+    def entry(self, key: str) -> Entry:
         try:
-            check_name(name, "name")
+            split_key(key)
         except ManifestError:
-            raise StoreError(f"{name!r} is not a release name (letters, digits, . _ + -)") from None
-        return Entry(self.root / name)
+            raise StoreError(f"{key!r} is not a release name (letters, digits, . _ + -, and @VERSION)") from None
+        return Entry(self.root / key)
 
-    def get(self, name: str) -> Entry:
-        """An existing release, or a one-line error listing what the store has."""
-        entry = self.entry(name)
-        if not entry.exists():
-            have = ", ".join(e.name for e in self.entries()) or "nothing yet"
-            raise StoreError(f"no release {name!r} in the store {self.root} (it has: {have})")
-        return entry
+    def get(self, ref: str, unique: bool = False) -> Entry:
+        """The release ``ref`` names, or a one-line error listing what the store has. ``NAME@VERSION``
+        is one version; a plain NAME is its newest (by when it was stored) or, with ``unique`` (for
+        what deletes), must be the only one."""
+        try:
+            name, version = split_key(ref)
+        except ManifestError:
+            raise StoreError(f"{ref!r} is not a release name (letters, digits, . _ + -, and @VERSION)") from None
+        entries = self.entries()
+        found = [e for e in entries if e.name == name]
+        if version is not None:
+            found = [e for e in found if ref in (e.key, f"{e.name}@{e.version}")]
+        if not found:
+            have = ", ".join(e.key for e in entries) or "nothing yet"
+            raise StoreError(f"no release {ref!r} in the store {self.root} (it has: {have})")
+        if unique and len(found) > 1:
+            versions = ", ".join(f"{e.key} ({e.version})" for e in found)
+            raise StoreError(f"the store has {len(found)} versions of {name}: {versions}; say which one")
+        return max(found, key=lambda e: e.added)
+
+    def holding(self, manifest: Manifest) -> Entry | None:
+        """The entry of exactly this release (same canonical manifest), if the store has it."""
+        want = manifest_id(manifest)
+        for entry in self.entries():
+            if entry.name == manifest.name and manifest_id(entry.manifest()) == want:
+                return entry
+        return None
 
     def disk_usage(self) -> int:
         """Bytes the whole store takes, each file counted once however many releases link it."""
@@ -227,26 +266,22 @@ class Store:
     def entries(self) -> list[Entry]:
         if not self.root.is_dir():
             return []
-        return [Entry(p) for p in sorted(self.root.iterdir()) if (p / "manifest.toml").is_file()]
+        return [Entry(p) for p in sorted(self.root.iterdir()) if _is_key(p.name) and (p / "manifest.toml").is_file()]
 
     def add(self, manifest: Manifest, source: Path | None = None) -> Entry:
         """Record ``manifest`` (files to be fetched into ``source``, default the entry's own
-        ``source/``). The same release again is a no-op; another release under the same name
-        is refused rather than mixed with it, and so is a folder at the entry's place that the
-        store did not make (it is never adopted, so ``rm`` can never delete what is in it)."""
-        entry = self.entry(manifest.name)
-        if entry.exists():
-            have = entry.manifest()
-            if manifest_id(have) != manifest_id(manifest):
-                raise StoreError(
-                    f"the store already has a different release named {manifest.name!r} "
-                    f"(version {have.version}); remove it first: llamashare rm {manifest.name}"
-                )
+        ``source/``). The same release again is a no-op; another version of a name gets an entry
+        of its own (the next free key). A folder at the entry's place that the store did not
+        make is refused (it is never adopted, so ``rm`` can never delete what is in it)."""
+        entry = self.holding(manifest)
+        if entry is not None:
             if source is not None and source.resolve() != entry.source_dir.resolve():
                 raise StoreError(
-                    f"{manifest.name} is already in the store with its files in {entry.source_dir}, not {source}"
+                    f"{entry.key} is already in the store with its files in {entry.source_dir}, not {source}"
                 )
             return entry
+        versions = [(e.key, e.version) for e in self.entries() if e.name == manifest.name]
+        entry = self.entry(choose_key(manifest, versions))
         strangers = _foreign_files(entry.root, allowed={f"source/{f.path}" for f in manifest.files})
         if strangers:
             raise StoreError(
@@ -261,6 +296,7 @@ class Store:
             "version": manifest.version,
             "signed_by": manifest.signature.public_key if manifest.signature else None,
             "source": str((source or entry.root / "source").resolve()),
+            "added": time.time(),
         }
         entry._save(doc)
         atomic_write(entry.manifest_path, dumps(manifest).encode())  # last: an entry exists once its manifest does
@@ -268,9 +304,9 @@ class Store:
 
     def find_base(self, name: str, manifest_sha256: str) -> Entry | None:
         """The stored release a delta names, if it is the exact one (same canonical manifest)."""
-        entry = self.entry(name)
-        if entry.exists() and manifest_id(entry.manifest()) == manifest_sha256:
-            return entry
+        for entry in self.entries():
+            if entry.name == name and manifest_id(entry.manifest()) == manifest_sha256:
+                return entry
         return None
 
     @contextmanager
@@ -283,7 +319,7 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(
-                    f"another llamashare command is working on {entry.name}; wait for it to finish"
+                    f"another llamashare command is working on {entry.key}; wait for it to finish"
                 ) from None
             yield
         finally:
@@ -368,6 +404,14 @@ def _foreign_files(root: Path, allowed: AbstractSet[str] = frozenset()) -> list[
         for p in root.rglob("*")
         if not p.is_dir() and (rel := p.relative_to(root).as_posix()) not in _OWN_LEFTOVERS | allowed
     )
+
+
+def _is_key(name: str) -> bool:
+    try:
+        split_key(name)
+    except ManifestError:
+        return False
+    return True
 
 
 def _is_release_file(hasher: Hasher, path: Path, entry: FileEntry) -> bool:

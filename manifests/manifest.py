@@ -21,7 +21,7 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -577,3 +577,29 @@ def canonical_bytes(manifest: Manifest) -> bytes:
 def manifest_id(manifest: Manifest) -> str:
     """SHA-256 of the canonical bytes: what a delta's ``base.manifest_sha256`` names."""
     return hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+
+
+#: A key names one release (one version) in a store and a node: ``NAME`` or ``NAME@VERSION``.
+_KEY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]{0,127})(?:@([A-Za-z0-9][A-Za-z0-9._+-]{0,63}))?$")
+
+
+def choose_key(manifest: Manifest, others: Iterable[tuple[str, str]]) -> str:
+    """The key a release takes beside ``others`` (the (key, version) of each other release of its
+    name): its plain name if free (the first version of a name keeps what earlier llamashare
+    called it), else ``NAME@VERSION`` if that names no other release and the version is
+    folder-safe, else ``NAME@<manifest id>`` (a second release with that version string, or a
+    version with spaces or slashes)."""
+    others = list(others)
+    taken = {key for key, _ in others} | {f"{manifest.name}@{version}" for _, version in others}
+    for key in (manifest.name, f"{manifest.name}@{manifest.version}"):
+        if key not in taken and _KEY_RE.match(key):
+            return key
+    return f"{manifest.name}@{manifest_id(manifest)[:12]}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``NAME[@VERSION]`` → (name, version or None); ManifestError if it is neither."""
+    match = _KEY_RE.match(key)
+    if match is None:
+        raise ManifestError("name", f"{key!r} is not NAME or NAME@VERSION (letters, digits, . _ + -)")
+    return match[1], match[2]

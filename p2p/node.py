@@ -536,6 +536,11 @@ class Node:
     def _save_spec(self, release: Release) -> None:
         atomic_write(self.state_dir / "releases" / release.spec.name / "spec.json", release.spec.to_json().encode())
 
+    def key_of(self, manifest: Manifest) -> str | None:
+        """The name under which this node has exactly this release (same torrent), if it does."""
+        want = manifest.torrent.info_hash_v1
+        return next((k for k, r in self.releases.items() if r.manifest.torrent.info_hash_v1 == want), None)
+
     def _get(self, name: str) -> Release:
         if name not in self.releases:
             raise ReleaseError(f"no release named {name!r} in this node")

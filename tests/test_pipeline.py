@@ -224,18 +224,30 @@ def test_rm_while_seeding_stops_seeding_first(tmp_path: Path, homes: Homes, samp
     assert running_client(b) is not None  # the daemon itself keeps running
 
 
-def test_store_refuses_a_different_release_under_the_same_name_and_concurrent_commands(
-    tmp_path: Path, sample_model: Path
-) -> None:
-    (tmp_path / "1").mkdir()
-    (tmp_path / "2").mkdir()
-    publish(sample_model, tmp_path / "1" / "one.toml", version="1")
-    publish(sample_model, tmp_path / "2" / "two.toml", version="2")
+def test_store_keeps_versions_side_by_side_and_refuses_concurrent_commands(tmp_path: Path, sample_model: Path) -> None:
+    for d, version in (("1", "1"), ("2", "2"), ("3", "2 beta/x"), ("4", "1")):
+        (tmp_path / d).mkdir()
+        publish(sample_model, tmp_path / d / "r.toml", version=version, license="MIT" if d == "4" else "Apache-2.0")
     store = Store(tmp_path / "models")
-    entry = store.add(load_manifest(tmp_path / "1" / "one.toml"))
-    assert store.add(load_manifest(tmp_path / "1" / "one.toml")).root == entry.root  # the same release: fine
-    with pytest.raises(StoreError, match="already has a different release named 'sample-llama'"):
-        store.add(load_manifest(tmp_path / "2" / "two.toml"))
+    entry = store.add(load_manifest(tmp_path / "1" / "r.toml"))
+    assert store.add(load_manifest(tmp_path / "1" / "r.toml")).root == entry.root  # the same release: fine
+    assert entry.key == "sample-llama"  # the first version of a name keeps the plain name
+    two = store.add(load_manifest(tmp_path / "2" / "r.toml"))
+    odd = store.add(load_manifest(tmp_path / "3" / "r.toml"))  # a version that is no folder name
+    again = store.add(load_manifest(tmp_path / "4" / "r.toml"))  # version 1 again, other content
+    assert two.key == "sample-llama@2" and odd.key.startswith("sample-llama@") and len(odd.key) == 25
+    assert again.key not in {"sample-llama", "sample-llama@1"} and again.key != odd.key
+    assert [e.manifest().version for e in (entry, two, odd, again)] == ["1", "2", "2 beta/x", "1"]
+    assert store.get("sample-llama").key == again.key  # a plain name is its newest version
+    assert store.get("sample-llama@2").key == two.key
+    assert store.get(odd.key).key == odd.key
+    with pytest.raises(StoreError, match="has 4 versions of sample-llama: sample-llama [(]1[)], sample-llama@2"):
+        store.get("sample-llama", unique=True)
+    with pytest.raises(StoreError, match="no release 'sample-llama@9'"):
+        store.get("sample-llama@9")
+    (store.root / "not a key").mkdir()  # a folder of someone else's: not listed, not touched
+    (store.root / "not a key" / "manifest.toml").write_text("x")
+    assert len(store.entries()) == 4
     with store.lock(entry):
         with pytest.raises(StoreError, match="another llamashare command is working on sample-llama"):
             with store.lock(entry):

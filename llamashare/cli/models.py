@@ -56,7 +56,7 @@ def list_(home: Home) -> None:
     table = Table("name", "version", "license", "on disk", "shared", "seeding", "ratio", "GGUF", box=None)
     for e in entries:
         m = e.manifest()
-        state, ratio = _seeding_text(seeding.get(m.name))
+        state, ratio = _seeding_text(seeding.get(e.key))
         types = ", ".join(p.name.removeprefix(f"{e.name}.").removesuffix(".gguf") for p in e.ggufs().values()) or "-"
         shared = e.shared_bytes()
         table.add_row(

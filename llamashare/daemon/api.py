@@ -51,7 +51,7 @@ from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
 from llamashare.errors import LlamashareError, ReleaseConflict
 from llamashare.manifests.channel import Address, parse_address
-from llamashare.manifests.manifest import Manifest, parse_manifest
+from llamashare.manifests.manifest import Manifest, choose_key, parse_manifest, split_key
 from llamashare.manifests.signing import verify_signature
 from llamashare.p2p.node import Node, ReleaseSpec, check_files, key_pair
 from llamashare.reuse import Reused, reuse_stored_files
@@ -143,14 +143,27 @@ def make_app(
         if not isinstance(data.get("manifest"), str) or not isinstance(data.get("dir", ""), str):
             return _error(400, "'manifest' (TOML text) is required and 'dir', if given, is an absolute path")
         manifest = parse_manifest(data["manifest"], source="request")
+        key = data.get("key")
+        if key is not None and (not isinstance(key, str) or split_key(key)[0] != manifest.name):
+            return _error(400, f"'key' must be {manifest.name} or {manifest.name}@VERSION")
         if "dir" in data:
             save_dir = data["dir"]
         elif store is not None:
-            save_dir = str(store.add(manifest).source_dir)
+            entry = store.add(manifest)
+            save_dir, key = str(entry.source_dir), entry.key
         else:
             return _error(400, "'dir' is required (this daemon has no model store)")
+        existing = node.key_of(manifest)
+        if existing is not None:  # asking again for a release in error means: try again
+            node.retry(existing)
+            return web.json_response({"name": existing, "added": False})
+        if key is None:  # a key no other release in this node has
+            others = [(k, r.manifest.version) for k, r in node.releases.items() if r.manifest.name == manifest.name]
+            key = choose_key(manifest, others + [(k, "") for k in node.broken])
+        elif key in node.releases:
+            return _error(409, f"another release named {key!r} is already in this node")
         spec = ReleaseSpec(
-            name=manifest.name,
+            name=key,
             save_dir=save_dir,
             seed_forever=bool(data.get("seed_forever", False)),
             ratio=_number(data, "ratio", 1.0),
@@ -162,21 +175,13 @@ def make_app(
         )
         if not spec.save_dir.startswith("/") or "\x00" in spec.save_dir:
             return _error(400, "'dir' must be an absolute path (with no NUL character)")
-        existing = node.releases.get(manifest.name)
-        if existing is not None:
-            if existing.manifest.torrent.info_hash_v1 != manifest.torrent.info_hash_v1:
-                return _error(409, f"another release named {manifest.name!r} is already in this node")
-            node.retry(manifest.name)  # asking again for a release in error means: try again
-            return web.json_response({"name": manifest.name, "added": False})
         # Hash what is on disk on a worker thread: gigabytes must not hold up the event loop
-        # (status, the page, other requests). Then add on the loop, checking the name again.
+        # (status, the page, other requests). Then add on the loop, checking the key again.
         reused, present = await asyncio.get_running_loop().run_in_executor(None, prepare, manifest, spec)
-        if manifest.name in node.releases:
-            return _error(409, f"release {manifest.name!r} was added meanwhile")
+        if key in node.releases:
+            return _error(409, f"release {key!r} was added meanwhile")
         node.add(manifest, spec, present=present)
-        return web.json_response(
-            {"name": manifest.name, "added": True, "reused": [asdict(r) for r in reused]}, status=201
-        )
+        return web.json_response({"name": key, "added": True, "reused": [asdict(r) for r in reused]}, status=201)
 
     async def patch(request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -132,18 +132,18 @@ class StoreView:
         out = {}
         for entry in self.store.entries():
             try:
-                out[entry.name] = self._describe(entry)
+                out[entry.key] = self._describe(entry)
             except (OSError, LlamashareError):  # being written or removed right now: next time
                 continue
         return out
 
     def _describe(self, entry: Entry) -> dict[str, Any]:
         mtime = entry.manifest_path.stat().st_mtime_ns
-        cached = self._manifests.get(entry.name)
+        cached = self._manifests.get(entry.key)
         if cached is None or cached[0] != mtime:
             m = entry.manifest()
             cached = (mtime, {"version": m.version, "license": m.license.splitlines()[0], "size": m.total_size})
-            self._manifests[entry.name] = cached
+            self._manifests[entry.key] = cached
         record = entry.record()
         ggufs = [{"file": p.name, "size": p.stat().st_size, "step": step} for step, p in entry.ggufs().items()]
         return {

@@ -34,6 +34,7 @@ class FetchOptions:
     peers: tuple[str, ...] = ()
     timeout: float | None = None  # give up waiting (the daemon keeps trying)
     start: StartOptions = StartOptions()  # for a daemon this command starts
+    key: str | None = None  # the release's name in the node (its store key); None: the node picks
     initial_seeding: bool = False  # seed: BEP 16 super-seeding until every piece has been seen in the swarm
 
 
@@ -47,27 +48,26 @@ def check_writable(directory: Path) -> None:
         raise FetchError(f"cannot write to {directory}: {exc.strerror or exc}") from None
 
 
-def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bool) -> DaemonClient:
+def _submit(home: Home, manifest: Manifest, opts: FetchOptions, seed_forever: bool) -> tuple[DaemonClient, str]:
+    """Hand the release to the daemon; return the client and the release's key in the node."""
     if not seed_forever:
         check_writable(opts.directory)
     client = start_daemon(home, opts.start)
-    client.call(
-        "POST",
-        "/releases",
-        {
-            "manifest": dumps(manifest),
-            "dir": str(opts.directory.resolve()),
-            "ratio": opts.ratio,
-            "seed_time": opts.seed_time,
-            "no_seed": opts.no_seed,
-            "seed_forever": seed_forever,
-            "include": list(opts.include),
-            "peers": list(opts.peers),
-            "initial_seeding": opts.initial_seeding,
-        },
-        timeout=ADD_TIMEOUT,
-    )
-    return client
+    body = {
+        "manifest": dumps(manifest),
+        "dir": str(opts.directory.resolve()),
+        "ratio": opts.ratio,
+        "seed_time": opts.seed_time,
+        "no_seed": opts.no_seed,
+        "seed_forever": seed_forever,
+        "include": list(opts.include),
+        "peers": list(opts.peers),
+        "initial_seeding": opts.initial_seeding,
+    }
+    if opts.key is not None:
+        body["key"] = opts.key
+    reply = client.call("POST", "/releases", body, timeout=ADD_TIMEOUT)
+    return client, str(reply["name"])
 
 
 def release_status(client: DaemonClient, name: str) -> ReleaseStatus:
@@ -81,25 +81,25 @@ def fetch(
     home: Home, manifest: Manifest, opts: FetchOptions, on_update: Callable[[ReleaseStatus], None] | None = None
 ) -> ReleaseStatus:
     """Download and verify ``manifest``'s selected files; return the final release status."""
-    client = _submit(home, manifest, opts, seed_forever=False)
+    client, key = _submit(home, manifest, opts, seed_forever=False)
     start = time.monotonic()
     while True:
-        status = release_status(client, manifest.name)
+        status = release_status(client, key)
         if on_update:
             on_update(status)
         if status.state is State.ERROR:
-            raise FetchError(f"{manifest.name}: {status.error}")
+            raise FetchError(f"{key}: {status.error}")
         if status.finished:
             return status
         if status.state is State.PAUSED:
             raise FetchError(
-                f"{manifest.name}: paused by the user ({status.verified} of {status.selected} "
+                f"{key}: paused by the user ({status.verified} of {status.selected} "
                 "files verified); fetch it again to resume"
             )
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
             why = f" (last tracker error: {status.tracker_error})" if status.tracker_error else ""
             raise FetchError(
-                f"{manifest.name}: not complete after {opts.timeout:.0f}s, "
+                f"{key}: not complete after {opts.timeout:.0f}s, "
                 f"{status.verified} of {status.selected} files verified, {status.peers} peers{why}; "
                 "the daemon keeps trying (llamashare status)"
             )
@@ -109,8 +109,8 @@ def fetch(
 def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
     """Hand the uploader's files to the daemon, which verifies them (BLAKE3 + SHA-256) before it
     seeds them until removed; a file that is not the manifest's is refused with its name."""
-    client = _submit(home, manifest, opts, seed_forever=True)
-    return release_status(client, manifest.name)
+    client, key = _submit(home, manifest, opts, seed_forever=True)
+    return release_status(client, key)
 
 
 def resolve(home: Home, address: str, start: StartOptions, timeout: float = 60.0) -> Manifest:

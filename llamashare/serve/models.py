@@ -44,7 +44,7 @@ class Offer:
 
 def offers(store: Store, models: list[str]) -> dict[str, Offer]:
     """id → what it serves: every MODEL given (release names or GGUF paths), else every release
-    in the store that has a GGUF."""
+    in the store that has a GGUF (a name's newest version as NAME, older ones as NAME@VERSION)."""
     found: dict[str, Path] = {}
     if models:
         for m in models:
@@ -58,11 +58,12 @@ def offers(store: Store, models: list[str]) -> dict[str, Offer]:
                 if best is None:
                     raise InferenceError(f"{m} has no GGUF file yet (fetched with --no-convert?)")
                 found[m] = best
-    else:
-        for entry in store.entries():
+    else:  # a name is its newest version; an older one is NAME@VERSION
+        entries = sorted(store.entries(), key=lambda e: e.added, reverse=True)
+        for entry in entries:
             best = entry.best_gguf()
             if best is not None:
-                found[entry.name] = best
+                found[entry.name if entry.name not in found else f"{entry.name}@{entry.version}"] = best
     out = {}
     for model_id, path in found.items():
         st = path.stat()
