@@ -74,12 +74,27 @@ def _publish(tmp_path: Path, home: Home, folder: Path, version: str, key: Path) 
     return toml, address
 
 
-def test_fetch_by_address_alone_then_without_the_publisher(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
+def _wait_for(client: DaemonClient, key: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.status().release(key)
+        if status is not None and status.finished:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{key} was not fetched within {timeout:.0f}s: {client.status().release(key)}")
+
+
+def test_fetch_follow_and_fetch_without_the_publisher(tmp_path: Path, homes: Homes, sample_model: Path) -> None:
+    """Publish v1; one node fetches it by address alone and follows the channel; publish v2: the
+    follower moves to it by itself and seeds both; with the publisher gone, a late fetcher gets
+    v2's manifest and files from the follower."""
     # A fourth node that only takes part in the DHT: a node never asks itself for peers, so with
     # the publisher gone, two nodes alone could not find each other's announces.
     names = ["publisher", "first", "late", "bystander"]
     ports = dict(zip(names, _free_ports(len(names)), strict=True))
     nodes = _dht_homes(homes, names, ports)
+    with nodes["first"].config_file.open("a") as config:
+        config.write("follow_every = 1\n")
     # The late node's daemon is started by its fetch, given the DHT on the command line alone.
     nodes["late"].config_file.write_text(f"local_only = true\nratio = 100.0\nlisten_port = {ports['late']}\n")
     for name, h in nodes.items():  # start the others, so the DHT exists before the put
@@ -92,22 +107,39 @@ def test_fetch_by_address_alone_then_without_the_publisher(tmp_path: Path, homes
     assert address == f"ed25519:{public}/sample-llama"
     assert load_manifest(toml).signature is not None  # publish signed it in place
 
-    p = cli(nodes["first"], "fetch", address, "--no-convert", "--timeout", "90", timeout=180)
-    assert p.returncode == 0, p.stderr
+    p = cli(nodes["first"], "follow", address, "--no-convert", "--timeout", "90", timeout=180)
+    assert p.returncode == 0 and f"following {address}" in p.stdout, p.stderr
     got = Store(nodes["first"].models_dir).get("sample-llama")
     assert all(
         (got.source_dir / f.path).read_bytes() == (sample_model / f.path).read_bytes() for f in got.manifest().files
     )
 
-    # The publisher goes away; a late fetcher still gets manifest and files from the first one.
+    # Version 2: one file more. The follower fetches it by itself and seeds both versions.
+    v2 = tmp_path / "v2" / sample_model.name
+    shutil.copytree(sample_model, v2)
+    (v2 / "NOTES.md").write_text("version 2\n")
+    _publish(tmp_path, nodes["publisher"], v2, "2.0", key)
+    first = DaemonClient(nodes["first"])
+    _wait_for(first, "sample-llama@2.0")
+    v1_status = first.status().release("sample-llama")
+    assert v1_status is not None and v1_status.state == "seeding", v1_status
+    store = Store(nodes["first"].models_dir)
+    assert store.get("sample-llama").version == "2.0" and store.get("sample-llama@1.0").key == "sample-llama"
+    assert (store.get("sample-llama").source_dir / "NOTES.md").read_text() == "version 2\n"
+    listed = cli(nodes["first"], "follow")
+    assert f"{address}  has 2.0" in listed.stdout, listed.stdout + listed.stderr
+
+    # The publisher goes away; a late fetcher still gets manifest and files from the others.
     stop_daemon(nodes["publisher"])
     flags = [a for n in ("first", "bystander") for a in ("--dht-bootstrap", f"127.0.0.1:{ports[n]}")]
     p = cli(nodes["late"], "fetch", address, "--no-convert", "--timeout", "90", *flags, timeout=180)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 0 and "sample-llama 2.0, signed by that key" in p.stderr, p.stderr
     late = Store(nodes["late"].models_dir).get("sample-llama")
-    assert late.manifest() == got.manifest()
+    assert late.manifest() == store.get("sample-llama").manifest()
     status = DaemonClient(nodes["late"]).status().release("sample-llama")
     assert status is not None and status.finished
+    assert cli(nodes["first"], "unfollow", address).returncode == 0
+    assert "follows no channel" in cli(nodes["first"], "follow").stdout
 
 
 def test_unknown_address_fails_in_one_line(tmp_path: Path, homes: Homes) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +208,11 @@ API_KEYS = [
     "key_file",
     "address",
     "timeout",
+    "key",
+    "manifest_sha256",
+    "version",
+    "quant",
+    "convert",
 ]
 PATH_TRICKS = ["../../etc", "/etc/passwd", "relative/dir", "", "/tmp/\x00x", "/" + "a" * 5000, "~/x"]
 
@@ -225,6 +231,10 @@ def api_requests(draw: st.DrawFn, manifest_text: str) -> tuple[str, str, bytes, 
                 ("POST", "/releases/x/y"),
                 ("POST", "/channels"),
                 ("POST", "/resolve"),
+                ("POST", "/follows"),
+                ("GET", "/follows"),
+                ("DELETE", "/follows?address=%00"),
+                ("DELETE", "/follows"),
             ]
         )
     )
@@ -261,7 +271,8 @@ def api_case(client: DaemonClient, request: tuple[str, str, bytes, dict[str, str
     if status in (200, 201) and method == "POST":  # accepted: only ever an absolute dir, never a trick
         added = client.call("GET", "/status")["releases"]
         assert all(Path(r["dir"]).is_absolute() and ".." not in Path(r["dir"]).parts for r in added)
-        client.call("DELETE", "/releases/sample-llama")
+        for r in added:
+            client.call("DELETE", "/releases/" + urllib.parse.quote(r["name"], safe=""))
 
 
 def start_hostile_target(homes: Homes, sample_model: Path) -> tuple[DaemonClient, str]:

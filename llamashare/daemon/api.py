@@ -13,8 +13,10 @@ Endpoints (all JSON):
     GET    /api/v1/status                   node info and every release's state
     POST   /api/v1/releases                 add: {"manifest": TOML text, "dir", "ratio", "seed_time",
                                              "seed_forever", "no_seed", "initial_seeding", "include": [...],
-                                             "peers": [...]}; without "dir" the files go to the
-                                             model store (MODELS_DIR/NAME/source); files another
+                                             "peers": [...], "key"}; without "dir" the files go to the
+                                             model store (MODELS_DIR/KEY/source); "key" names it in
+                                             the node (default: NAME, NAME@VERSION for a further
+                                             version; the reply's "name"); files another
                                              release of the store holds are placed from there
                                              (llamashare.reuse), listed in the reply's "reused";
                                              again for a release in error or paused: retry / resume it
@@ -26,6 +28,11 @@ Endpoints (all JSON):
                                              and seeds the manifest; answers the release's address
     POST   /api/v1/resolve                  {"address": "ed25519:<key>/<name>", "timeout"}: the
                                              manifest the DHT item points at, from the swarm, checked
+    POST   /api/v1/follows                  {"address", "manifest_sha256" (what the caller fetched),
+                                             "version", "quant", "convert", "ratio", "seed_time",
+                                             "include"}: fetch each new version (daemon.follow)
+    GET    /api/v1/follows                  every followed channel, what was last fetched, errors
+    DELETE /api/v1/follows?address=…        stop following (fetched versions stay)
     POST   /api/v1/login-links              a one-time dashboard link (token holders only)
     GET    /api/v1/overview                 the dashboard's view: releases in the daemon and the
                                              store, GGUF files, running steps, rate history
@@ -41,6 +48,7 @@ import asyncio
 import hmac
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -48,6 +56,7 @@ from pathlib import Path
 from aiohttp import web
 
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
+from llamashare.daemon.follow import Follower, FollowOptions
 from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
 from llamashare.errors import LlamashareError, ReleaseConflict
 from llamashare.manifests.channel import Address, parse_address
@@ -75,10 +84,17 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
 
 
 def make_app(
-    node: Node, token: str, port: int, on_shutdown: Callable[[], None], info: dict, store: Store | None = None
+    node: Node,
+    token: str,
+    port: int,
+    on_shutdown: Callable[[], None],
+    info: dict,
+    store: Store | None = None,
+    follower: Follower | None = None,
 ) -> web.Application:
     """The API for ``node``; ``port`` is the loopback port it is served on (for Host checks);
-    ``store`` is where releases added without a folder go (and what the dashboard lists)."""
+    ``store`` is where releases added without a folder go (and what the dashboard lists);
+    ``follower`` keeps the followed channels (none: ``follow`` is refused)."""
     dashboard = Dashboard(node.status, store, info, port)
 
     @web.middleware
@@ -250,6 +266,43 @@ def make_app(
         assert r.manifest is not None  # parsed, hash and signature checked (p2p.channels)
         return web.json_response({"manifest": r.manifest.decode(), "seq": r.seq})
 
+    async def follow(request: web.Request) -> web.Response:
+        """Follow a channel: the daemon fetches each new version itself (see daemon.follow)."""
+        data = await body(request)
+        if not isinstance(data.get("address"), str):
+            return _error(400, "'address' (ed25519:<key hex>/<name>) is required")
+        address = parse_address(data["address"])
+        if follower is None:
+            return _error(409, "this daemon cannot follow channels (it has no model store)")
+        if not node.session.is_dht_running():
+            return _error(409, NO_DHT)
+        sha256, version = data.get("manifest_sha256"), data.get("version")
+        if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            return _error(400, "'manifest_sha256' must be 64 lowercase hex digits")
+        if version is not None and not isinstance(version, str):
+            return _error(400, "'version' must be a string")
+        quant = data.get("quant")
+        if quant is not None and (not isinstance(quant, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,16}", quant)):
+            return _error(400, "'quant' must be a type name such as Q4_K_M")
+        options = FollowOptions(
+            quant=quant,
+            convert=bool(data.get("convert", True)),
+            ratio=_number(data, "ratio", None),
+            seed_time=_number(data, "seed_time", None),
+            include=tuple(_strings(data, "include")),
+        )
+        f = follower.add(address, options, sha256, version)
+        return web.json_response(f.to_json(), status=201)
+
+    async def follows(request: web.Request) -> web.Response:
+        return web.json_response({"follows": [f.to_json() for f in follower.follows.values()] if follower else []})
+
+    async def unfollow(request: web.Request) -> web.Response:
+        address = request.query.get("address", "")
+        if follower is None or not follower.remove(str(parse_address(address))):
+            return _error(404, f"{address!r} is not followed")
+        return web.json_response({"address": address, "followed": False})
+
     async def shutdown(request: web.Request) -> web.Response:
         on_shutdown()
         return web.json_response({"stopping": True})
@@ -266,6 +319,9 @@ def make_app(
             web.post("/api/v1/shutdown", shutdown),
             web.post("/api/v1/channels", publish),
             web.post("/api/v1/resolve", resolve),
+            web.post("/api/v1/follows", follow),
+            web.get("/api/v1/follows", follows),
+            web.delete("/api/v1/follows", unfollow),
         ]
     )
     return app

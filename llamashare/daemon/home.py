@@ -41,6 +41,8 @@ class Config:
     publishers: dict[str, str] = field(default_factory=dict)
     #: DHT nodes (HOST:PORT) to join through; with local_only, the DHT runs with these alone
     dht_bootstrap: tuple[str, ...] = ()
+    #: seconds between checks of each followed channel (``llamashare follow``)
+    follow_every: float = 600.0
     #: [policy] licenses: the only licenses fetch takes (SPDX ids, or a custom license's first line)
     licenses: tuple[str, ...] | None = None
 
@@ -112,7 +114,7 @@ class Home:
         for key, value in doc.items():
             if key not in known:
                 raise ConfigError(f"{self.config_file}: unknown key {key!r} (known: {', '.join(known)})")
-            if key == "seed_time" and isinstance(value, str):
+            if key in ("seed_time", "follow_every") and isinstance(value, str):
                 value = parse_duration(value)
             if key == "publishers":
                 values[key] = self._publishers(value)
@@ -126,6 +128,7 @@ class Home:
             kinds: dict[str, type | tuple[type, ...]] = {
                 "ratio": (int, float),
                 "seed_time": (int, float),
+                "follow_every": (int, float),
                 "local_only": bool,
                 "models_dir": str,
                 "default_quant": str,

@@ -24,6 +24,7 @@ from llamashare import __version__
 from llamashare.daemon.api import make_app
 from llamashare.daemon.client import StartOptions
 from llamashare.daemon.dashboard import DASHBOARD_KEY
+from llamashare.daemon.follow import Follower
 from llamashare.daemon.home import Home
 from llamashare.errors import DaemonRunningError
 from llamashare.fsio import atomic_write
@@ -72,6 +73,7 @@ def run_daemon(home: Home, start: StartOptions | None = None) -> None:
 async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> None:
     node = Node(home.state_dir, net)
     restored = node.restore()
+    follower = Follower(home, node.channels, max(home.config().follow_every, 1.0))
     stop = asyncio.Event()
     tick = asyncio.Event()  # set by libtorrent alerts, finished hash jobs and stop
     loop = asyncio.get_running_loop()
@@ -112,7 +114,7 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         "home": str(home.root),
         "started_at": time.time(),
     }
-    app = make_app(node, token, port, request_stop, info, Store(home.models_dir))
+    app = make_app(node, token, port, request_stop, info, Store(home.models_dir), follower)
     dashboard = app[DASHBOARD_KEY]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -130,6 +132,7 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         while not stop.is_set():
             tick.clear()
             node.poll()
+            follower.tick()
             now = time.monotonic()
             if now - last_resume > RESUME_EVERY:
                 node.save_resume_data()
@@ -146,6 +149,7 @@ async def _serve(home: Home, net: NetworkOptions, token: str, api_port: int) -> 
         log.info("daemon stopping: saving resume data")
         home.info_file.unlink(missing_ok=True)
         dashboard.close()
+        follower.close()
         await runner.cleanup()
         loop.remove_reader(wake_r)
         node.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from llamashare.daemon.client import DaemonClient, StartOptions, start_daemon
 from llamashare.daemon.home import Home
 from llamashare.errors import FetchError
+from llamashare.manifests.channel import manifest_sha256
 from llamashare.manifests.manifest import Manifest, dumps, parse_manifest
 from llamashare.p2p.status import ReleaseStatus, State
 
@@ -113,12 +114,14 @@ def seed(home: Home, manifest: Manifest, opts: FetchOptions) -> ReleaseStatus:
     return release_status(client, key)
 
 
-def resolve(home: Home, address: str, start: StartOptions, timeout: float = 60.0) -> Manifest:
-    """The manifest ``address`` (``ed25519:<key>/<name>``) names now: the daemon resolves it in the
-    DHT, takes the manifest from the swarm and checks its hash and signature; parsed again here."""
+def resolve(home: Home, address: str, start: StartOptions, timeout: float = 60.0) -> tuple[Manifest, str]:
+    """The manifest ``address`` (``ed25519:<key>/<name>``) names now, and the SHA-256 of its file:
+    the daemon resolves it in the DHT, takes the manifest from the swarm and checks its hash and
+    signature; parsed again here."""
     client = start_daemon(home, start)
     reply = client.call("POST", "/resolve", {"address": address, "timeout": timeout}, timeout=timeout + 30)
-    return parse_manifest(reply["manifest"], source=address)
+    text = reply["manifest"].encode()
+    return parse_manifest(text, source=address), manifest_sha256(text)
 
 
 def publish(home: Home, manifest: Manifest, key_file: Path, start: StartOptions) -> str:
