@@ -29,7 +29,7 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from llamashare.errors import LlamashareError, ManifestError
+from llamashare.errors import LlamashareError, ManifestError, ReleaseError
 from llamashare.fsio import atomic_write
 from llamashare.manifests.channel import Address, Pointer, decode_pointer, manifest_sha256
 from llamashare.manifests.manifest import parse_manifest
@@ -106,20 +106,7 @@ class Channels:
 
     def publish(self, address: Address, manifest_text: bytes, key_file: str, public: bytes, secret: bytes) -> Pointer:
         """Seed ``manifest_text`` as a one-file torrent and put the pointer to it under the key."""
-        folder = self.folder / address.name
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / f"{address.name}.toml", manifest_text)
-        with warnings.catch_warnings():  # the file_storage API, deprecated in libtorrent 2.1 but kept
-            warnings.simplefilter("ignore", DeprecationWarning)
-            fs = lt.file_storage()
-            lt.add_files(fs, str(folder / f"{address.name}.toml"))
-            ct = lt.create_torrent(fs, PIECE)
-            lt.set_piece_hashes(ct, str(folder))
-            data = lt.bencode(ct.generate())
-        atomic_write(folder / "manifest.torrent", data)
-        ti = lt.torrent_info(data)
-        self._seed_manifest(folder, ti)
-        pointer = Pointer(manifest_sha256(manifest_text), str(ti.info_hashes().v1))
+        pointer = self.seed_manifest(self.folder / address.name, address.name, manifest_text)
         self.published[address.name] = {
             "address": str(address),
             "key_file": key_file,
@@ -134,6 +121,23 @@ class Channels:
     def _save_published(self) -> None:
         doc = {n: {k: v for k, v in d.items() if k != "put_at"} for n, d in self.published.items()}
         atomic_write(self.folder / "published.json", json.dumps(doc, indent=1).encode())
+
+    def seed_manifest(self, folder: Path, name: str, manifest_text: bytes) -> Pointer:
+        """Write ``manifest_text`` to ``folder/NAME.toml`` and seed it as a one-file torrent (what
+        a fetcher takes by BEP 9 with nothing but the info-hash); the pointer to it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / f"{name}.toml", manifest_text)
+        with warnings.catch_warnings():  # the file_storage API, deprecated in libtorrent 2.1 but kept
+            warnings.simplefilter("ignore", DeprecationWarning)
+            fs = lt.file_storage()
+            lt.add_files(fs, str(folder / f"{name}.toml"))
+            ct = lt.create_torrent(fs, PIECE)
+            lt.set_piece_hashes(ct, str(folder))
+            data = lt.bencode(ct.generate())
+        atomic_write(folder / "manifest.torrent", data)
+        ti = lt.torrent_info(data)
+        self._seed_manifest(folder, ti)
+        return Pointer(manifest_sha256(manifest_text), str(ti.info_hashes().v1))
 
     def _seed_manifest(self, folder: Path, ti: lt.torrent_info) -> lt.torrent_handle:
         key = str(ti.info_hashes().v1)
@@ -221,33 +225,61 @@ class Channels:
         self.session.dht_put_mutable_item(secret, public, pointer.encode(), name.encode())
 
     def _fetch_manifest(self, address: Address, pointer: Pointer) -> lt.torrent_handle:
+        return self.fetch_manifest(address.name, pointer)
+
+    def fetch_manifest(self, name: str, pointer: Pointer, peers: tuple[tuple[str, int], ...] = ()) -> lt.torrent_handle:
+        """Start taking the manifest ``pointer`` names from the swarm (BEP 9: peers from the DHT,
+        and ``peers`` dialled directly); :meth:`read_manifest` once the handle is seeding."""
         existing = self._handles.get(pointer.torrent)
         if existing is not None:
+            for peer in peers:
+                existing.connect_peer(peer)
             return existing
-        folder = self.folder / f"{address.name}.{pointer.torrent[:12]}"
+        folder = self.folder / f"{name}.{pointer.torrent[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
         atp = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{pointer.torrent}")
         atp.save_path = str(folder)
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         handle = self.session.add_torrent(atp)
-        handle.force_dht_announce()
+        if self.session.is_dht_running():
+            handle.force_dht_announce()
+        for peer in peers:
+            handle.connect_peer(peer)
         self._handles[pointer.torrent] = handle
         return handle
 
-    def _finish(self, r: Resolution) -> None:
-        assert r.handle is not None and r.pointer is not None
-        ti = r.handle.torrent_file()
+    def read_manifest(self, handle: lt.torrent_handle, pointer: Pointer, named_by: str) -> bytes:
+        """The manifest file of a complete manifest torrent, if it is one file that hashes to the
+        pointer's SHA-256 (ReleaseError otherwise, saying what ``named_by`` it); its torrent is kept
+        beside it for restarts."""
+        ti = handle.torrent_file()
         files = ti.layout() if ti is not None else None
         if ti is None or files is None or files.num_files() != 1 or files.file_size(0) > 16 << 20:
-            r.error = "the manifest torrent does not hold one manifest file"
-            return
-        path = Path(r.handle.status().save_path) / files.file_path(0)
+            raise ReleaseError("the manifest torrent does not hold one manifest file")
+        path = Path(handle.status().save_path) / files.file_path(0)
         data = path.read_bytes()
-        if manifest_sha256(data) != r.pointer.manifest_sha256:
-            r.error = (
+        if manifest_sha256(data) != pointer.manifest_sha256:
+            raise ReleaseError(
                 f"the manifest from the swarm hashes to {manifest_sha256(data)[:16]}…, "
-                f"not the {r.pointer.manifest_sha256[:16]}… the DHT item names"
+                f"not the {pointer.manifest_sha256[:16]}… {named_by}"
             )
+        torrent = path.parent / "manifest.torrent"
+        if not torrent.exists():
+            atomic_write(torrent, lt.bencode({b"info": lt.bdecode(ti.info_section())}))
+        return data
+
+    def forget_manifest(self, pointer: Pointer) -> None:
+        """Stop seeding a manifest that was refused (its bytes are not passed on)."""
+        handle = self._handles.pop(pointer.torrent, None)
+        if handle is not None:
+            self.session.remove_torrent(handle)
+
+    def _finish(self, r: Resolution) -> None:
+        assert r.handle is not None and r.pointer is not None
+        try:
+            data = self.read_manifest(r.handle, r.pointer, "the DHT item names")
+        except ReleaseError as exc:
+            r.error = str(exc)
             return
         try:
             manifest = parse_manifest(data, source=str(r.address))
@@ -257,9 +289,6 @@ class Channels:
         except LlamashareError as exc:
             r.error = f"refused the manifest from the swarm: {exc}"
             return
-        torrent = path.parent / "manifest.torrent"
-        if not torrent.exists():
-            atomic_write(torrent, lt.bencode({b"info": lt.bdecode(ti.info_section())}))
         channel = str(r.address)
         if r.seq > self.seen_seq.get(channel, 0):
             self.seen_seq[channel] = r.seq
@@ -269,7 +298,5 @@ class Channels:
     def drop(self, r: Resolution) -> None:
         """Forget a resolution (done, failed or given up); a refused manifest's torrent goes too."""
         if r.error is not None and r.pointer is not None:
-            handle = self._handles.pop(r.pointer.torrent, None)
-            if handle is not None:
-                self.session.remove_torrent(handle)
+            self.forget_manifest(r.pointer)
         self.resolutions.pop((r.address.public_key, r.address.name), None)

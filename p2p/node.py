@@ -45,6 +45,7 @@ from llamashare.manifests.torrent import v1_companion
 from llamashare.manifests.verify import verify_release
 from llamashare.p2p.address import parse_peer
 from llamashare.p2p.channels import Channels
+from llamashare.p2p.lan import LanOffers
 from llamashare.p2p.settings import NetworkOptions, session_settings
 from llamashare.p2p.status import FileStatus, ReleaseStatus, State
 
@@ -272,6 +273,25 @@ class Node:
         self._wakeup: Callable[[], None] | None = None
         #: Signed channels in the DHT (publish, resolve) and the manifest torrents they carry.
         self.channels = Channels(self.session, state_dir / "channels")
+        #: LAN discovery: this node's complete releases offered on multicast (None: off).
+        self.lan: LanOffers | None = None
+        if net.lan is not None:
+            try:
+                self.lan = LanOffers(
+                    net.lan,
+                    state_dir / "lan",
+                    self.listen_port,
+                    self.channels.seed_manifest,
+                    self.channels.forget_manifest,
+                )
+            except OSError as exc:  # no multicast route, the port refused...: the node runs without
+                log.warning(
+                    "LAN discovery off: cannot join %s:%d on %s (%s)",
+                    net.lan.host,
+                    net.lan.port,
+                    net.lan.interface,
+                    exc,
+                )
 
     def set_wakeup(self, wakeup: Callable[[], None], alert_fd: int) -> None:
         """Let an event loop poll at once instead of on a timer: libtorrent writes a byte to
@@ -313,6 +333,8 @@ class Node:
     def close(self) -> None:
         """Save resume data for every release, then stop the session."""
         self.save_resume_data(wait=True)
+        if self.lan is not None:
+            self.lan.close()
         self._verify_pool.shutdown(wait=True, cancel_futures=True)
         self._hasher.close()
         self.session.pause()
@@ -556,6 +578,14 @@ class Node:
             self._collect_verifications(release)
             self._update_state(release)
         self.channels.tick()
+        if self.lan is not None:
+            self.lan.tick(
+                {
+                    k: r.manifest
+                    for k, r in self.releases.items()
+                    if r.state is State.SEEDING and not r.spec.include  # whole, and uploading
+                }
+            )
 
     def _release_for(self, alert: lt.alert) -> Release | None:
         handle = getattr(alert, "handle", None)

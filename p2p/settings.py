@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import libtorrent as lt
 
+from llamashare.p2p.lan import LanGroup
+
 MiB = 1024 * 1024
 
 
@@ -30,6 +32,8 @@ class NetworkOptions:
     #: DHT nodes to join through (HOST:PORT). With ``local_only`` the DHT runs only if some are
     #: given, and then only with them (tests and closed networks form their own DHT on loopback).
     dht_bootstrap: tuple[str, ...] = ()
+    #: Offer this node's complete releases on the LAN (p2p.lan), on this group; None = off.
+    lan: LanGroup | None = None
 
 
 def session_settings(opts: NetworkOptions) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import click
 
@@ -43,6 +42,8 @@ def demo(home: Home, workdir: Path | None, quiet: bool) -> None:
     run_demo(home, workdir, echo=click.echo, quiet=quiet)
 
 
+#: Seconds ``fetch --lan`` listens for offers (``discover --wait`` sets its own).
+LAN_WAIT = 2.0
 #: ``ctx.meta`` key: the (manifest SHA-256, version) a fetch by address resolved.
 RESOLVED = "llamashare.resolved"
 
@@ -82,6 +83,12 @@ def ask_license(lic: License) -> bool:
     help="Quantization to build, e.g. Q4_K_M, Q8_0, F16 [default: config default_quant, else the manifest's recommended_quant, else Q4_K_M].",
 )
 @click.option("--no-convert", is_flag=True, help="Stop once the files are verified (no GGUF).")
+@click.option(
+    "--lan",
+    is_flag=True,
+    help="MANIFEST is a release NAME (or NAME@VERSION) that daemons on the local network offer "
+    "(llamashare discover): take its manifest and files from them, no internet needed.",
+)
 @click.option(
     "--accept-license",
     is_flag=True,
@@ -129,6 +136,7 @@ def fetch(
     hf_cache: bool,
     quant: str | None,
     no_convert: bool,
+    lan: bool,
     accept_license: bool,
     base_manifest: Path | None,
     key: str | None,
@@ -157,6 +165,7 @@ def fetch(
       llamashare fetch my-model.toml --dir ./my-model --no-convert
       llamashare fetch smollm2-135m.toml --hf-cache   # then from_pretrained(..., local_files_only=True)
       llamashare fetch ed25519:3b6a27bc…/llama-7b     # a published release: no file in hand
+      llamashare fetch llama-7b --lan                 # from a daemon on the local network
     """
     from llamashare.daemon.home import parse_duration
     from llamashare.daemon.submit import FetchOptions
@@ -166,7 +175,18 @@ def fetch(
     from llamashare.quant.presets import preset
     from llamashare.ui import StepLog
 
-    if is_address(str(manifest)):
+    if lan:
+        from llamashare.daemon.submit import from_lan
+        from llamashare.text import printable
+
+        m, offers = from_lan(home, str(manifest), start, wait=LAN_WAIT, timeout=timeout or 60.0)
+        peers = (*peers, *(f"{o.host}:{o.port}" for o in offers))
+        signer = f"signed by ed25519:{m.signature.public_key}" if m.signature else "unsigned"
+        where = ", ".join(sorted({o.host for o in offers}))
+        click.echo(
+            f"{m.name} {printable(m.version, multiline=False)}, {signer}, offered on the LAN by {where}", err=True
+        )
+    elif is_address(str(manifest)):
         from llamashare.daemon.submit import resolve
 
         m, sha256 = resolve(home, str(manifest), start, timeout=timeout or 60.0)
@@ -210,123 +230,3 @@ def fetch(
     if not no_seed:
         target = f"ratio {opts.ratio:g}" + (f" or {seed_time}" if seed_time else "")
         click.echo(f"seeding in the background until {target} (llamashare status; llamashare stop {out.entry.key})")
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("address", required=False)
-@click.option("--quant", metavar="TYPE", help="Quantization to build for each version (as for fetch).")
-@click.option("--no-convert", is_flag=True, help="Only download and verify each version (no GGUF).")
-@click.option("--accept-license", is_flag=True, help="Accept the first version's custom license terms (as for fetch).")
-@click.option("--ratio", type=click.FloatRange(0, 1e9), help="Seed each version until this ratio [default: config].")
-@click.option("--seed-time", metavar="DURATION", help="Or until seeded this long (90s, 30m, 2h, 1d).")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching; repeat for more.")
-@click.option(
-    "--timeout", type=click.FloatRange(0), metavar="SECONDS", help="Stop waiting for the first version after this long."
-)
-@network_options
-@click.option("-q", "--quiet", is_flag=True, help="No live progress bars.")
-@click.pass_context
-def follow(
-    ctx: click.Context,
-    address: str | None,
-    quant: str | None,
-    no_convert: bool,
-    accept_license: bool,
-    ratio: float | None,
-    seed_time: str | None,
-    include: tuple[str, ...],
-    timeout: float | None,
-    start: StartOptions,
-    quiet: bool,
-) -> None:
-    """Fetch the release a publisher's ADDRESS names now (as `fetch ADDRESS` does), then let the
-    daemon check it every `follow_every` (config; default 10 minutes) and fetch each new version
-    by itself: same checks, same steps, a log in the home's logs/. Every version is a release of
-    its own (NAME, then NAME@VERSION) and keeps seeding to its own target; `run NAME` takes the
-    newest. Without ADDRESS: list what this node follows.
-
-    \b
-    Examples:
-      llamashare follow ed25519:3b6a27bc…/llama-7b --quant Q4_K_M
-      llamashare follow            # what is followed, the version last fetched, errors
-      llamashare unfollow ed25519:3b6a27bc…/llama-7b
-    """
-    from llamashare.daemon.client import running_client
-    from llamashare.daemon.home import parse_duration
-    from llamashare.errors import DaemonError
-    from llamashare.manifests.channel import parse_address
-
-    obj: Home = ctx.obj
-    if address is None:
-        _list_follows(obj)
-        return
-    addr = parse_address(address)
-    ctx.invoke(
-        fetch,
-        manifest=Path(str(addr)),
-        quant=quant,
-        no_convert=no_convert,
-        accept_license=accept_license,
-        ratio=ratio,
-        seed_time=seed_time,
-        include=include,
-        timeout=timeout,
-        listen_port=start.listen_port,
-        api_port=start.api_port,
-        local_only=start.local_only,
-        dht_bootstrap=start.dht_bootstrap,
-        quiet=quiet,
-    )
-    sha256, version = ctx.meta[RESOLVED]
-    client = running_client(obj)
-    if client is None:
-        raise DaemonError("the daemon stopped before the follow could be recorded; run follow again")
-    body = {
-        "address": str(addr),
-        "manifest_sha256": sha256,
-        "version": version,
-        "quant": quant,
-        "convert": not no_convert,
-        "ratio": ratio,
-        "seed_time": parse_duration(seed_time) if seed_time else None,
-        "include": list(include),
-    }
-    client.call("POST", "/follows", body)
-    every = obj.config().follow_every
-    click.echo(f"following {addr}: checked every {every:g}s, each new version fetched (llamashare follow lists it)")
-
-
-def _list_follows(home: Home) -> None:
-    from llamashare.daemon.client import running_client
-    from llamashare.text import printable
-
-    client = running_client(home)
-    follows = client.call("GET", "/follows")["follows"] if client is not None else []
-    if client is None:
-        click.echo(f"no daemon running for {home.root}: nothing is followed now (llamashare daemon start)")
-        return
-    if not follows:
-        click.echo("this node follows no channel (llamashare follow ed25519:<key>/<name>)")
-        return
-    for f in follows:
-        state = f"fetching {f['fetching']}" if f["fetching"] else f"has {f['version'] or 'nothing yet'}"
-        problem = f"; last check: {printable(f['error'], multiline=False)}" if f["error"] else ""
-        click.echo(f"{f['address']}  {state}{problem}")
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("address")
-@click.pass_obj
-def unfollow(home: Home, address: str) -> None:
-    """Stop following ADDRESS; the versions already fetched stay, seeding to their own targets.
-
-    \b
-    Example:
-      llamashare unfollow ed25519:3b6a27bc…/llama-7b
-    """
-    from llamashare.daemon.client import DaemonClient
-    from llamashare.manifests.channel import parse_address
-
-    addr = parse_address(address)
-    DaemonClient(home).call("DELETE", f"/follows?address={quote(str(addr), safe='')}")
-    click.echo(f"no longer following {addr}")

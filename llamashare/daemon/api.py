@@ -28,6 +28,8 @@ Endpoints (all JSON):
                                              and seeds the manifest; answers the release's address
     POST   /api/v1/resolve                  {"address": "ed25519:<key>/<name>", "timeout"}: the
                                              manifest the DHT item points at, from the swarm, checked
+    POST   /api/v1/lan-manifest             {"name", "torrent", "manifest_sha256", "peers", "timeout"}:
+                                             a manifest a LAN peer offered (p2p.lan), from it, checked
     POST   /api/v1/follows                  {"address", "manifest_sha256" (what the caller fetched),
                                              "version", "quant", "convert", "ratio", "seed_time",
                                              "include"}: fetch each new version (daemon.follow)
@@ -58,10 +60,11 @@ from aiohttp import web
 from llamashare.daemon.dashboard import DASHBOARD_KEY, Dashboard, message_page
 from llamashare.daemon.follow import Follower, FollowOptions
 from llamashare.daemon.home import MAX_TARGET  # finite, so every status stays valid JSON for the page
-from llamashare.errors import LlamashareError, ReleaseConflict
-from llamashare.manifests.channel import Address, parse_address
-from llamashare.manifests.manifest import Manifest, choose_key, parse_manifest, split_key
+from llamashare.errors import LlamashareError, ManifestError, ReleaseConflict
+from llamashare.manifests.channel import Address, Pointer, parse_address
+from llamashare.manifests.manifest import Manifest, check_name, choose_key, parse_manifest, split_key
 from llamashare.manifests.signing import verify_signature
+from llamashare.p2p.address import parse_peer
 from llamashare.p2p.node import Node, ReleaseSpec, check_files, key_pair
 from llamashare.reuse import Reused, reuse_stored_files
 from llamashare.store import Store
@@ -266,6 +269,39 @@ def make_app(
         assert r.manifest is not None  # parsed, hash and signature checked (p2p.channels)
         return web.json_response({"manifest": r.manifest.decode(), "seq": r.seq})
 
+    async def lan_manifest(request: web.Request) -> web.Response:
+        """Take a manifest a LAN peer offered from that peer (BEP 9), checked against the offer's
+        SHA-256 and name; the manifest is seeded on like every manifest this node took."""
+        data = await body(request)
+        torrent, sha256, name = data.get("torrent"), data.get("manifest_sha256"), data.get("name")
+        if not (isinstance(torrent, str) and re.fullmatch(r"[0-9a-f]{40}", torrent)):
+            return _error(400, "'torrent' must be the manifest torrent's info-hash (40 lowercase hex digits)")
+        if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            return _error(400, "'manifest_sha256' must be 64 lowercase hex digits")
+        if not isinstance(name, str):
+            return _error(400, "'name' (the release name offered) is required")
+        check_name(name, "name")
+        peers = tuple(parse_peer(p) for p in _strings(data, "peers"))
+        timeout = min(_number(data, "timeout", RESOLVE_TIMEOUT) or RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT)
+        pointer = Pointer(sha256, torrent)
+        handle = node.channels.fetch_manifest(name, pointer, peers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not handle.status().is_seeding and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if not handle.status().is_seeding:
+            node.channels.forget_manifest(pointer)
+            return _error(504, f"no LAN peer sent the manifest of {name} within {timeout:g}s")
+        try:
+            text = node.channels.read_manifest(handle, pointer, "the LAN offer names")
+            manifest = parse_manifest(text, source="a LAN peer")
+            if manifest.name != name:
+                raise ManifestError("name", f"is {manifest.name!r}, but the LAN offer names {name!r}")
+        except LlamashareError as exc:
+            node.channels.forget_manifest(pointer)
+            return _error(502, f"refused the manifest from the LAN: {exc}")
+        return web.json_response({"manifest": text.decode()})
+
     async def follow(request: web.Request) -> web.Response:
         """Follow a channel: the daemon fetches each new version itself (see daemon.follow)."""
         data = await body(request)
@@ -319,6 +355,7 @@ def make_app(
             web.post("/api/v1/shutdown", shutdown),
             web.post("/api/v1/channels", publish),
             web.post("/api/v1/resolve", resolve),
+            web.post("/api/v1/lan-manifest", lan_manifest),
             web.post("/api/v1/follows", follow),
             web.get("/api/v1/follows", follows),
             web.delete("/api/v1/follows", unfollow),

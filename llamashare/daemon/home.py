@@ -12,11 +12,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
 from llamashare.errors import ConfigError, ReleaseError
+
+if TYPE_CHECKING:
+    from llamashare.p2p.lan import LanGroup
 
 
 def default_home() -> Path:
@@ -43,8 +46,24 @@ class Config:
     dht_bootstrap: tuple[str, ...] = ()
     #: seconds between checks of each followed channel (``llamashare follow``)
     follow_every: float = 600.0
+    #: offer complete releases on the LAN and answer `discover` (None: on unless local_only)
+    lan_discovery: bool | None = None
+    lan_group: str = "239.192.152.143:6772"  # multicast group and port (BEP 14's group, next port)
+    #: the interface's IPv4 address to offer on [default: the default route's; 127.0.0.1 if local_only]
+    lan_interface: str | None = None
     #: [policy] licenses: the only licenses fetch takes (SPDX ids, or a custom license's first line)
     licenses: tuple[str, ...] | None = None
+
+    def lan(self, local_only: bool, asked: bool = False) -> LanGroup | None:
+        """Where LAN discovery runs (None: off), from these keys; ``asked``: a command that
+        searches the LAN (``discover``, ``fetch --lan``) was told to, so it runs even if off."""
+        from llamashare.p2p.lan import LanGroup, parse_group
+
+        on = self.lan_discovery if self.lan_discovery is not None else not local_only
+        if not (on or asked):
+            return None
+        host, port = parse_group(self.lan_group)
+        return LanGroup(host, port, self.lan_interface or ("127.0.0.1" if local_only else "0.0.0.0"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,13 @@ class Home:
             if key == "dht_bootstrap":
                 values[key] = self._nodes(value)
                 continue
+            if key in ("lan_group", "lan_interface") and isinstance(value, str):
+                from llamashare.p2p.lan import parse_group, parse_interface
+
+                try:
+                    parse_group(value) if key == "lan_group" else parse_interface(value)
+                except ReleaseError as exc:
+                    raise ConfigError(f"{self.config_file}: {key}: {exc}") from None
             if key == "policy":
                 values["licenses"] = self._policy(value)
                 continue
@@ -130,6 +156,9 @@ class Home:
                 "seed_time": (int, float),
                 "follow_every": (int, float),
                 "local_only": bool,
+                "lan_discovery": bool,
+                "lan_group": str,
+                "lan_interface": str,
                 "models_dir": str,
                 "default_quant": str,
             }

@@ -59,6 +59,7 @@ def run_daemon(home: Home, start: StartOptions | None = None) -> None:
         download_rate_limit=cfg.download_limit,
         listen_host="127.0.0.1" if local_only else "0.0.0.0",
         dht_bootstrap=start.dht_bootstrap or cfg.dht_bootstrap,
+        lan=cfg.lan(local_only),
     )
     token = secrets.token_urlsafe(32)
     atomic_write(home.token_file, token.encode(), mode=0o600)

@@ -17,6 +17,7 @@ from llamashare.daemon.home import Home
 from llamashare.errors import FetchError
 from llamashare.manifests.channel import manifest_sha256
 from llamashare.manifests.manifest import Manifest, dumps, parse_manifest
+from llamashare.p2p.lan import Offer, pick_offer, search
 from llamashare.p2p.status import ReleaseStatus, State
 
 POLL = 0.2
@@ -129,3 +130,35 @@ def publish(home: Home, manifest: Manifest, key_file: Path, start: StartOptions)
     client = start_daemon(home, start)
     reply = client.call("POST", "/channels", {"manifest": dumps(manifest), "key_file": str(key_file.resolve())})
     return str(reply["address"])
+
+
+def lan_offers(home: Home, start: StartOptions, wait: float) -> list[Offer]:
+    """What daemons on the local network offer, heard within ``wait`` seconds."""
+    cfg = home.config()
+    group = cfg.lan(start.local_only or cfg.local_only, asked=True)
+    assert group is not None
+    try:
+        return search(group, wait)
+    except OSError as exc:
+        raise FetchError(
+            f"cannot search the local network on {group.interface} for {group.host}:{group.port} "
+            f"({exc.strerror or exc}); set lan_interface in the config to this machine's LAN address"
+        ) from None
+
+
+def from_lan(home: Home, ref: str, start: StartOptions, wait: float, timeout: float) -> tuple[Manifest, list[Offer]]:
+    """The manifest of the release ``ref`` (NAME or NAME@VERSION) that LAN peers offer, taken
+    from them by this node's daemon and checked against the offered SHA-256; and those offers
+    (the peers to download from)."""
+    chosen = pick_offer(lan_offers(home, start, wait), ref)
+    first = chosen[0]
+    client = start_daemon(home, start)
+    body = {
+        "name": first.name,
+        "torrent": first.torrent,
+        "manifest_sha256": first.manifest_sha256,
+        "peers": [f"{o.host}:{o.port}" for o in chosen],
+        "timeout": timeout,
+    }
+    reply = client.call("POST", "/lan-manifest", body, timeout=timeout + 30)
+    return parse_manifest(reply["manifest"], source=f"the LAN peer {first.host}"), chosen
