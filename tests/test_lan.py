@@ -131,7 +131,9 @@ def test_discover_then_fetch_from_the_lan_and_refuse_forged_offers(
         assert p.returncode == 0, p.stderr
         rows = {line.split()[0] + " " + line.split()[1]: line for line in p.stdout.splitlines()[1:]}
         assert set(rows) == {"sample-llama 1.0", "sample-llama 6.6.6", "other-model 0.3"}, p.stdout
-        assert f"ed25519:{(real[0].signer or '')[:16]}" in rows["sample-llama 1.0"] and " 2 " in rows["sample-llama 1.0"]
+        assert (
+            f"ed25519:{(real[0].signer or '')[:16]}" in rows["sample-llama 1.0"] and " 2 " in rows["sample-llama 1.0"]
+        )
         assert "unsigned" in rows["other-model 0.3"] and "MIT" in rows["other-model 0.3"]
 
         p = cli(nodes["c"], "fetch", "sample-llama", "--lan", "--no-convert")
