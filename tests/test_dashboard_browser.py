@@ -12,6 +12,8 @@ import pytest
 from llamashare.daemon.client import DaemonClient, start_daemon
 from llamashare.daemon.submit import release_status
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
+from llamashare.manifests.manifest import BaseRef, manifest_id
+from llamashare.store import Store
 from tests.helpers import cli
 from tests.peers import Tracker, require
 
@@ -90,6 +92,15 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(
         p = cli(node_a, "fetch", str(manifest), "--ratio", "5", "--timeout", "60", "-q", timeout=300)
         assert p.returncode == 0, p.stderr
         assert cli(publisher, "stop", "sample-llama").returncode == 0  # from now on only a has it
+        # A delta on it, in a's store only (not fetched): its card names the base.
+        delta_src = tmp_path / "delta"
+        delta_src.mkdir()
+        (delta_src / "weights.bin").write_bytes(b"d" * 1000)
+        base_id = manifest_id(Store(node_a.models_dir).get("sample-llama").manifest())
+        delta, _ = create_release(
+            delta_src, ReleaseInfo(name="sample-delta", license="MIT", base=BaseRef("sample-llama", base_id))
+        )
+        Store(node_a.models_dir).add(delta)
 
         # The one-time link from the real CLI signs the browser in; a second use is refused.
         link = cli(node_a, "dashboard").stdout.strip()
@@ -100,6 +111,10 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert "Q4_K_M.gguf" in card_text(browser, "sample-llama", "ggufs")  # what fetch built is listed
         assert "Apache-2.0" in card_text(browser, "sample-llama", "meta")
+        base = wait_for("the delta's base", lambda: card_text(browser, "sample-delta", "base"))
+        assert base == f"delta on sample-llama · base license Apache-2.0 · base manifest {base_id[:12]}…", base
+        assert card_text(browser, "sample-llama", "base") == ""  # not a delta: no line
+        assert card_text(browser, "sample-delta", "controls") == ""  # not in the daemon: nothing to control
 
         # b downloads from a alone: a's ratio climbs on the page, second by second.
         client_b = start_daemon(node_b)

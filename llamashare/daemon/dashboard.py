@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from llamashare.errors import LlamashareError
+from llamashare.manifests.manifest import Manifest
 from llamashare.p2p.status import ReleaseStatus
 from llamashare.store import Entry, Store
 
@@ -137,12 +138,21 @@ class StoreView:
                 continue
         return out
 
+    def _base(self, m: Manifest) -> dict[str, Any] | None:
+        """For a delta: the release it applies to, and that one's license if the store has it."""
+        if m.base is None:
+            return None
+        base = self.store.find_base(m.base.name, m.base.manifest_sha256)
+        license_line = base.manifest().license.splitlines()[0] if base is not None else None
+        return {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256, "license": license_line}
+
     def _describe(self, entry: Entry) -> dict[str, Any]:
         mtime = entry.manifest_path.stat().st_mtime_ns
         cached = self._manifests.get(entry.key)
         if cached is None or cached[0] != mtime:
             m = entry.manifest()
-            cached = (mtime, {"version": m.version, "license": m.license.splitlines()[0], "size": m.total_size})
+            described = {"version": m.version, "license": m.license.splitlines()[0], "size": m.total_size}
+            cached = (mtime, described | {"base": self._base(m)})
             self._manifests[entry.key] = cached
         record = entry.record()
         ggufs = [{"file": p.name, "size": p.stat().st_size, "step": step} for step, p in entry.ggufs().items()]
@@ -167,6 +177,7 @@ def overview(releases: list[ReleaseStatus], stored: dict[str, dict[str, Any]]) -
                 "ggufs": s.get("ggufs", []),
                 "default_gguf": s.get("default_gguf"),
                 "activity": s.get("activity"),
+                "base": s.get("base"),
                 "daemon_state": r.state,
                 "in_daemon": True,
                 "state": _headline(r.state, s),
@@ -184,6 +195,7 @@ def overview(releases: list[ReleaseStatus], stored: dict[str, dict[str, Any]]) -
                 "ggufs": s["ggufs"],
                 "default_gguf": s["default_gguf"],
                 "activity": s["activity"],
+                "base": s.get("base"),
                 "daemon_state": None,
                 "in_daemon": False,
                 "state": _headline(None, s),

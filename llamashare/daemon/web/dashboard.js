@@ -144,6 +144,13 @@ function updateCard(card, r, now) {
   el.dataset.paused = String(Boolean(r.paused));
   $(".meta", el).textContent = [r.version && `version ${r.version}`, r.license, r.size != null && size(r.size)]
     .filter(Boolean).join(" · ");
+  const base = $(".base", el);
+  base.hidden = !r.base;
+  if (r.base) {
+    base.textContent = `delta on ${r.base.name} · base license ${r.base.license ?? "unknown (not in the store)"}`
+      + ` · base manifest ${r.base.manifest_sha256.slice(0, 12)}…`;
+    base.title = `base manifest SHA-256 ${r.base.manifest_sha256}`;
+  }
   const state = $(".state", el);
   state.textContent = r.state;
   state.className = `state ${r.state.replace(" ", "-")}`;
