@@ -43,6 +43,10 @@ RUNS = {
         ["--repeats", "3"],
         "one copy of every byte: two releases sharing files, and publishing a 1 GiB Hugging Face snapshot in place",
     ),
+    "channels": (
+        ["--nodes", "8", "--runs", "5"],
+        "fetch by address alone: resolving ed25519:<key>/<name> in a loopback DHT against a magnet link",
+    ),
     "convert": (
         ["--layers", "4", "--repeats", "2"],
         "convert (streaming) against the naive whole-tensor conversion and a disk copy",

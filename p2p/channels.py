@@ -9,7 +9,8 @@ every alert). What it keeps:
   couple of hours). The key is read again from the publisher's key file at each re-put, so the
   daemon's state holds where the key is, never the key.
 - **resolutions**: a get for ``(key, name)``; every answer libtorrent reports has passed its own
-  signature check (BEP 44), and the highest seq wins. Then the manifest torrent is added by
+  signature check (BEP 44), and the highest seq wins: the one the search ends with, or one no
+  higher seq has displaced for ``SETTLE`` seconds. Then the manifest torrent is added by
   info-hash (BEP 9 metadata from whichever peers the DHT names) and, once its one file is
   complete, that file must hash to the item's SHA-256. A seq lower than or equal to one this node
   has already accepted for the channel is refused (a replay).
@@ -42,6 +43,12 @@ REPUT_EVERY = 30 * 60.0
 #: Seconds between gets while a resolution has no answer yet (a get sent before the put spread
 #: answers an empty item with seq 0).
 RETRY_GET = 2.0
+#: Seconds a pointer must stay the highest seq heard before it is taken without waiting for the
+#: search to end: a search ends only when every node asked has answered or timed out, and one
+#: dead node in the path costs libtorrent's full request timeout (~15 s, measured on loopback by
+#: bench/channels.py). Nodes that hold the item answer within round trips; an authoritative end
+#: is still taken at once, and a lower seq than one taken before is still refused as a replay.
+SETTLE = 2.0
 PIECE = 16 * 1024
 #: Reads a publisher's key file: (public key, libtorrent's expanded secret key).
 KeyLoader = Callable[[Path], tuple[bytes, bytes]]
@@ -56,6 +63,7 @@ class Resolution:
     last_get: float = 0.0
     seq: int = 0  # the highest seq seen in the searches so far
     pointer: Pointer | None = None  # that item's pointer, if it is one
+    best_at: float = 0.0  # when that seq was first heard
     final: bool = False  # a search ended with a pointer: fetch the manifest it names
     handle: lt.torrent_handle | None = None
     manifest: bytes | None = None
@@ -180,7 +188,7 @@ class Channels:
         if 0 < alert.seq < seen:
             r.refused = f"seq {alert.seq} is older than seq {seen}, already taken from this channel (a replay)"
         elif alert.seq > r.seq:
-            r.seq = alert.seq
+            r.seq, r.best_at = alert.seq, time.monotonic()
             try:
                 r.pointer, r.refused = decode_pointer(alert.item), None
             except ManifestError as exc:
@@ -194,8 +202,10 @@ class Channels:
         for r in self.resolutions.values():
             if r.done:
                 continue
+            if not r.final and r.pointer is not None and now - r.best_at >= SETTLE:
+                r.final = True  # the highest seq for SETTLE seconds: the rest of the search is dead nodes
             if not r.final:
-                if now - r.last_get >= RETRY_GET:
+                if r.pointer is None and now - r.last_get >= RETRY_GET:
                     r.last_get = now
                     self.session.dht_get_mutable_item(bytes.fromhex(r.address.public_key), r.address.salt)
                 continue
