@@ -82,7 +82,13 @@ class Channels:
         folder.mkdir(parents=True, exist_ok=True)
         self.resolutions: dict[tuple[str, str], Resolution] = {}
         self.published: dict[str, dict] = {}  # name → {"address", "key_file", "sha256", "torrent", "put_at"}
-        self.seen_seq: dict[str, int] = self._load("seen.json")
+        #: per channel: the highest seq taken from it, and the manifest SHA-256 that seq named
+        self.seen_seq: dict[str, int] = {}
+        self.seen_sha: dict[str, str] = {}
+        for channel, value in self._load("seen.json").items():
+            seq, sha = (value, "") if isinstance(value, int) else (value.get("seq"), value.get("sha256", ""))
+            if isinstance(seq, int) and isinstance(sha, str):
+                self.seen_seq[channel], self.seen_sha[channel] = seq, sha
         self._handles: dict[str, lt.torrent_handle] = {}  # manifest torrents by info-hash
         self._load_key: KeyLoader | None = None
 
@@ -96,7 +102,8 @@ class Channels:
         return doc if isinstance(doc, dict) else {}
 
     def _save_seen(self) -> None:
-        atomic_write(self.folder / "seen.json", json.dumps(self.seen_seq, indent=1).encode())
+        doc = {c: {"seq": n, "sha256": self.seen_sha.get(c, "")} for c, n in self.seen_seq.items()}
+        atomic_write(self.folder / "seen.json", json.dumps(doc, indent=1).encode())
 
     def restore(self, load_key: KeyLoader) -> None:
         """Seed every manifest torrent this node has, and re-publish its own channels."""
@@ -193,6 +200,9 @@ class Channels:
                 r.pointer, r.refused = decode_pointer(alert.item), None
             except ManifestError as exc:
                 r.pointer, r.refused = None, exc.problem
+            known = self.seen_sha.get(str(r.address))
+            if r.pointer is not None and alert.seq == seen and known and r.pointer.manifest_sha256 != known:
+                r.pointer, r.refused = None, f"seq {seen} named another manifest when this node took it (a forgery)"
         if alert.authoritative and r.pointer is not None:
             r.final = True  # else: nothing usable yet (a get before the put spread): tick asks again
 
@@ -300,8 +310,8 @@ class Channels:
             r.error = f"refused the manifest from the swarm: {exc}"
             return
         channel = str(r.address)
-        if r.seq > self.seen_seq.get(channel, 0):
-            self.seen_seq[channel] = r.seq
+        if r.seq > self.seen_seq.get(channel, 0) or not self.seen_sha.get(channel):
+            self.seen_seq[channel], self.seen_sha[channel] = r.seq, r.pointer.manifest_sha256
             self._save_seen()
         r.manifest = data
 

@@ -18,6 +18,7 @@ from llamashare.daemon.client import DaemonClient, stop_daemon
 from llamashare.daemon.home import Home
 from llamashare.errors import ManifestError
 from llamashare.manifests.channel import Address, Pointer, decode_pointer, libtorrent_keys
+from llamashare.manifests.channel import manifest_sha256 as real_sha
 from llamashare.manifests.create import write_release
 from llamashare.manifests.manifest import dumps, load_manifest
 from llamashare.manifests.signing import sign_manifest
@@ -234,6 +235,12 @@ def test_forged_mismatched_and_replayed_items_are_refused(tmp_path: Path, sample
         a.channels.publish(address, text, "unused", public, secret)
         r = _resolved(nodes, b.channels.resolve(address))
         assert r.manifest == text and r.seq > 0, (r.error, r.refused)
+        b.channels.drop(r)
+        assert b.channels.seen_sha[str(address)] == real_sha(text)
+        # The same seq naming another manifest than the one taken at that seq: equivocation.
+        b.channels.seen_sha[str(address)] = "11" * 32
+        r = _resolved(nodes, b.channels.resolve(address), timeout=8)
+        assert not r.done and r.refused is not None and "a forgery" in r.refused, r.refused
         b.channels.drop(r)
         b.channels.seen_seq[str(address)] = r.seq + 100
         r = _resolved(nodes, b.channels.resolve(address), timeout=8)
