@@ -14,10 +14,9 @@ NODES, SIZE = 16, 256 * MiB
 
 @pytest.mark.slow
 def test_sixteen_nodes_share_the_load_and_survive_churn(tmp_path: Path) -> None:
-    runs = {
-        "initial seeding": run_swarm(tmp_path / "steady", NODES, SIZE, timeout=300),
-        "initial seeding + churn": run_swarm(tmp_path / "churn", NODES, SIZE, churn=8, timeout=300),
-    }
+    # One run, with churn: its asserts cover steady sharing too (bench/swarm_scale.py runs both
+    # and plain seeding for the figures); a second run would cost a minute of the suite.
+    runs = {"initial seeding + churn": run_swarm(tmp_path / "churn", NODES, SIZE, churn=8, timeout=300)}
     print("\n" + table(runs))
     for r in runs.values():
         assert len(r.seconds) == NODES and all(s is not None for s in r.seconds)  # every node ended verified...
