@@ -226,7 +226,7 @@ def test_forged_mismatched_and_replayed_items_are_refused(tmp_path: Path, sample
         other = Address(public.hex(), "something-else")
         a.session.dht_put_mutable_item(secret, public, lt.bencode(cast(Any, {b"x": 1})), other.salt)
         _settle(nodes)
-        r = _resolved(nodes, b.channels.resolve(other), timeout=8)
+        r = _resolved(nodes, b.channels.resolve(other), timeout=5)
         assert not r.done and r.refused == "is not a llamashare release pointer", (r.error, r.refused)
         b.channels.drop(r)
 
@@ -239,11 +239,11 @@ def test_forged_mismatched_and_replayed_items_are_refused(tmp_path: Path, sample
         assert b.channels.seen_sha[str(address)] == real_sha(text)
         # The same seq naming another manifest than the one taken at that seq: equivocation.
         b.channels.seen_sha[str(address)] = "11" * 32
-        r = _resolved(nodes, b.channels.resolve(address), timeout=8)
+        r = _resolved(nodes, b.channels.resolve(address), timeout=5)
         assert not r.done and r.refused is not None and "a forgery" in r.refused, r.refused
         b.channels.drop(r)
         b.channels.seen_seq[str(address)] = r.seq + 100
-        r = _resolved(nodes, b.channels.resolve(address), timeout=8)
+        r = _resolved(nodes, b.channels.resolve(address), timeout=5)
         assert not r.done and r.refused is not None and "a replay" in r.refused, r.refused
     finally:
         for n in nodes:
