@@ -229,7 +229,7 @@ class Store:
 
     def get(self, ref: str, unique: bool = False) -> Entry:
         """The release ``ref`` names, or a one-line error listing what the store has. ``NAME@VERSION``
-        is one version; a plain NAME is its newest (by when it was stored) or, with ``unique`` (for
+        (or ``NAME@<manifest id, 12+ hex digits>``) is one version; a plain NAME is its newest (by when it was stored) or, with ``unique`` (for
         what deletes), must be the only one."""
         try:
             name, version = split_key(ref)
@@ -238,13 +238,18 @@ class Store:
         entries = self.entries()
         found = [e for e in entries if e.name == name]
         if version is not None:
-            found = [e for e in found if ref in (e.key, f"{e.name}@{e.version}")]
+            found = [e for e in found if ref in (e.key, f"{e.name}@{e.version}") or _id_matches(e, version)]
         if not found:
             have = ", ".join(e.key for e in entries) or "nothing yet"
             raise StoreError(f"no release {ref!r} in the store {self.root} (it has: {have})")
         if unique and len(found) > 1:
-            versions = ", ".join(f"{e.key} ({e.version})" for e in found)
-            raise StoreError(f"the store has {len(found)} versions of {name}: {versions}; say which one")
+            labels = [f"{e.name}@{e.version}" for e in found]
+            # NAME@VERSION where it names one entry and can be typed, else NAME@<manifest id>
+            said = [
+                label if labels.count(label) == 1 and _is_key(label) else f"{e.name}@{manifest_id(e.manifest())[:12]}"
+                for e, label in zip(found, labels, strict=True)
+            ]
+            raise StoreError(f"the store has {len(found)} versions of {name}: {', '.join(said)}; say which one")
         return max(found, key=lambda e: e.added)
 
     def holding(self, manifest: Manifest) -> Entry | None:
@@ -403,6 +408,15 @@ def _foreign_files(root: Path, allowed: AbstractSet[str] = frozenset()) -> list[
         rel
         for p in root.rglob("*")
         if not p.is_dir() and (rel := p.relative_to(root).as_posix()) not in _OWN_LEFTOVERS | allowed
+    )
+
+
+def _id_matches(entry: Entry, text: str) -> bool:
+    """Whether ``text`` (12 or more hex digits) begins the entry's manifest id."""
+    return (
+        12 <= len(text) <= 64
+        and all(c in "0123456789abcdef" for c in text)
+        and (manifest_id(entry.manifest()).startswith(text))
     )
 
 

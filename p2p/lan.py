@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llamashare.errors import ManifestError, ReleaseError
 from llamashare.manifests.channel import Pointer
-from llamashare.manifests.manifest import Manifest, check_name, dumps, manifest_id
+from llamashare.manifests.manifest import Manifest, check_name, dumps
 
 log = logging.getLogger("llamashare.lan")
 
@@ -237,15 +237,14 @@ class LanOffers:
         self.node = secrets.token_hex(8)
         self._seed, self._forget = seed, forget
         self.sock = open_socket(group)
-        self.offers: dict[str, tuple[str, Offer]] = {}  # key → (manifest id, offer)
+        self.offers: dict[str, tuple[Manifest, Offer]] = {}  # key → (the manifest it was made from, offer)
         self._offered_at = 0.0
         self._answered_at = 0.0
         self._asked = False  # a search is waiting for its answer
 
     def _offer(self, key: str, manifest: Manifest) -> Offer:
-        mid = manifest_id(manifest)
         cached = self.offers.get(key)
-        if cached is not None and cached[0] == mid:
+        if cached is not None and cached[0] is manifest:  # the node's own object: no hashing per tick
             return cached[1]
         pointer = self._seed(self.folder / key, manifest.name, dumps(manifest).encode())
         offer = Offer(
@@ -259,14 +258,14 @@ class LanOffers:
             port=self.listen_port,
             node=self.node,
         )
-        self.offers[key] = (mid, offer)
+        self.offers[key] = (manifest, offer)
         return offer
 
     def tick(self, complete: dict[str, Manifest]) -> None:
         """``complete``: key → manifest of every release this node has whole (and not paused)."""
         now = time.monotonic()
         changed = set(complete) != set(self.offers) or any(
-            manifest_id(m) != self.offers[k][0] for k, m in complete.items() if k in self.offers
+            m is not self.offers[k][0] for k, m in complete.items() if k in self.offers
         )
         for key in [k for k in self.offers if k not in complete]:
             self._forget(self.offers.pop(key)[1].pointer)

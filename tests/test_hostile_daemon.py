@@ -164,3 +164,25 @@ def test_stop_takes_the_name_literally(tmp_path: Path, homes: Homes, name: str) 
     p = cli(node, "stop", name)
     assert p.returncode == 1 and "no release named" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert [r.name for r in DaemonClient(node).status().releases] == ["good"]
+
+
+def test_versions_get_their_own_key_and_one_torrent_is_held_once(tmp_path: Path, homes: Homes) -> None:
+    """A second version of a name is NAME@VERSION beside the first; a release with the very
+    files (torrent) of one the node holds, under another key, is refused, not confused with it."""
+    m, src, _ = _release(tmp_path, "good", {"a.bin": 100_000})
+    other_src = tmp_path / "v2" / "good"
+    make_payload(other_src, {"a.bin": 100_001})
+    v2, _ = create_release(other_src, ReleaseInfo(name="good", license="MIT", version="2.0"), 64 * 1024)
+    relabelled, _ = create_release(src, ReleaseInfo(name="good", license="Apache-2.0", version="1.1"), 64 * 1024)
+    client = start_daemon(homes("n"))
+
+    def add(manifest: Manifest, folder: Path, **extra: str) -> tuple[int, dict]:
+        body = {"manifest": dumps(manifest), "dir": str(folder), "seed_forever": True, **extra}
+        return _call(client, "POST", "/releases", json.dumps(body).encode())
+
+    assert add(m, src) == (201, {"name": "good", "added": True, "reused": []})
+    code, doc = add(v2, other_src)
+    assert code == 201 and doc["name"] == "good@2.0", doc
+    code, doc = add(relabelled, src, key="good@1.1")
+    assert code == 409 and "the very files of good" in doc["error"] and "llamashare stop good" in doc["error"], doc
+    assert sorted(r.name for r in client.status().releases) == ["good", "good@2.0"]

@@ -173,6 +173,13 @@ def make_app(
         else:
             return _error(400, "'dir' is required (this daemon has no model store)")
         existing = node.key_of(manifest)
+        if existing is not None and key is not None and key != existing:
+            return _error(
+                409,
+                f"{key} has the very files of {existing}, which this node has (the same torrent, "
+                f"{manifest.torrent.info_hash_v1[:12]}…), and a node holds a torrent once; "
+                f"llamashare stop {existing} first",
+            )
         if existing is not None:  # asking again for a release in error means: try again
             node.retry(existing)
             return web.json_response({"name": existing, "added": False})

@@ -213,7 +213,9 @@ class Follower:
     def _last_line(self, f: Followed) -> str:
         name = parse_address(f.address).name
         try:
-            lines = (self.home.root / "logs" / f"follow-{name}.log").read_text(errors="replace").splitlines()
+            with open(self.home.root / "logs" / f"follow-{name}.log", "rb") as log_file:
+                log_file.seek(max(0, log_file.seek(0, 2) - 4096))  # the end is enough: logs only grow
+                lines = log_file.read().decode(errors="replace").splitlines()
         except OSError:
             return "(no log)"
         return printable(lines[-1] if lines else "(no output)", multiline=False)[:300]
