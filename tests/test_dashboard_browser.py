@@ -3,13 +3,19 @@ selenium): a real local swarm (opentracker, three daemons), the real CLI's one-t
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from llamashare.daemon.client import DaemonClient, start_daemon
+from llamashare.daemon.served import read_served
 from llamashare.daemon.submit import release_status
 from llamashare.manifests.create import ReleaseInfo, create_release, write_release
 from llamashare.manifests.manifest import BaseRef, manifest_id
@@ -73,6 +79,45 @@ def card_text(driver, name: str, field: str) -> str:
         return ""
 
 
+def _served_models_are_listed(browser, home) -> None:
+    """`llamashare serve` of the same home shows on the page: its models, a request's work, the
+    link to its own page; and it is gone once the server stops."""
+    served = subprocess.Popen(
+        [sys.executable, "-m", "llamashare", "--home", str(home.root), "serve", "sample-llama", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        row = 'li.served-model[data-id="sample-llama"]'
+
+        def text() -> str:
+            found = browser.find_elements("css selector", row)
+            return found[0].text if found else ""
+
+        wait_for(
+            "the served model", lambda: text() == "sample-llama · not loaded · 0 running · 0 waiting · 0 decode steps"
+        )
+        (server,) = read_served(home.root)
+        assert server.pid == served.pid and server.url.startswith("http://127.0.0.1:")
+        link = browser.find_element("css selector", "#served a")
+        assert link.get_attribute("href") == server.url + "/"
+        body = json.dumps({"model": "sample-llama", "prompt": "Hello", "max_tokens": 4, "temperature": 0}).encode()
+        request = urllib.request.Request(server.url + "/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            assert json.loads(answer.read())["usage"]["completion_tokens"] >= 1
+        wait_for(
+            "its work",
+            lambda: text().startswith("sample-llama · loaded · 0 running · 0 waiting · ") and " 0 decode" not in text(),
+        )
+    finally:
+        served.send_signal(signal.SIGINT)
+        served.wait(30)
+    wait_for(
+        "the server gone from the page", lambda: browser.find_element("css selector", "#served").get_attribute("hidden")
+    )
+    assert read_served(home.root) == []
+
+
 def test_dashboard_shows_a_seeding_release_and_its_controls_work(
     tmp_path: Path, homes, sample_model: Path, browser
 ) -> None:
@@ -115,6 +160,7 @@ def test_dashboard_shows_a_seeding_release_and_its_controls_work(
         assert base == f"delta on sample-llama · base license Apache-2.0 · base manifest {base_id[:12]}…", base
         assert card_text(browser, "sample-llama", "base") == ""  # not a delta: no line
         assert card_text(browser, "sample-delta", "controls") == ""  # not in the daemon: nothing to control
+        _served_models_are_listed(browser, node_a)
 
         # b downloads from a alone: a's ratio climbs on the page, second by second.
         client_b = start_daemon(node_b)

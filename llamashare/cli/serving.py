@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import click
@@ -47,7 +48,7 @@ def serve(
     Then, from Python: openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
     """
     from llamashare.serve.models import Models, offers
-    from llamashare.serve.server import check_exposure, start
+    from llamashare.serve.server import check_exposure, link_url, report, start
     from llamashare.store import Store
 
     check_exposure(host, api_key)
@@ -65,9 +66,13 @@ def serve(
             markup=False,
             highlight=False,
         )
+        reporting = asyncio.create_task(report(home.root, bound, pool, link_url(host, bound)))  # for the dashboard
         try:
             await asyncio.Event().wait()
         finally:
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
             await runner.cleanup()
 
     try:

@@ -17,11 +17,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from llamashare.daemon.served import read_served
 from llamashare.errors import LlamashareError
 from llamashare.manifests.manifest import Manifest
 from llamashare.p2p.status import ReleaseStatus
@@ -252,6 +254,8 @@ class Dashboard:
             "releases": overview(releases, stored),
             "up": sum(r.upload_rate for r in releases),
             "down": sum(r.download_rate for r in releases),
+            # what `llamashare serve` processes of this home serve now (daemon.served)
+            "served": [asdict(x) for x in read_served(Path(self.info["home"]))] if "home" in self.info else [],
         }
         if history:
             doc["history"] = list(self.history.samples)

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -397,20 +398,7 @@ def make_app(models: Models, hosts: set[str], api_key: str | None = None) -> web
         return web.FileResponse(WEB / name)
 
     async def status(request: web.Request) -> web.Response:
-        out = []
-        for model_id in models.offered:
-            loaded = models.loaded.get(model_id)
-            s = loaded.scheduler if loaded else None
-            out.append(
-                {
-                    "id": model_id,
-                    "loaded": loaded is not None,
-                    "running": len(s.running) if s else 0,
-                    "waiting": len(s.waiting) if s else 0,
-                    "steps": s.steps if s else 0,
-                }
-            )
-        return web.json_response({"models": out})
+        return web.json_response({"models": [asdict(m) for m in models.status()]})
 
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", static)

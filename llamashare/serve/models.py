@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamashare.daemon.served import ServedModel
 from llamashare.errors import InferenceError
 from llamashare.infer.model import Llama, available_memory
 from llamashare.infer.tokenizer import GGUFTokenizer
@@ -116,6 +117,24 @@ class Models:
             with self.lock:
                 del self.loaded[model_id]
             gone.scheduler.close()
+
+    def status(self) -> list[ServedModel]:
+        """Each offered model: loaded or not, its running and waiting requests, decode steps."""
+        with self.lock:
+            loaded = dict(self.loaded)
+        out = []
+        for model_id in self.offered:
+            s = loaded[model_id].scheduler if model_id in loaded else None
+            out.append(
+                ServedModel(
+                    model_id,
+                    s is not None,
+                    len(s.running) if s else 0,
+                    len(s.waiting) if s else 0,
+                    s.steps if s else 0,
+                )
+            )
+        return out
 
     def close(self) -> None:
         with self.lock:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+from llamashare.daemon.served import Served, write_served
 from llamashare.errors import LlamashareError
 from llamashare.serve.app import allowed_hosts, make_app
 from llamashare.serve.models import Models
@@ -35,6 +40,30 @@ async def start(models: Models, host: str, port: int, api_key: str | None) -> tu
     bound = server.sockets[0].getsockname()[1] if isinstance(server, asyncio.Server) else port
     hosts |= allowed_hosts(host, bound)
     return runner, bound
+
+
+async def report(home_root: Path, port: int, models: Models, url: str, every: float = 1.0) -> None:
+    """Keep ``HOME/serve/PORT.json`` current while serving (the daemon's dashboard lists it):
+    rewritten when a model loads or a request starts or ends, and every 30 s; removed at exit."""
+    started, last, written_at = time.time(), None, 0.0
+    path: Path | None = None
+    try:
+        while True:
+            rows, now = models.status(), time.monotonic()
+            if rows != last or now - written_at >= 30:
+                path = write_served(home_root, port, Served(os.getpid(), url, started, rows))
+                last, written_at = rows, now
+            await asyncio.sleep(every)
+    finally:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def link_url(host: str, port: int) -> str:
+    """The URL a browser on this machine opens for a server bound to ``host``."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"
 
 
 @dataclass

@@ -199,6 +199,34 @@ function updateCard(card, r, now) {
   drawChart($(".chart", el), card.points, now);
 }
 
+// ------------------------------------------------------------------ what `llamashare serve` serves
+
+function renderServed(servers) {
+  $("#served").hidden = servers.length === 0;
+  $("#served-list").replaceChildren(...servers.map((server) => {
+    const box = document.createElement("div");
+    box.className = "server";
+    const head = document.createElement("p");
+    const link = document.createElement("a");
+    link.href = `${server.url}/`; // the daemon passes only http://HOST:PORT
+    link.textContent = server.url;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    head.append("llamashare serve on ", link, ` · pid ${server.pid} · its page has a chat`);
+    const list = document.createElement("ul");
+    for (const m of server.models) {
+      const li = document.createElement("li");
+      li.className = "served-model";
+      li.dataset.id = m.id;
+      li.textContent = `${m.id} · ${m.loaded ? "loaded" : "not loaded"} · ${m.running} running · `
+        + `${m.waiting} waiting · ${m.steps} decode steps`;
+      list.append(li);
+    }
+    box.append(head, list);
+    return box;
+  }));
+}
+
 // ------------------------------------------------------------------ the whole page
 
 function render(doc) {
@@ -216,6 +244,7 @@ function render(doc) {
   $("#up").textContent = rate(doc.up);
   $("#count").textContent = `${doc.releases.length} release${doc.releases.length === 1 ? "" : "s"}`;
   drawChart($("#total-chart"), totalPoints, now);
+  renderServed(doc.served || []);
 
   const list = $("#releases");
   const seen = new Set();
