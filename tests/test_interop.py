@@ -161,6 +161,15 @@ def test_llamashare_seeds_qbittorrent_then_qbittorrent_seeds_llamashare(
                 transports.add("uTP" if peer.flags & UTP_SOCKET else "TCP")
             return qbt_seeding(q, m.torrent.info_hash_v1)
 
+        handle_alert = origin._on_alert
+
+        def spy(alert: lt.alert) -> None:  # every connection qBittorrent made, however short-lived
+            if isinstance(alert, lt.incoming_connection_alert):
+                utp = alert.socket_type in (lt.socket_type_t.utp, lt.socket_type_t.utp_ssl)
+                transports.add("uTP" if utp else "TCP")
+            handle_alert(alert)
+
+        origin._on_alert = spy  # type: ignore[method-assign]
         try:
             origin.add(m, ReleaseSpec(name=m.name, save_dir=str(src), seed_forever=True))
             run_until([origin], lambda: origin.releases[m.name].handle.status().is_seeding, timeout=10)
