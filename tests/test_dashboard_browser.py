@@ -91,8 +91,13 @@ def _served_models_are_listed(browser, home) -> None:
         row = 'li.served-model[data-id="sample-llama"]'
 
         def text() -> str:
-            found = browser.find_elements("css selector", row)
-            return found[0].text if found else ""
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:  # the list is redrawn each second: an element found may be gone when read
+                found = browser.find_elements("css selector", row)
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                return ""
 
         wait_for(
             "the served model", lambda: text() == "sample-llama · not loaded · 0 running · 0 waiting · 0 decode steps"
