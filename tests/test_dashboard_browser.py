@@ -104,8 +104,16 @@ def _served_models_are_listed(browser, home) -> None:
         )
         (server,) = read_served(home.root)
         assert server.pid == served.pid and server.url.startswith("http://127.0.0.1:")
-        link = browser.find_element("css selector", "#served a")
-        assert link.get_attribute("href") == server.url + "/"
+
+        def href() -> str:
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:
+                return browser.find_element("css selector", "#served a").get_attribute("href") or ""
+            except StaleElementReferenceException:
+                return ""
+
+        wait_for("the link to the server's page", lambda: href() == server.url + "/")
         body = json.dumps({"model": "sample-llama", "prompt": "Hello", "max_tokens": 4, "temperature": 0}).encode()
         request = urllib.request.Request(server.url + "/v1/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as answer:
