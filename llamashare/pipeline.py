@@ -164,7 +164,7 @@ def _check_trust(home: Home, manifest: Manifest, build: BuildOptions, log: StepL
 def _download(home: Home, manifest: Manifest, opts: FetchOptions, log: StepLog, what: str) -> ReleaseStatus:
     title = (
         f"fetch {what}{manifest.name} {manifest.version} ({human_size(manifest.total_size)}, license "
-        f"{manifest.license.splitlines()[0]}) over BitTorrent into {opts.directory}"
+        f"{manifest.license_line}) over BitTorrent into {opts.directory}"
     )
     with log.step(title), log.follow(manifest.name) as view:
         status = fetch(home, manifest, opts, view.update)

@@ -254,11 +254,7 @@ class Store:
 
     def holding(self, manifest: Manifest) -> Entry | None:
         """The entry of exactly this release (same canonical manifest), if the store has it."""
-        want = manifest_id(manifest)
-        for entry in self.entries():
-            if entry.name == manifest.name and manifest_id(entry.manifest()) == want:
-                return entry
-        return None
+        return self.find_base(manifest.name, manifest_id(manifest))
 
     def disk_usage(self) -> int:
         """Bytes the whole store takes, each file counted once however many releases link it."""
@@ -313,6 +309,11 @@ class Store:
             if entry.name == name and manifest_id(entry.manifest()) == manifest_sha256:
                 return entry
         return None
+
+    def base_license(self, manifest: Manifest) -> str | None:
+        """For a delta: the license line of the release it applies to, if the store has it."""
+        base = self.find_base(manifest.base.name, manifest.base.manifest_sha256) if manifest.base else None
+        return base.manifest().license_line if base is not None else None
 
     @contextmanager
     def lock(self, entry: Entry) -> Iterator[None]:

@@ -134,6 +134,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     @property
+    def license_line(self) -> str:
+        """The license's first line: its SPDX id, or the title of custom terms (what lists show)."""
+        return self.license.splitlines()[0]
+
+    @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 

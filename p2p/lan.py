@@ -251,7 +251,7 @@ class LanOffers:
             name=manifest.name,
             version=_line(manifest.version),
             size=manifest.total_size,
-            license=_line(manifest.license.splitlines()[0] if manifest.license.strip() else "unknown"),
+            license=_line(manifest.license_line),
             signer=manifest.signature.public_key if manifest.signature else None,
             manifest_sha256=pointer.manifest_sha256,
             torrent=pointer.torrent,

@@ -843,7 +843,7 @@ class Node:
                 ReleaseStatus(
                     name=name,
                     version=r.manifest.version,
-                    license=r.manifest.license.splitlines()[0],
+                    license=r.manifest.license_line,
                     dir=r.spec.save_dir,
                     state=r.state,
                     error=r.error,

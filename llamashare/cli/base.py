@@ -121,9 +121,7 @@ def load_and_show(manifest_path: Path) -> Manifest:
     from llamashare.manifests.manifest import load_manifest
 
     m = load_manifest(manifest_path)
-    err.print(
-        f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license.splitlines()[0]}"
-    )
+    err.print(f"{m.name} {m.version}: {len(m.files)} files, {human_size(m.total_size)}, license {m.license_line}")
     return m
 
 

@@ -62,7 +62,7 @@ def list_(home: Home) -> None:
         table.add_row(
             m.name,
             m.version,
-            m.license.splitlines()[0][:30],
+            m.license_line[:30],
             human_size(e.size_on_disk()),
             human_size(shared) if shared else "-",
             state,
@@ -87,13 +87,13 @@ def info(home: Home, name: str) -> None:
     """
     from llamashare.store import Store
 
-    e = Store(home.models_dir).get(name)
+    store = Store(home.models_dir)
+    e = store.get(name)
     m, rec = e.manifest(), e.record()
     click.echo(f"{m.name} {m.version} ({m.kind}{f', delta on {m.base.name}' if m.base else ''})")
-    click.echo(f"license:   {m.license.splitlines()[0]}")
+    click.echo(f"license:   {m.license_line}")
     if m.base is not None:
-        base = Store(home.models_dir).find_base(m.base.name, m.base.manifest_sha256)
-        base_license = base.manifest().license.splitlines()[0] if base is not None else "(not in the store)"
+        base_license = store.base_license(m) or "(not in the store)"
         click.echo(f"base:      {m.base.name}, license {base_license}, manifest {m.base.manifest_sha256}")
     if m.description:
         click.echo(f"about:     {m.description}")

@@ -196,7 +196,7 @@ def verify(manifest: Path, directory: Path, key: str | None, quiet: bool) -> Non
     for extra in extra_files(m, directory):
         err.print(f"note: {extra} is not part of the release")
     good = sum(r.ok for r in reports)
-    click.echo(f"{good} of {len(reports)} files ok ({m.name} {m.version}, license {m.license.splitlines()[0]})")
+    click.echo(f"{good} of {len(reports)} files ok ({m.name} {m.version}, license {m.license_line})")
     if good != len(reports):
         sys.exit(EXIT_FAILURE)
 

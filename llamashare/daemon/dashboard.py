@@ -144,16 +144,14 @@ class StoreView:
         """For a delta: the release it applies to, and that one's license if the store has it."""
         if m.base is None:
             return None
-        base = self.store.find_base(m.base.name, m.base.manifest_sha256)
-        license_line = base.manifest().license.splitlines()[0] if base is not None else None
-        return {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256, "license": license_line}
+        return {"name": m.base.name, "manifest_sha256": m.base.manifest_sha256, "license": self.store.base_license(m)}
 
     def _describe(self, entry: Entry) -> dict[str, Any]:
         mtime = entry.manifest_path.stat().st_mtime_ns
         cached = self._manifests.get(entry.key)
         if cached is None or cached[0] != mtime:
             m = entry.manifest()
-            described = {"version": m.version, "license": m.license.splitlines()[0], "size": m.total_size}
+            described = {"version": m.version, "license": m.license_line, "size": m.total_size}
             cached = (mtime, described | {"base": self._base(m)})
             self._manifests[entry.key] = cached
         record = entry.record()
