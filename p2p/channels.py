@@ -82,13 +82,13 @@ class Channels:
         folder.mkdir(parents=True, exist_ok=True)
         self.resolutions: dict[tuple[str, str], Resolution] = {}
         self.published: dict[str, dict] = {}  # name → {"address", "key_file", "sha256", "torrent", "put_at"}
-        #: per channel: the highest seq taken from it, and the manifest SHA-256 that seq named
-        self.seen_seq: dict[str, int] = {}
-        self.seen_sha: dict[str, str] = {}
+        #: channel → (the highest seq taken from it, the manifest SHA-256 that seq named; "" when
+        #: an older llamashare recorded the seq alone)
+        self.seen: dict[str, tuple[int, str]] = {}
         for channel, value in self._load("seen.json").items():
             seq, sha = (value, "") if isinstance(value, int) else (value.get("seq"), value.get("sha256", ""))
             if isinstance(seq, int) and isinstance(sha, str):
-                self.seen_seq[channel], self.seen_sha[channel] = seq, sha
+                self.seen[channel] = (seq, sha)
         self._handles: dict[str, lt.torrent_handle] = {}  # manifest torrents by info-hash
         self._load_key: KeyLoader | None = None
 
@@ -102,7 +102,7 @@ class Channels:
         return doc if isinstance(doc, dict) else {}
 
     def _save_seen(self) -> None:
-        doc = {c: {"seq": n, "sha256": self.seen_sha.get(c, "")} for c, n in self.seen_seq.items()}
+        doc = {c: {"seq": seq, "sha256": sha} for c, (seq, sha) in self.seen.items()}
         atomic_write(self.folder / "seen.json", json.dumps(doc, indent=1).encode())
 
     def restore(self, load_key: KeyLoader) -> None:
@@ -191,7 +191,7 @@ class Channels:
         r = self.resolutions.get(key)
         if r is None or r.done or r.final:
             return
-        seen = self.seen_seq.get(str(r.address), 0)
+        seen, known = self.seen.get(str(r.address), (0, ""))
         if 0 < alert.seq < seen:
             r.refused = f"seq {alert.seq} is older than seq {seen}, already taken from this channel (a replay)"
         elif alert.seq > r.seq:
@@ -200,7 +200,6 @@ class Channels:
                 r.pointer, r.refused = decode_pointer(alert.item), None
             except ManifestError as exc:
                 r.pointer, r.refused = None, exc.problem
-            known = self.seen_sha.get(str(r.address))
             if r.pointer is not None and alert.seq == seen and known and r.pointer.manifest_sha256 != known:
                 r.pointer, r.refused = None, f"seq {seen} named another manifest when this node took it (a forgery)"
         if alert.authoritative and r.pointer is not None:
@@ -221,7 +220,7 @@ class Channels:
                 continue
             assert r.pointer is not None
             if r.handle is None:
-                r.handle = self._fetch_manifest(r.address, r.pointer)
+                r.handle = self.fetch_manifest(r.address.name, r.pointer)
             st = r.handle.status()
             if st.is_seeding:
                 self._finish(r)
@@ -243,9 +242,6 @@ class Channels:
             return
         pointer = Pointer(doc["sha256"], doc["torrent"])
         self.session.dht_put_mutable_item(secret, public, pointer.encode(), name.encode())
-
-    def _fetch_manifest(self, address: Address, pointer: Pointer) -> lt.torrent_handle:
-        return self.fetch_manifest(address.name, pointer)
 
     def fetch_manifest(self, name: str, pointer: Pointer, peers: tuple[tuple[str, int], ...] = ()) -> lt.torrent_handle:
         """Start taking the manifest ``pointer`` names from the swarm (BEP 9: peers from the DHT,
@@ -310,8 +306,9 @@ class Channels:
             r.error = f"refused the manifest from the swarm: {exc}"
             return
         channel = str(r.address)
-        if r.seq > self.seen_seq.get(channel, 0) or not self.seen_sha.get(channel):
-            self.seen_seq[channel], self.seen_sha[channel] = r.seq, r.pointer.manifest_sha256
+        seq, sha = self.seen.get(channel, (0, ""))
+        if r.seq > seq or not sha:
+            self.seen[channel] = (r.seq, r.pointer.manifest_sha256)
             self._save_seen()
         r.manifest = data
 

@@ -236,13 +236,13 @@ def test_forged_mismatched_and_replayed_items_are_refused(tmp_path: Path, sample
         r = _resolved(nodes, b.channels.resolve(address))
         assert r.manifest == text and r.seq > 0, (r.error, r.refused)
         b.channels.drop(r)
-        assert b.channels.seen_sha[str(address)] == real_sha(text)
+        assert b.channels.seen[str(address)] == (r.seq, real_sha(text))
         # The same seq naming another manifest than the one taken at that seq: equivocation.
-        b.channels.seen_sha[str(address)] = "11" * 32
+        b.channels.seen[str(address)] = (r.seq, "11" * 32)
         r = _resolved(nodes, b.channels.resolve(address), timeout=5)
         assert not r.done and r.refused is not None and "a forgery" in r.refused, r.refused
         b.channels.drop(r)
-        b.channels.seen_seq[str(address)] = r.seq + 100
+        b.channels.seen[str(address)] = (r.seq + 100, real_sha(text))
         r = _resolved(nodes, b.channels.resolve(address), timeout=5)
         assert not r.done and r.refused is not None and "a replay" in r.refused, r.refused
     finally:
