@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from llamashare.daemon.home import Home
 from llamashare.errors import ManifestError
@@ -65,12 +66,16 @@ class Followed:
     version: str | None = None
     checked: float = 0.0  # wall-clock time of the last finished check
     error: str | None = None  # why the last check or fetch failed
-    fetching: str | None = None  # the version a child is fetching now
     # in memory only
     resolution: Resolution | None = field(default=None, repr=False)
     child: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pending: tuple[str, str] | None = field(default=None, repr=False)  # (sha256, version) of the child's
     due: float = field(default=0.0, repr=False)  # monotonic time of the next check
+
+    @property
+    def fetching(self) -> str | None:
+        """The version a child is fetching now."""
+        return self.pending[1] if self.pending else None
 
     def to_json(self) -> dict:
         return {
@@ -124,7 +129,7 @@ class Follower:
         f = Followed(str(address), options, sha256=sha256, version=version, checked=time.time() if sha256 else 0.0)
         old = self.follows.get(f.address)
         if old is not None and old.child is not None:  # a fetch is running: keep it
-            f.child, f.pending, f.fetching = old.child, old.pending, old.fetching
+            f.child, f.pending = old.child, old.pending
         f.due = time.monotonic() + (self.every if sha256 else 0.0)
         self.follows[f.address] = f
         self._save()
@@ -183,7 +188,7 @@ class Follower:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{m.name}.{sha[:12]}.toml"
         atomic_write(path, manifest)
-        log_path = self.home.root / "logs" / f"follow-{m.name}.log"
+        log_path = self._log_path(m.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "llamashare", "--home", str(self.home.root), "fetch", str(path), "-q"]
         cmd += f.options.args()
@@ -191,7 +196,7 @@ class Follower:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {m.name} {m.version} (seq {seq})\n".encode())
             out.flush()
             f.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        f.pending, f.fetching = (sha, m.version), m.version
+        f.pending = (sha, m.version)
         log.info("follow %s: new version %s (seq %d): fetching, log in %s", f.address, m.version, seq, log_path)
         self._save()
 
@@ -207,13 +212,16 @@ class Follower:
         else:
             f.error = f"fetching version {f.fetching} failed (exit {code}): {self._last_line(f)}"
             log.warning("follow %s: %s", f.address, f.error)
-        f.child, f.pending, f.fetching = None, None, None
+        f.child, f.pending = None, None
         self._save()
 
+    def _log_path(self, name: str) -> Path:
+        """Where the child fetches of release ``name`` write (appended, one header per version)."""
+        return self.home.root / "logs" / f"follow-{name}.log"
+
     def _last_line(self, f: Followed) -> str:
-        name = parse_address(f.address).name
         try:
-            with open(self.home.root / "logs" / f"follow-{name}.log", "rb") as log_file:
+            with open(self._log_path(parse_address(f.address).name), "rb") as log_file:
                 log_file.seek(max(0, log_file.seek(0, 2) - 4096))  # the end is enough: logs only grow
                 lines = log_file.read().decode(errors="replace").splitlines()
         except OSError:
