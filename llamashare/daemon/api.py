@@ -280,11 +280,8 @@ def make_app(
         """Take a manifest a LAN peer offered from that peer (BEP 9), checked against the offer's
         SHA-256 and name; the manifest is seeded on like every manifest this node took."""
         data = await body(request)
-        torrent, sha256, name = data.get("torrent"), data.get("manifest_sha256"), data.get("name")
-        if not (isinstance(torrent, str) and re.fullmatch(r"[0-9a-f]{40}", torrent)):
-            return _error(400, "'torrent' must be the manifest torrent's info-hash (40 lowercase hex digits)")
-        if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
-            return _error(400, "'manifest_sha256' must be 64 lowercase hex digits")
+        torrent = _hex(data, "torrent", 40, "the manifest torrent's info-hash (40 lowercase hex digits)")
+        sha256, name = _hex(data, "manifest_sha256", 64), data.get("name")
         if not isinstance(name, str):
             return _error(400, "'name' (the release name offered) is required")
         check_name(name, "name")
@@ -319,9 +316,8 @@ def make_app(
             return _error(409, "this daemon cannot follow channels (it has no model store)")
         if not node.session.is_dht_running():
             return _error(409, NO_DHT)
-        sha256, version = data.get("manifest_sha256"), data.get("version")
-        if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256)):
-            return _error(400, "'manifest_sha256' must be 64 lowercase hex digits")
+        sha256 = _hex(data, "manifest_sha256", 64) if data.get("manifest_sha256") is not None else None
+        version = data.get("version")
         if version is not None and not isinstance(version, str):
             return _error(400, "'version' must be a string")
         quant = data.get("quant")
@@ -386,6 +382,14 @@ def _number(data: dict, key: str, default: float | None) -> float | None:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
+
+
+def _hex(data: dict, key: str, digits: int, what: str | None = None) -> str:
+    """``data[key]``, which must be ``digits`` lowercase hex digits (a hash, an info-hash)."""
+    value = data.get(key)
+    if not (isinstance(value, str) and len(value) == digits and re.fullmatch(r"[0-9a-f]+", value)):
+        raise _bad_request(f"'{key}' must be {what or f'{digits} lowercase hex digits'}")
+    return value
 
 
 def _strings(data: dict, key: str) -> list[str]:
