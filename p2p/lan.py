@@ -18,6 +18,7 @@ anything else ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
@@ -301,8 +302,6 @@ def _line(text: str) -> str:
 
 def parse_group(text: str) -> tuple[str, int]:
     """``lan_group``: an IPv4 multicast address and a port (``239.192.152.143:6772``)."""
-    import ipaddress
-
     host, sep, port = text.rpartition(":")
     try:
         ok = bool(sep) and ipaddress.IPv4Address(host).is_multicast and port.isdigit() and 0 < int(port) < 65536
@@ -315,8 +314,6 @@ def parse_group(text: str) -> tuple[str, int]:
 
 def parse_interface(text: str) -> str:
     """``lan_interface``: the IPv4 address of the interface to use (0.0.0.0: the default one)."""
-    import ipaddress
-
     try:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
