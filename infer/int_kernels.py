@@ -222,10 +222,10 @@ def _q4_k_codes(row, o, j):
 
 
 @njit(**_row)
-def _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, at):
-    """Two sub-blocks' codes, each times its scale, · the 64 activation codes at ``at``."""
-    pl = I.dot_us_scaled(isa, c_lo, I.load32(q, at), lo, lo)
-    return I.iadd(pl, I.dot_us_scaled(isa, c_hi, I.load32(q, at + 32), hi, hi))
+def _q4_k_dot(isa, acc, c_lo, c_hi, lo, hi, q, at):
+    """acc + two sub-blocks' codes, each times its scale, · the 64 activation codes at ``at``."""
+    acc = I.dot_us_scaled(isa, acc, c_lo, I.load32(q, at), lo, lo)
+    return I.dot_us_scaled(isa, acc, c_hi, I.load32(q, at + 32), hi, hi)
 
 
 @njit(**_row)
@@ -241,7 +241,7 @@ def _row_q4_k(isa, row, q, d, sums):
         sumi = I.izero()
         for j in range(4):
             c_lo, c_hi, lo, hi = _q4_k_codes(row, o, j)
-            sumi = I.iadd(sumi, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j))
+            sumi = _q4_k_dot(isa, sumi, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j)
         acc = I.fma_lanes(d[b] * I.half_at(row, o), sumi, acc)
     return I.hsum(acc) + I.hsum4(m)
 
@@ -262,10 +262,10 @@ def _row4_q4_k(isa, row, q, d, sums, n):
         for j in range(4):
             c_lo, c_hi, lo, hi = _q4_k_codes(row, o, j)
             at = 256 * b + 64 * j
-            s0 = I.iadd(s0, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n], at))
-            s1 = I.iadd(s1, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 1], at))
-            s2 = I.iadd(s2, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 2], at))
-            s3 = I.iadd(s3, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 3], at))
+            s0 = _q4_k_dot(isa, s0, c_lo, c_hi, lo, hi, q[n], at)
+            s1 = _q4_k_dot(isa, s1, c_lo, c_hi, lo, hi, q[n + 1], at)
+            s2 = _q4_k_dot(isa, s2, c_lo, c_hi, lo, hi, q[n + 2], at)
+            s3 = _q4_k_dot(isa, s3, c_lo, c_hi, lo, hi, q[n + 3], at)
         a0 = I.fma_lanes(d[n, b] * dw, s0, a0)
         a1 = I.fma_lanes(d[n + 1, b] * dw, s1, a1)
         a2 = I.fma_lanes(d[n + 2, b] * dw, s2, a2)
@@ -306,7 +306,7 @@ def _row_q5_k(isa, row, q, d, sums):
         h, sumi = I.load32(row, o + 16), I.izero()
         for j in range(4):
             c_lo, c_hi, lo, hi = _q5_k_codes(row, o, h, j)
-            sumi = I.iadd(sumi, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j))
+            sumi = _q4_k_dot(isa, sumi, c_lo, c_hi, lo, hi, q, 256 * b + 64 * j)
         acc = I.fma_lanes(d[b] * I.half_at(row, o), sumi, acc)
     return I.hsum(acc) + summs
 
@@ -328,10 +328,10 @@ def _row4_q5_k(isa, row, q, d, sums, n):
         for j in range(4):
             c_lo, c_hi, lo, hi = _q5_k_codes(row, o, h, j)
             at = 256 * b + 64 * j
-            s0 = I.iadd(s0, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n], at))
-            s1 = I.iadd(s1, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 1], at))
-            s2 = I.iadd(s2, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 2], at))
-            s3 = I.iadd(s3, _q4_k_dot(isa, c_lo, c_hi, lo, hi, q[n + 3], at))
+            s0 = _q4_k_dot(isa, s0, c_lo, c_hi, lo, hi, q[n], at)
+            s1 = _q4_k_dot(isa, s1, c_lo, c_hi, lo, hi, q[n + 1], at)
+            s2 = _q4_k_dot(isa, s2, c_lo, c_hi, lo, hi, q[n + 2], at)
+            s3 = _q4_k_dot(isa, s3, c_lo, c_hi, lo, hi, q[n + 3], at)
         a0 = I.fma_lanes(d[n, b] * dw, s0, a0)
         a1 = I.fma_lanes(d[n + 1, b] * dw, s1, a1)
         a2 = I.fma_lanes(d[n + 2, b] * dw, s2, a2)
@@ -340,9 +340,9 @@ def _row4_q5_k(isa, row, q, d, sums, n):
 
 
 @njit(**_row)
-def _q6_k_half(isa, row, o, j, q, at):
-    """Values 128j..128j+127 of a Q6_K super-block at ``o`` (unsigned 6-bit codes, each 16 times
-    its int8 scale) · the activation codes at ``at``, in int32 lanes."""
+def _q6_k_half(isa, acc, row, o, j, q, at):
+    """acc + values 128j..128j+127 of a Q6_K super-block at ``o`` (unsigned 6-bit codes, each 16
+    times its int8 scale) · the activation codes at ``at``, in int32 lanes."""
     b1, b2 = I.load32(row, o + 64 * j), I.load32(row, o + 64 * j + 32)
     h = I.load32(row, o + 128 + 32 * j)
     c0 = I.bor(I.band(b1, 15), I.bshl(I.band(h, 3), 4))
@@ -350,18 +350,17 @@ def _q6_k_half(isa, row, o, j, q, at):
     c2 = I.bor(I.bshr(b1, 4), I.band(h, 48))
     c3 = I.bor(I.bshr(b2, 4), I.bshr(I.band(h, 192), 2))
     sc = o + 192 + 8 * j
-    p0 = I.dot_us_scaled(isa, c0, I.load32(q, at), np.int8(row[sc]), np.int8(row[sc + 1]))
-    p1 = I.dot_us_scaled(isa, c1, I.load32(q, at + 32), np.int8(row[sc + 2]), np.int8(row[sc + 3]))
-    p2 = I.dot_us_scaled(isa, c2, I.load32(q, at + 64), np.int8(row[sc + 4]), np.int8(row[sc + 5]))
-    p3 = I.dot_us_scaled(isa, c3, I.load32(q, at + 96), np.int8(row[sc + 6]), np.int8(row[sc + 7]))
-    return I.iadd(I.iadd(p0, p1), I.iadd(p2, p3))
+    s = I.dot_us_scaled(isa, acc, c0, I.load32(q, at), np.int8(row[sc]), np.int8(row[sc + 1]))
+    s = I.dot_us_scaled(isa, s, c1, I.load32(q, at + 32), np.int8(row[sc + 2]), np.int8(row[sc + 3]))
+    s = I.dot_us_scaled(isa, s, c2, I.load32(q, at + 64), np.int8(row[sc + 4]), np.int8(row[sc + 5]))
+    return I.dot_us_scaled(isa, s, c3, I.load32(q, at + 96), np.int8(row[sc + 6]), np.int8(row[sc + 7]))
 
 
 @njit(**_row)
 def _q6_k_sum(isa, row, o, q, sums, b):
     """Super-block b · its activation codes in int32 lanes, the −32 offset taken through the
     codes' 16-value sums (ggml: ``vpmaddwd`` of ``bsums`` and the scales, times 32)."""
-    s = I.iadd(_q6_k_half(isa, row, o, 0, q, 256 * b), _q6_k_half(isa, row, o, 1, q, 256 * b + 128))
+    s = _q6_k_half(isa, _q6_k_half(isa, I.izero(), row, o, 0, q, 256 * b), row, o, 1, q, 256 * b + 128)
     return I.isub(s, I.ishl(I.madd_sums(sums, 16 * b, row, o + 192), 5))
 
 

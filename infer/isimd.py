@@ -14,10 +14,12 @@ product holds the sum of bytes 4k..4k+3). tests/test_int_kernels.py checks both.
 
 Instruction sets. The set is a compile-time argument (``Isa.token``), so numba compiles, and
 caches, one specialization of a kernel per set, and a process can run any of them side by side
-(the tests compare them). ``PORTABLE`` is target-independent LLVM IR
-(widening multiplies; any CPU); ``AVX2`` uses ``vpsignb``/``vpmaddubsw``/``vpmaddwd``. ``best()``
-picks the fastest the CPU running this has. An AVX-512 VNNI / AVX-VNNI ``vpdpbusd`` set would
-slot in the same way; it is not written yet (no machine here executes it, see docs/inference.md).
+(the tests compare them). ``PORTABLE`` is target-independent LLVM IR (widening multiplies; any
+CPU); ``AVX2`` uses ``vpsignb``/``vpmaddubsw``/``vpmaddwd``; ``VNNI`` (AVX-512 VNNI with VL, or
+AVX-VNNI: Intel since Ice Lake / Alder Lake, AMD since Zen 4) adds ``vpdpbusd``, a byte
+multiply-add straight into int32 lanes, and ``vpdpwssd``, a 16-bit one that accumulates, as ggml
+uses ``_mm256_dpbusd_epi32`` when it is built for such a CPU. ``best()`` picks the fastest set the
+CPU running this has.
 
 Loads read 16 or 32 bytes starting at element ``i`` with no bounds check: the caller's loop
 bounds are the only guard, as in C.
@@ -55,26 +57,34 @@ class Isa:
     """An instruction set kernels may be compiled for. Kernels take its ``token`` as their first
     argument: an empty array whose dtype names the set. Numba types (and caches) a kernel by its
     arguments' types, so each set gets its own compiled specialization; an array, unlike an
-    object of a class of our own, is typed by numba's fast C dispatcher (0.4 µs a call, not 6)."""
+    object of a class of our own, is typed by numba's fast C dispatcher (0.4 µs a call, not 6).
 
-    def __init__(self, name: str, needs: tuple[str, ...], dtype: type) -> None:
+    ``needs``: alternative sets of LLVM CPU features, any one of which suffices (AVX-512 VNNI
+    with VL, or AVX-VNNI, give the same 256-bit instructions in two encodings; LLVM picks the
+    one the CPU has)."""
+
+    def __init__(self, name: str, needs: tuple[tuple[str, ...], ...], dtype: type) -> None:
         self.name, self.needs = name, needs
         self.token: np.ndarray = np.empty(0, dtype=dtype)
+
+    def runs_on(self, features: dict[str, bool]) -> bool:
+        return any(all(features.get(f, False) for f in alternative) for alternative in self.needs)
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
 
 
-PORTABLE = Isa("portable", (), np.uint8)
-AVX2 = Isa("avx2", ("avx2",), np.int16)
-ALL = (AVX2, PORTABLE)  # fastest first
+PORTABLE = Isa("portable", ((),), np.uint8)
+AVX2 = Isa("avx2", (("avx2",),), np.int16)
+VNNI = Isa("vnni", (("avx2", "avx512vnni", "avx512vl"), ("avx2", "avxvnni")), np.int32)
+ALL = (VNNI, AVX2, PORTABLE)  # fastest first
 _BY_DTYPE = {str(isa.token.dtype): isa.name for isa in ALL}
 
 
 def available() -> list[Isa]:
     """The sets this CPU executes, fastest first."""
     features = llvm.get_host_cpu_features()
-    return [isa for isa in ALL if all(features.get(f, False) for f in isa.needs)]
+    return [isa for isa in ALL if isa.runs_on(features)]
 
 
 def best() -> Isa:
@@ -227,6 +237,22 @@ def _madd(builder: ir.IRBuilder, a: ir.Value, b: ir.Value) -> ir.Value:
     return _x86(builder, "llvm.x86.avx2.pmadd.wd", _L8, a, b)
 
 
+def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, u: ir.Value, s: ir.Value) -> ir.Value:
+    """acc + (lane k = Σ_{j<4} u[4k+j]·s[4k+j]), u unsigned and s signed bytes, no saturation.
+    Declared with int32 operands, the form LLVM has always accepted (newer LLVMs upgrade it to
+    their byte-vector form)."""
+    return _x86(builder, "llvm.x86.avx512.vpdpbusd.256", _L8, acc, builder.bitcast(u, _L8), builder.bitcast(s, _L8))
+
+
+def _dpwssd(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
+    """acc + ``vpmaddwd``(a, b): int16 pairs multiplied and added into int32 lanes, one instruction."""
+    return _x86(builder, "llvm.x86.avx512.vpdpwssd.256", _L8, acc, builder.bitcast(a, _L8), builder.bitcast(b, _L8))
+
+
+def _zeros() -> ir.Constant:
+    return ir.Constant(_L8, [0] * 8)
+
+
 def _isa_of(t) -> str | None:
     """The set a token's numba type names (None: not a token, so the intrinsic does not apply)."""
     return _BY_DTYPE.get(str(t.dtype)) if isinstance(t, types.Array) and t.ndim == 1 else None
@@ -241,6 +267,8 @@ def dot_us(typingctx, isa, u, s):
         return None
 
     def codegen(context, builder, sig, args):
+        if name == "vnni":
+            return _dpbusd(builder, _zeros(), args[1], args[2])
         if name == "avx2":
             return _madd(builder, _maddubs(builder, args[1], args[2]), ir.Constant(_W16, [1] * 16))
         return _dot_us_portable(builder, args[1], args[2], False)
@@ -259,9 +287,11 @@ def dot_ss(typingctx, isa, a, b):
 
     def codegen(context, builder, sig, args):
         x, y = args[1], args[2]
-        if name == "avx2":
+        if name in ("avx2", "vnni"):
             ax = _x86(builder, "llvm.x86.avx2.psign.b", _B32, x, x)
             sy = _x86(builder, "llvm.x86.avx2.psign.b", _B32, y, x)
+            if name == "vnni":
+                return _dpbusd(builder, _zeros(), ax, sy)
             return _madd(builder, _maddubs(builder, ax, sy), ir.Constant(_W16, [1] * 16))
         return _dot_us_portable(builder, x, y, True)
 
@@ -269,32 +299,35 @@ def dot_ss(typingctx, isa, a, b):
 
 
 @intrinsic
-def dot_us_scaled(typingctx, isa, u, s, lo, hi):
-    """``dot_us`` with lanes 0..3 (bytes 0..15) times the integer ``lo`` and lanes 4..7 times
-    ``hi``: a K-quant's sub-block scales, applied as ggml applies them (``vpmaddwd`` of the byte
-    pairs' int16 sums with the scales)."""
+def dot_us_scaled(typingctx, isa, acc, u, s, lo, hi):
+    """acc + ``dot_us`` with lanes 0..3 (bytes 0..15) times the integer ``lo`` and lanes 4..7
+    times ``hi``: a K-quant's sub-block scales, applied as ggml applies them (``vpmaddwd`` of the
+    byte pairs' int16 sums with the scales; VNNI's ``vpdpwssd`` adds that into ``acc`` in the
+    same instruction)."""
     name = _isa_of(isa)
     if name is None:
         return None
 
     def codegen(context, builder, sig, args):
-        u, s = args[1], args[2]
-        lo = context.cast(builder, args[3], sig.args[3], types.int32)
-        hi = context.cast(builder, args[4], sig.args[4], types.int32)
-        if name == "avx2":
+        acc, u, s = args[1], args[2], args[3]
+        lo = context.cast(builder, args[4], sig.args[4], types.int32)
+        hi = context.cast(builder, args[5], sig.args[5], types.int32)
+        if name in ("avx2", "vnni"):
             lo16, hi16 = builder.trunc(lo, _I16), builder.trunc(hi, _I16)
             scales = builder.shuffle_vector(
                 _splat(builder, lo16, 16),
                 _splat(builder, hi16, 16),
                 ir.Constant(ir.VectorType(_I32, 16), [0] * 8 + [16] * 8),
             )
-            return _madd(builder, _maddubs(builder, u, s), scales)
+            if name == "vnni":
+                return _dpwssd(builder, acc, _maddubs(builder, u, s), scales)
+            return builder.add(acc, _madd(builder, _maddubs(builder, u, s), scales))
         scales = builder.shuffle_vector(
             _splat(builder, lo, 8), _splat(builder, hi, 8), ir.Constant(ir.VectorType(_I32, 8), [0] * 4 + [8] * 4)
         )
-        return builder.mul(_dot_us_portable(builder, u, s, False), scales)
+        return builder.add(acc, builder.mul(_dot_us_portable(builder, u, s, False), scales))
 
-    return L8(isa, B32, B32, lo, hi), codegen
+    return L8(isa, L8, B32, B32, lo, hi), codegen
 
 
 @intrinsic
