@@ -397,6 +397,7 @@ def _row4_q6_k(isa, row, q, d, sums, n):
 @njit(**_driver)
 def _mm_q8_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, sums, n)
@@ -408,6 +409,7 @@ def _mm_q8_0(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q4_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, sums, n)
@@ -419,6 +421,7 @@ def _mm_q4_0(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q5_0(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, sums, n)
@@ -430,6 +433,7 @@ def _mm_q5_0(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q4_1(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_1(isa, row, q, d, sums, n)
@@ -441,6 +445,7 @@ def _mm_q4_1(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q5_1(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_1(isa, row, q, d, sums, n)
@@ -452,6 +457,7 @@ def _mm_q5_1(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q4_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_k(isa, row, q, d, sums, n)
@@ -463,6 +469,7 @@ def _mm_q4_k(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q5_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_k(isa, row, q, d, sums, n)
@@ -474,6 +481,7 @@ def _mm_q5_k(isa, w, q, d, sums, out):
 @njit(**_driver)
 def _mm_q6_k(isa, w, q, d, sums, out):
     for r in prange(w.shape[0]):
+        I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
             out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q6_k(isa, row, q, d, sums, n)

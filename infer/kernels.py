@@ -31,7 +31,7 @@ from numba import njit, prange
 from llamashare.infer import int_kernels
 from llamashare.infer import simd as V
 from llamashare.infer.activations import CODE_BLOCK, Codes, codes, rounding
-from llamashare.infer.isimd import Isa, best
+from llamashare.infer.isimd import Isa, best, prefetch_ahead
 
 F32 = np.float32
 _inline = {"inline": "always", "fastmath": True, "cache": True}
@@ -78,6 +78,7 @@ _parallel = {"parallel": True, "fastmath": True, "cache": True}
 @njit(**_parallel)
 def _mm_f16(w, x, out):
     for r in prange(w.shape[0]):
+        prefetch_ahead(w, r)
         row = w[r]
         for n in range(x.shape[0]):
             out[n, r] = _row_f16(row, x[n])
@@ -86,6 +87,7 @@ def _mm_f16(w, x, out):
 @njit(**_parallel)
 def _mm_bf16(w, x, out):
     for r in prange(w.shape[0]):
+        prefetch_ahead(w, r)
         row = w[r]
         for n in range(x.shape[0]):
             out[n, r] = _row_bf16(row, x[n])
