@@ -75,10 +75,11 @@ def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _codes_q8_0(x, q, d, s):  # type: ignore[no-untyped-def]
+def _codes_q8_0(x, q, d, s, fours):  # type: ignore[no-untyped-def]
     """``_round_q8_0``'s codes and scales themselves, row by row: ggml's ``block_q8_0`` rows. With
     a column per block in ``s``, also Q8_1's ``s`` (ggml-cpu's AVX2 quantize_row_q8_1): the block's
-    code sum times the unrounded scale, through float16 (the offsets of Q4_1/Q5_1 take it)."""
+    code sum times the unrounded scale, through float16 (the offsets of Q4_1/Q5_1 take it). With
+    a column per four codes in ``fours``, their sums (the integer kernels' offset terms)."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // 32):
             amax = F32(0)
@@ -93,6 +94,9 @@ def _codes_q8_0(x, q, d, s):  # type: ignore[no-untyped-def]
                 total += q[r, i]
             if s.shape[1]:
                 s[r, b] = through_half(scale * F32(total))
+            if fours.shape[1]:
+                for g in range(8 * b, 8 * b + 8):
+                    fours[r, g] = np.int32(q[r, 4 * g]) + q[r, 4 * g + 1] + q[r, 4 * g + 2] + q[r, 4 * g + 3]
 
 
 @njit(cache=True)
@@ -124,7 +128,8 @@ class Codes:
     """Activation rows as llama.cpp's ``vec_dot_type`` blocks, for the integer kernels: ``kind``
     ``q8_0``, ``q8_1`` or ``q8_k``; ``q`` the int8 codes (rows, n); ``d`` each block's scale
     (rows, n / block); ``sums``: Q8_K's int16 sum of each 16 codes (rows, n / 16), Q8_1's float
-    ``s`` per block (rows, n / 32), else empty."""
+    ``s`` per block (rows, n / 32), Q8_0's int32 sum of each 4 codes (rows, n / 4; the integer
+    kernels' offset terms, int_kernels._fix)."""
 
     kind: str
     q: np.ndarray
@@ -146,9 +151,12 @@ def codes(x: np.ndarray, kind: str) -> Codes:
         raise ValueError(f"rows of {n} values are not whole blocks of {block}")
     q = np.empty((rows, n), dtype=np.int8)
     d = np.empty((rows, n // block), dtype=F32)
-    if kind in ("q8_0", "q8_1"):
-        sums = np.empty((rows, n // 32 if kind == "q8_1" else 0), dtype=F32)
-        _codes_q8_0(x, q, d, sums)
+    if kind == "q8_1":
+        sums = np.empty((rows, n // 32), dtype=F32)
+        _codes_q8_0(x, q, d, sums, np.empty((rows, 0), dtype=np.int32))
+    elif kind == "q8_0":
+        sums = np.empty((rows, n // 4), dtype=np.int32)
+        _codes_q8_0(x, q, d, np.empty((rows, 0), dtype=F32), sums)
     else:
         sums = np.empty((rows, n // 16), dtype=np.int16)
         _codes_q8_k(x, q, d, sums)

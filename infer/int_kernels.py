@@ -31,9 +31,28 @@ _driver = {"parallel": True, "cache": True}
 
 
 @njit(**_row)
-def _q8_step(isa, dw, w, q, d, b, acc):
-    """One 32-value block of weight codes ``w`` (scale ``dw``) · block b of Q8_0 codes, into acc."""
-    return I.fma_lanes(dw * d[b], I.dot_ss(isa, w, I.load32(q, 32 * b)), acc)
+def _q8_step(isa, dw, w, q, d, fix, b, acc):
+    """One 32-value block of signed weight codes ``w`` (scale ``dw``) · block b of Q8_0 codes,
+    into acc (``fix``: −128 times the codes' sums of four, see ``_fix``)."""
+    return I.fma_lanes(dw * d[b], I.dot_biased(isa, w, I.load32(q, 32 * b), I.lanes_at(fix, 8 * b)), acc)
+
+
+@njit(**_row)
+def _q8u_step(isa, dw, u, q, d, fix, b, acc):
+    """A 32-value block of unsigned weight codes ``u`` standing for u − k (Q4_0: k = 8, Q5_0: 16;
+    ``fix``: −k times the codes' sums of four) · block b of Q8_0 codes, into acc."""
+    return I.fma_lanes(dw * d[b], I.dot_us_add(isa, I.lanes_at(fix, 8 * b), u, I.load32(q, 32 * b)), acc)
+
+
+@njit(**_row)
+def _fix(sums, k):
+    """−k times each activation row's sums of four codes (int32, rows × n/4): the integer term
+    that turns a product of unsigned codes u into one of u − k, exactly."""
+    out = np.empty_like(sums)
+    for n in range(sums.shape[0]):
+        for i in range(sums.shape[1]):
+            out[n, i] = -k * sums[n, i]
+    return out
 
 
 @njit(**_row)
@@ -45,16 +64,16 @@ def _q8_0_block(row, b):
 @njit(**_row)
 def _q4_0_block(row, b):
     """18-byte blocks: float16 d, 16 bytes of nibbles, value j low and j+16 high, code − 8
-    (ggml_vec_dot_q4_0_q8_0)."""
-    return I.half_at(row, 18 * b), I.bsub(I.nibbles32(row, 18 * b + 2), 8)
+    (ggml_vec_dot_q4_0_q8_0; the − 8 is ``_q8u_step``'s)."""
+    return I.half_at(row, 18 * b), I.nibbles32(row, 18 * b + 2)
 
 
 @njit(**_row)
 def _q5_0_block(row, b):
     """22-byte blocks: float16 d, 4 bytes of fifth bits (bit j for value j), 16 bytes of nibbles
-    as Q4_0's; code (nibble + 16·bit) − 16 (ggml_vec_dot_q5_0_q8_0)."""
+    as Q4_0's; code (nibble + 16·bit) − 16 (ggml_vec_dot_q5_0_q8_0; the − 16 is ``_q8u_step``'s)."""
     o = 22 * b
-    return I.half_at(row, o), I.bsub(I.bor(I.nibbles32(row, o + 6), I.bshl(I.bits32(row, o + 2), 4)), 16)
+    return I.half_at(row, o), I.bor(I.nibbles32(row, o + 6), I.bshl(I.bits32(row, o + 2), 4))
 
 
 @njit(**_row)
@@ -84,7 +103,7 @@ def _row_q8_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
         dw, w = _q8_0_block(row, b)
-        acc = _q8_step(isa, dw, w, q, d, b, acc)
+        acc = _q8_step(isa, dw, w, q, d, sums, b, acc)
     return I.hsum(acc)
 
 
@@ -93,10 +112,10 @@ def _row4_q8_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
         dw, w = _q8_0_block(row, b)
-        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
-        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
-        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
-        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+        a0 = _q8_step(isa, dw, w, q[n], d[n], sums[n], b, a0)
+        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1)
+        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2)
+        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], sums[n + 3], b, a3)
     return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
 
 
@@ -105,7 +124,7 @@ def _row_q4_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
         dw, w = _q4_0_block(row, b)
-        acc = _q8_step(isa, dw, w, q, d, b, acc)
+        acc = _q8u_step(isa, dw, w, q, d, sums, b, acc)
     return I.hsum(acc)
 
 
@@ -114,10 +133,10 @@ def _row4_q4_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
         dw, w = _q4_0_block(row, b)
-        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
-        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
-        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
-        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+        a0 = _q8u_step(isa, dw, w, q[n], d[n], sums[n], b, a0)
+        a1 = _q8u_step(isa, dw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1)
+        a2 = _q8u_step(isa, dw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2)
+        a3 = _q8u_step(isa, dw, w, q[n + 3], d[n + 3], sums[n + 3], b, a3)
     return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
 
 
@@ -126,7 +145,7 @@ def _row_q5_0(isa, row, q, d, sums):
     acc = I.fzero()
     for b in range(q.shape[0] // 32):
         dw, w = _q5_0_block(row, b)
-        acc = _q8_step(isa, dw, w, q, d, b, acc)
+        acc = _q8u_step(isa, dw, w, q, d, sums, b, acc)
     return I.hsum(acc)
 
 
@@ -135,10 +154,10 @@ def _row4_q5_0(isa, row, q, d, sums, n):
     a0, a1, a2, a3 = I.fzero(), I.fzero(), I.fzero(), I.fzero()
     for b in range(q.shape[1] // 32):
         dw, w = _q5_0_block(row, b)
-        a0 = _q8_step(isa, dw, w, q[n], d[n], b, a0)
-        a1 = _q8_step(isa, dw, w, q[n + 1], d[n + 1], b, a1)
-        a2 = _q8_step(isa, dw, w, q[n + 2], d[n + 2], b, a2)
-        a3 = _q8_step(isa, dw, w, q[n + 3], d[n + 3], b, a3)
+        a0 = _q8u_step(isa, dw, w, q[n], d[n], sums[n], b, a0)
+        a1 = _q8u_step(isa, dw, w, q[n + 1], d[n + 1], sums[n + 1], b, a1)
+        a2 = _q8u_step(isa, dw, w, q[n + 2], d[n + 2], sums[n + 2], b, a2)
+        a3 = _q8u_step(isa, dw, w, q[n + 3], d[n + 3], sums[n + 3], b, a3)
     return I.hsum(a0), I.hsum(a1), I.hsum(a2), I.hsum(a3)
 
 
@@ -396,38 +415,41 @@ def _row4_q6_k(isa, row, q, d, sums, n):
 
 @njit(**_driver)
 def _mm_q8_0(isa, w, q, d, sums, out):
+    fix = _fix(sums, 128)
     for r in prange(w.shape[0]):
         I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, sums, n)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q8_0(isa, row, q, d, fix, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q8_0(isa, row, q[m], d[m], sums[m])
+            out[m, r] = _row_q8_0(isa, row, q[m], d[m], fix[m])
 
 
 @njit(**_driver)
 def _mm_q4_0(isa, w, q, d, sums, out):
+    fix = _fix(sums, 8)
     for r in prange(w.shape[0]):
         I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, sums, n)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q4_0(isa, row, q, d, fix, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q4_0(isa, row, q[m], d[m], sums[m])
+            out[m, r] = _row_q4_0(isa, row, q[m], d[m], fix[m])
 
 
 @njit(**_driver)
 def _mm_q5_0(isa, w, q, d, sums, out):
+    fix = _fix(sums, 16)
     for r in prange(w.shape[0]):
         I.prefetch_ahead(w, r)
         row, n = w[r], 0
         while n + 4 <= q.shape[0]:
-            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, sums, n)
+            out[n, r], out[n + 1, r], out[n + 2, r], out[n + 3, r] = _row4_q5_0(isa, row, q, d, fix, n)
             n += 4
         for m in range(n, q.shape[0]):
-            out[m, r] = _row_q5_0(isa, row, q[m], d[m], sums[m])
+            out[m, r] = _row_q5_0(isa, row, q[m], d[m], fix[m])
 
 
 @njit(**_driver)

@@ -336,6 +336,49 @@ def dot_ss(typingctx, isa, a, b):
 
 
 @intrinsic
+def dot_biased(typingctx, isa, w, s, fix):
+    """``dot_ss``(w, s), given ``fix``: −128 times each lane's sum of s. VNNI multiplies w + 128
+    (w xor 0x80, unsigned) by s in one ``vpdpbusd`` that starts at ``fix``: Σ(w + 128)·s − 128·Σs
+    is Σw·s, without ``dot_ss``'s two sign moves per product (the xor of w is shared by every
+    activation row it meets). Other sets ignore ``fix`` and compute ``dot_ss``; the same integers
+    either way."""
+    name = _isa_of(isa)
+    if name is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        w, s, fix = args[1], args[2], args[3]
+        if name == "vnni":
+            return _dpbusd(builder, fix, builder.xor(w, _const_bytes(0x80)), s)
+        if name == "avx2":
+            aw = _x86(builder, "llvm.x86.avx2.psign.b", _B32, w, w)
+            sy = _x86(builder, "llvm.x86.avx2.psign.b", _B32, s, w)
+            return _madd(builder, _maddubs(builder, aw, sy), ir.Constant(_W16, [1] * 16))
+        return _dot_us_portable(builder, w, s, True)
+
+    return L8(isa, B32, B32, L8), codegen
+
+
+@intrinsic
+def dot_us_add(typingctx, isa, acc, u, s):
+    """acc + ``dot_us``(u, s); VNNI adds in the same ``vpdpbusd``. With acc = −k times each lane's
+    sum of s, this is (u − k)·s: Q4_0's and Q5_0's signed codes without subtracting k from them."""
+    name = _isa_of(isa)
+    if name is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, u, s = args[1], args[2], args[3]
+        if name == "vnni":
+            return _dpbusd(builder, acc, u, s)
+        if name == "avx2":
+            return builder.add(acc, _madd(builder, _maddubs(builder, u, s), ir.Constant(_W16, [1] * 16)))
+        return builder.add(acc, _dot_us_portable(builder, u, s, False))
+
+    return L8(isa, L8, B32, B32), codegen
+
+
+@intrinsic
 def dot_us_scaled(typingctx, isa, acc, u, s, lo, hi):
     """acc + ``dot_us`` with lanes 0..3 (bytes 0..15) times the integer ``lo`` and lanes 4..7
     times ``hi``: a K-quant's sub-block scales, applied as ggml applies them (``vpmaddwd`` of the
@@ -365,6 +408,16 @@ def dot_us_scaled(typingctx, isa, acc, u, s, lo, hi):
         return builder.add(acc, builder.mul(_dot_us_portable(builder, u, s, False), scales))
 
     return L8(isa, L8, B32, B32, lo, hi), codegen
+
+
+@intrinsic
+def lanes_at(typingctx, a, i):
+    """a[i:i+8] of an int32 array, as eight int32 lanes."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _L8), align=4)
+
+    return L8(a, i), codegen
 
 
 @intrinsic
