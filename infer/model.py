@@ -31,6 +31,7 @@ multiplication.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,14 +196,23 @@ def rope_rounded(
     return out
 
 
+def untouched_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros whose memory is taken only where written, 4 KiB at a time (an anonymous
+    memory map). NumPy asks for 2 MiB pages for big arrays, and a cache is written one position
+    of every (layer, head) slab at a time, so the first token made SmolLM2's whole 4096-position
+    cache resident: 180 MB of RSS for a few positions."""
+    size = int(np.prod(shape)) * 4
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=F32, count=size // 4).reshape(shape)
+
+
 class KVCache:
     """Keys and values of every position so far, per layer: (n_kv_heads, n_ctx, head_dim) float32
     holding float16-rounded values (llama.cpp's default cache type; no conversion per step)."""
 
     def __init__(self, cfg: Config, n_ctx: int) -> None:
         shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
-        self.k = np.zeros(shape, dtype=F32)
-        self.v = np.zeros(shape, dtype=F32)
+        self.k = untouched_zeros(shape)
+        self.v = untouched_zeros(shape)
         self.tokens: list[int] = []  # what the cache holds, position by position
 
     def __len__(self) -> int:

@@ -305,10 +305,13 @@ class GGUFTokenizer:
         self._strip_like_llama_cpp(meta("general.name"))
         if pre is not None:
             self.bpe = self._byte_level_bpe(mf, pre)
-            self.piece = [self._gpt2_piece(i) for i in range(n)]
+            self._piece = self._gpt2_piece
         else:
             self.bpe = self._sentencepiece_bpe(mf)
-            self.piece = [self._spm_piece(i) for i in range(n)]
+            self._piece = self._spm_piece
+        # each token's bytes, made when first decoded: making all 49k of SmolLM2's took 0.1 s of
+        # every start-up, for the few dozen a short generation prints
+        self._pieces: dict[int, bytes] = {}
 
     # -- building ------------------------------------------------------------------------------
 
@@ -489,7 +492,12 @@ class GGUFTokenizer:
     # -- decoding ------------------------------------------------------------------------------
 
     def token_bytes(self, tid: int) -> bytes:
-        return self.piece[tid] if 0 <= tid < self.n_vocab else b""
+        if not 0 <= tid < self.n_vocab:
+            return b""
+        piece = self._pieces.get(tid)
+        if piece is None:
+            piece = self._pieces[tid] = self._piece(tid)
+        return piece
 
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
