@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from llamashare.infer.simd import through_half
 from llamashare.quant.qtype import QuantType
@@ -74,53 +74,82 @@ def _round_q8_k(x, out):  # type: ignore[no-untyped-def]
             out[i] = min(np.rint(x[i] * iscale), F32(127)) * d
 
 
-@njit(cache=True)
-def _codes_q8_0(x, q, d, s, fours):  # type: ignore[no-untyped-def]
-    """``_round_q8_0``'s codes and scales themselves, row by row: ggml's ``block_q8_0`` rows. With
+@njit(inline="always", cache=True)
+def _codes_q8_0_row(x, q, d, s, fours, r):  # type: ignore[no-untyped-def]
+    """``_round_q8_0``'s codes and scales themselves, for row r: ggml's ``block_q8_0`` rows. With
     a column per block in ``s``, also Q8_1's ``s`` (ggml-cpu's AVX2 quantize_row_q8_1): the block's
     code sum times the unrounded scale, through float16 (the offsets of Q4_1/Q5_1 take it). With
     a column per four codes in ``fours``, their sums (the integer kernels' offset terms)."""
-    for r in range(x.shape[0]):
-        for b in range(x.shape[1] // 32):
-            amax = F32(0)
-            for i in range(32 * b, 32 * b + 32):
-                amax = max(amax, abs(x[r, i]))
-            scale = amax / F32(127)
-            inv = F32(127) / amax if amax > 0 else F32(0)
-            d[r, b] = through_half(scale)
-            total = np.int32(0)
-            for i in range(32 * b, 32 * b + 32):
-                q[r, i] = np.int8(np.rint(x[r, i] * inv))
+    for b in range(x.shape[1] // 32):
+        amax = F32(0)
+        for i in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[r, i]))
+        scale = amax / F32(127)
+        inv = F32(127) / amax if amax > 0 else F32(0)
+        d[r, b] = through_half(scale)
+        total = np.int32(0)
+        for i in range(32 * b, 32 * b + 32):
+            q[r, i] = np.int8(np.rint(x[r, i] * inv))
+            total += q[r, i]
+        if s.shape[1]:
+            s[r, b] = through_half(scale * F32(total))
+        if fours.shape[1]:
+            for g in range(8 * b, 8 * b + 8):
+                fours[r, g] = np.int32(q[r, 4 * g]) + q[r, 4 * g + 1] + q[r, 4 * g + 2] + q[r, 4 * g + 3]
+
+
+@njit(inline="always", cache=True)
+def _codes_q8_k_row(x, q, d, sums, r):  # type: ignore[no-untyped-def]
+    """``_round_q8_k``'s codes and scales for row r, and the sum of every 16 codes
+    (``block_q8_K.bsums``)."""
+    for b in range(x.shape[1] // 256):
+        mx, amax = F32(0), F32(0)
+        for i in range(256 * b, 256 * b + 256):
+            if abs(x[r, i]) > amax:
+                amax, mx = abs(x[r, i]), x[r, i]
+        if amax == 0:
+            d[r, b] = 0
+            q[r, 256 * b : 256 * b + 256] = 0
+        else:
+            iscale = F32(-127) / mx
+            d[r, b] = F32(1) / iscale
+            for i in range(256 * b, 256 * b + 256):
+                q[r, i] = np.int8(min(np.rint(x[r, i] * iscale), F32(127)))
+        for g in range(16 * b, 16 * b + 16):
+            total = 0
+            for i in range(16 * g, 16 * g + 16):
                 total += q[r, i]
-            if s.shape[1]:
-                s[r, b] = through_half(scale * F32(total))
-            if fours.shape[1]:
-                for g in range(8 * b, 8 * b + 8):
-                    fours[r, g] = np.int32(q[r, 4 * g]) + q[r, 4 * g + 1] + q[r, 4 * g + 2] + q[r, 4 * g + 3]
+            sums[r, g] = total
+
+
+# A prompt's rows are split over the cores (its codes took ~9% of a 128-token Q8_0 prefill on one);
+# a generated token's few rows stay on one, where starting the threads would cost more than they save.
+@njit(cache=True)
+def _codes_q8_0(x, q, d, s, fours):  # type: ignore[no-untyped-def]
+    for r in range(x.shape[0]):
+        _codes_q8_0_row(x, q, d, s, fours, r)
+
+
+@njit(parallel=True, cache=True)
+def _codes_q8_0_parallel(x, q, d, s, fours):  # type: ignore[no-untyped-def]
+    for r in prange(x.shape[0]):
+        _codes_q8_0_row(x, q, d, s, fours, r)
 
 
 @njit(cache=True)
 def _codes_q8_k(x, q, d, sums):  # type: ignore[no-untyped-def]
-    """``_round_q8_k``'s codes and scales, and the sum of every 16 codes (``block_q8_K.bsums``)."""
     for r in range(x.shape[0]):
-        for b in range(x.shape[1] // 256):
-            mx, amax = F32(0), F32(0)
-            for i in range(256 * b, 256 * b + 256):
-                if abs(x[r, i]) > amax:
-                    amax, mx = abs(x[r, i]), x[r, i]
-            if amax == 0:
-                d[r, b] = 0
-                q[r, 256 * b : 256 * b + 256] = 0
-            else:
-                iscale = F32(-127) / mx
-                d[r, b] = F32(1) / iscale
-                for i in range(256 * b, 256 * b + 256):
-                    q[r, i] = np.int8(min(np.rint(x[r, i] * iscale), F32(127)))
-            for g in range(16 * b, 16 * b + 16):
-                total = 0
-                for i in range(16 * g, 16 * g + 16):
-                    total += q[r, i]
-                sums[r, g] = total
+        _codes_q8_k_row(x, q, d, sums, r)
+
+
+@njit(parallel=True, cache=True)
+def _codes_q8_k_parallel(x, q, d, sums):  # type: ignore[no-untyped-def]
+    for r in prange(x.shape[0]):
+        _codes_q8_k_row(x, q, d, sums, r)
+
+
+#: rows from which activation codes are made on every core
+PARALLEL_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -151,15 +180,15 @@ def codes(x: np.ndarray, kind: str) -> Codes:
         raise ValueError(f"rows of {n} values are not whole blocks of {block}")
     q = np.empty((rows, n), dtype=np.int8)
     d = np.empty((rows, n // block), dtype=F32)
-    if kind == "q8_1":
-        sums = np.empty((rows, n // 32), dtype=F32)
-        _codes_q8_0(x, q, d, sums, np.empty((rows, 0), dtype=np.int32))
-    elif kind == "q8_0":
-        sums = np.empty((rows, n // 4), dtype=np.int32)
-        _codes_q8_0(x, q, d, np.empty((rows, 0), dtype=F32), sums)
+    wide = rows >= PARALLEL_ROWS
+    if kind in ("q8_0", "q8_1"):
+        per_block = kind == "q8_1"
+        sums = np.empty((rows, n // 32 if per_block else n // 4), dtype=F32 if per_block else np.int32)
+        s, fours = (sums, np.empty((rows, 0), dtype=np.int32)) if per_block else (np.empty((rows, 0), dtype=F32), sums)
+        (_codes_q8_0_parallel if wide else _codes_q8_0)(x, q, d, s, fours)
     else:
         sums = np.empty((rows, n // 16), dtype=np.int16)
-        _codes_q8_k(x, q, d, sums)
+        (_codes_q8_k_parallel if wide else _codes_q8_k)(x, q, d, sums)
     return Codes(kind, q, d, sums)
 
 
