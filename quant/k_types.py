@@ -15,11 +15,12 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
+from llamashare.quant import k_kernels
 from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, fp16_field, nearest_int, seq_sum
 
 T = gguf.GGMLQuantizationType
 QK_K = 256
-GROUP_MAX_EPS = F32(1e-15)
+GROUP_MAX_EPS = k_kernels.GROUP_MAX_EPS
 
 
 def _divide(a: np.ndarray | np.float32, b: np.ndarray) -> np.ndarray:
@@ -30,91 +31,35 @@ def _divide(a: np.ndarray | np.float32, b: np.ndarray) -> np.ndarray:
 
 
 def make_qkx2_quants(
-    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool = False
+    b: np.ndarray, sub: int, nmax: int, rmin: float, nstep: int, rms_weights: bool, use_mad: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column of ``x`` (n, m): levels L (n, m) in 0..nmax, scale (m,) and minimum (m,) such
-    that ``scale·L - minimum`` approximates x with the least ``w``-weighted error.
+    """ggml's make_qkx2_quants for every ``sub``-value sub-block of the super-blocks ``b`` (n, 256):
+    levels as columns (sub, n·256/sub) float32, scale and ``the_min`` (n, 256/sub).
 
-    ggml's make_qkx2_quants: start from the min/max grid, then try iscale = (nmax + rmin +
-    rdelta·is)/(max - min) for is = 0..nstep, fit scale and min by weighted least squares for
-    each candidate's levels, keep strictly better ones. Returns ``-min`` as ggml's ``the_min``.
-    """
-    lo = x.min(axis=0)
-    lo = np.where(lo > 0, F32(0), lo)
-    hi = x.max(axis=0)
-    flat = hi == lo
-    # C starts these two sums at term 0 rather than at +0.0; the bits differ only if term 0 is
-    # -0.0, and weights here are never negative.
-    sum_w = seq_sum(w)
-    sum_x = seq_sum(w * x)
-    span = np.where(flat, F32(1), hi - lo)
-    iscale = F32(nmax) / span
-    scale = F32(1) / iscale
-    levels = np.clip(nearest_int(iscale * (x - lo)), 0, nmax).astype(F32)
-
-    def error(s: np.ndarray, m: np.ndarray, lv: np.ndarray) -> np.ndarray:
-        diff = s * lv + m - x
-        return seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
-
-    best = error(scale, lo, levels)
-    # C keeps one variable ``min``: once a candidate wins, later candidates are laid out from
-    # the fitted minimum, not from the data's.
-    the_min = lo.copy()
-    for step in range(nstep + 1):
-        span = np.where(flat, F32(1), hi - the_min)
-        cand = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
-        lv = np.clip(nearest_int(cand * (x - the_min)), 0, nmax).astype(F32)
-        wl = w * lv
-        sum_l = seq_sum(wl)
-        sum_l2 = seq_sum(wl * lv)
-        sum_xl = seq_sum(wl * x)
-        det = sum_w * sum_l2 - sum_l * sum_l
-        ok = det > 0
-        this_scale = _divide(sum_w * sum_xl - sum_x * sum_l, det)
-        this_min = _divide(sum_l2 * sum_x - sum_l * sum_xl, det)
-        pos = this_min > 0
-        this_min = np.where(pos, F32(0), this_min)
-        this_scale = np.where(pos, _divide(sum_xl, sum_l2), this_scale)
-        cur = error(this_scale, this_min, lv)
-        better = ok & (cur < best)
-        if better.any():
-            best = np.where(better, cur, best)
-            levels = np.where(better, lv, levels)
-            scale = np.where(better, this_scale, scale)
-            the_min = np.where(better, this_min, the_min)
-    levels = np.where(flat, F32(0), levels)
-    scale = np.where(flat, F32(0), scale)
-    the_min = np.where(flat, lo, the_min)
-    return levels, scale, -the_min
+    Per sub-block: start from the min/max grid, then try iscale = (nmax + rmin + 0.1·is)/(max -
+    min) for is = 0..nstep, fit scale and min by weighted least squares for each candidate's
+    levels, keep strictly better ones. Compiled (k_kernels.qkx2: one sub-block's values stay in
+    cache through every candidate)."""
+    n, m = b.shape[0], QK_K // sub
+    levels = np.empty((n, QK_K), dtype=np.uint8)
+    scales, mins = np.empty((n, m), dtype=F32), np.empty((n, m), dtype=F32)
+    k_kernels.qkx2(
+        np.ascontiguousarray(b, dtype=F32), sub, nmax, F32(rmin), F32(0.1), nstep, rms_weights, use_mad, levels, scales, mins
+    )
+    return _columns(levels, sub).astype(F32), scales, mins
 
 
-def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of ``x`` (n, m): levels (n, m) in 0..2·nmax-1 and a signed scale with
-    ``scale·(L - nmax)`` ≈ x, weights x² — ggml's make_qx_quants with rmse_type 1, no imatrix."""
-    mx = first_absmax(x, axis=0)
-    zero = np.abs(mx) < GROUP_MAX_EPS
-    mx = np.where(zero, F32(1), mx)
-    w = x * x
-    wx = w * x
-
-    def fit(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lv = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
-        return lv, seq_sum(wx * lv), seq_sum(w * lv * lv)
-
-    levels, sumlx, suml2 = fit(F32(-nmax) / mx)
-    scale = _divide(sumlx, suml2)
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        lv, sumlx, suml2 = fit(-(F32(nmax) + F32(0.1) * F32(step)) / mx)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        if better.any():
-            levels = np.where(better, lv, levels)
-            scale = np.where(better, _divide(sumlx, suml2), scale)
-            best = np.where(better, scale * sumlx, best)
-    levels = np.where(zero, F32(-nmax), levels)  # stored as L + nmax: 0, like C's L[i] = 0
-    return (levels + F32(nmax)).astype(np.uint8), np.where(zero, F32(0), scale)
+def make_qx_quants(b: np.ndarray, sub: int, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's make_qx_quants (rmse_type 1: weights x², no importance matrix) for every
+    ``sub``-value sub-block of the super-blocks ``b`` (n, 256): levels L + nmax as columns (sub,
+    n·256/sub) uint8 and the signed scale (n, 256/sub), ``scale·(L - nmax)`` ≈ x. Per sub-block:
+    iscale = -(nmax + 0.1·is)/max for is = -9..9, the weighted least-squares scale of each
+    candidate's levels, the best kept. Compiled (k_kernels.qx)."""
+    n, m = b.shape[0], QK_K // sub
+    levels = np.empty((n, QK_K), dtype=np.uint8)
+    scales = np.empty((n, m), dtype=F32)
+    k_kernels.qx(np.ascontiguousarray(b, dtype=F32), sub, nmax, levels, scales)
+    return _columns(levels, sub), scales
 
 
 def _columns(b: np.ndarray, sub: int) -> np.ndarray:
@@ -154,9 +99,7 @@ class Q4_K(QuantType, ggml=T.Q4_K):
         """The shared part of Q4_K and Q5_K: (d, dmin, packed scales, levels (n, 256))."""
         n = b.shape[0]
         x = _columns(b, 32)
-        av_x = np.sqrt(seq_sum(x * x) / F32(32))
-        levels, scales, mins = make_qkx2_quants(x, av_x + np.abs(x), cls.nmax, cls.rmin, 0.1, cls.nstep)
-        scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
+        levels, scales, mins = make_qkx2_quants(b, 32, cls.nmax, cls.rmin, cls.nstep, rms_weights=True)
         max_scale = np.maximum(scales.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
         inv_scale = _divide(F32(63), max_scale)
@@ -231,8 +174,7 @@ class Q6_K(QuantType, ggml=T.Q6_K):
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
         n = b.shape[0]
         x = _columns(b, 16)
-        levels, scales = make_qx_quants(x, 32)
-        scales = scales.reshape(n, 16)
+        levels, scales = make_qx_quants(b, 16, 32)
         max_scale = first_absmax(scales, axis=1)
         zero = np.abs(max_scale) < GROUP_MAX_EPS
         iscale = F32(-128) / np.where(zero, F32(1), max_scale)
@@ -287,8 +229,7 @@ class Q2_K(QuantType, ggml=T.Q2_K):
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
         n = b.shape[0]
         x = _columns(b, 16)
-        levels, scales, mins = make_qkx2_quants(x, np.abs(x), 3, -0.5, 0.1, 15, use_mad=True)
-        scales, mins = scales.reshape(n, 16), mins.reshape(n, 16)
+        levels, scales, mins = make_qkx2_quants(b, 16, 3, -0.5, 15, rms_weights=False, use_mad=True)
         max_scale = np.maximum(scales.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
         # C: int l = nearest_int(15/max · s); scales[j] = l (a uint8, so wrapped); then |= l << 4
