@@ -44,7 +44,17 @@ def make_qkx2_quants(
     levels = np.empty((n, QK_K), dtype=np.uint8)
     scales, mins = np.empty((n, m), dtype=F32), np.empty((n, m), dtype=F32)
     k_kernels.qkx2(
-        np.ascontiguousarray(b, dtype=F32), sub, nmax, F32(rmin), F32(0.1), nstep, rms_weights, use_mad, levels, scales, mins
+        np.ascontiguousarray(b, dtype=F32),
+        sub,
+        nmax,
+        F32(rmin),
+        F32(0.1),
+        nstep,
+        rms_weights,
+        use_mad,
+        levels,
+        scales,
+        mins,
     )
     return _columns(levels, sub).astype(F32), scales, mins
 
