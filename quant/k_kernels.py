@@ -27,7 +27,7 @@ def _level(v, nmax):
 
 
 @njit(**_jit)
-def qkx2(x, sub, nmax, rmin, rdelta, nstep, rms_weights, use_mad, levels, scales, mins):  # type: ignore[no-untyped-def]
+def qkx2(x, sub, nmax, rmin, rdelta, nstep, rms_weights, use_mad, levels, scales, mins):
     """Every ``sub``-value sub-block of the rows of ``x`` (n, 256) float32: its levels (into
     ``levels``, uint8 like x), scale and minimum (into ``scales``/``mins``, (n, 256/sub),
     the minimum negated as ggml's ``the_min``), fitted by ggml's make_qkx2_quants with weights
@@ -114,7 +114,7 @@ def _signed_level(v, nmax):
 
 
 @njit(**_jit)
-def qx(x, sub, nmax, levels, scales):  # type: ignore[no-untyped-def]
+def qx(x, sub, nmax, levels, scales):
     """Every ``sub``-value sub-block of the rows of ``x`` (n, 256) float32: its levels + nmax
     (into ``levels``, uint8 like x) and signed scale (into ``scales``, (n, 256/sub)), fitted by
     ggml's make_qx_quants with rmse_type 1 (weights x², no importance matrix)."""
