@@ -118,10 +118,15 @@ def qx(x, sub, nmax, levels, scales):
     """Every ``sub``-value sub-block of the rows of ``x`` (n, 256) float32: its levels + nmax
     (into ``levels``, uint8 like x) and signed scale (into ``scales``, (n, 256/sub)), fitted by
     ggml's make_qx_quants with rmse_type 1 (weights x², no importance matrix)."""
+    w = np.empty(sub, F32)
+    wx = np.empty(sub, F32)
     for n in range(x.shape[0]):
         row = x[n]
         for j in range(x.shape[1] // sub):
             o = j * sub
+            for i in range(sub):
+                w[i] = row[o + i] * row[o + i]
+                wx[i] = w[i] * row[o + i]
             amax, mx = F32(0), F32(0)
             for i in range(sub):
                 if abs(row[o + i]) > amax:
@@ -134,10 +139,9 @@ def qx(x, sub, nmax, levels, scales):
             best_iscale = F32(-nmax) / mx
             sumlx, suml2 = F32(0), F32(0)
             for i in range(sub):
-                v = row[o + i]
-                q = F32(_signed_level(best_iscale * v, nmax))
-                sumlx += v * v * v * q
-                suml2 += v * v * q * q
+                q = F32(_signed_level(best_iscale * row[o + i], nmax))
+                sumlx += wx[i] * q
+                suml2 += w[i] * q * q
             scale = sumlx / suml2 if suml2 != 0 else F32(0)
             best = scale * sumlx
             for step in range(-9, 10):
@@ -146,10 +150,9 @@ def qx(x, sub, nmax, levels, scales):
                 iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
                 sumlx, suml2 = F32(0), F32(0)
                 for i in range(sub):
-                    v = row[o + i]
-                    q = F32(_signed_level(iscale * v, nmax))
-                    sumlx += v * v * v * q
-                    suml2 += v * v * q * q
+                    q = F32(_signed_level(iscale * row[o + i], nmax))
+                    sumlx += wx[i] * q
+                    suml2 += w[i] * q * q
                 if suml2 > 0 and sumlx * sumlx > best * suml2:
                     best_iscale = iscale
                     scale = sumlx / suml2
@@ -157,3 +160,20 @@ def qx(x, sub, nmax, levels, scales):
             for i in range(sub):
                 levels[n, o + i] = _signed_level(best_iscale * row[o + i], nmax) + nmax
             scales[n, j] = scale
+
+
+@njit(**_jit)
+def relevel(x, sub, dl, ml, lo, hi, levels):
+    """The second pass of every K-quant: each value of a sub-block whose stored scale ``dl``
+    (float16 d times the 6- or 8-bit sub-scale, (n, 256/sub)) is not zero gets the level
+    ``nearest_int((x + ml)/dl)`` clamped to lo..hi, stored as level − lo (uint8); the
+    levels of a zero-scale sub-block stay as the search left them, as in C."""
+    for n in range(x.shape[0]):
+        for j in range(x.shape[1] // sub):
+            d = dl[n, j]
+            if d == 0:
+                continue
+            m = ml[n, j]
+            for i in range(j * sub, j * sub + sub):
+                q = max(np.int32(lo), min(np.int32(hi), np.int32(np.rint((x[n, i] + m) / d))))
+                levels[n, i] = q - lo

@@ -34,7 +34,7 @@ def make_qkx2_quants(
     b: np.ndarray, sub: int, nmax: int, rmin: float, nstep: int, rms_weights: bool, use_mad: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants for every ``sub``-value sub-block of the super-blocks ``b`` (n, 256):
-    levels as columns (sub, n·256/sub) float32, scale and ``the_min`` (n, 256/sub).
+    levels (n, 256) uint8, scale and ``the_min`` (n, 256/sub).
 
     Per sub-block: start from the min/max grid, then try iscale = (nmax + rmin + 0.1·is)/(max -
     min) for is = 0..nstep, fit scale and min by weighted least squares for each candidate's
@@ -56,20 +56,20 @@ def make_qkx2_quants(
         scales,
         mins,
     )
-    return _columns(levels, sub).astype(F32), scales, mins
+    return levels, scales, mins
 
 
 def make_qx_quants(b: np.ndarray, sub: int, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_qx_quants (rmse_type 1: weights x², no importance matrix) for every
-    ``sub``-value sub-block of the super-blocks ``b`` (n, 256): levels L + nmax as columns (sub,
-    n·256/sub) uint8 and the signed scale (n, 256/sub), ``scale·(L - nmax)`` ≈ x. Per sub-block:
+    ``sub``-value sub-block of the super-blocks ``b`` (n, 256): levels L + nmax (n, 256) uint8
+    and the signed scale (n, 256/sub), ``scale·(L - nmax)`` ≈ x. Per sub-block:
     iscale = -(nmax + 0.1·is)/max for is = -9..9, the weighted least-squares scale of each
     candidate's levels, the best kept. Compiled (k_kernels.qx)."""
     n, m = b.shape[0], QK_K // sub
     levels = np.empty((n, QK_K), dtype=np.uint8)
     scales = np.empty((n, m), dtype=F32)
     k_kernels.qx(np.ascontiguousarray(b, dtype=F32), sub, nmax, levels, scales)
-    return _columns(levels, sub), scales
+    return levels, scales
 
 
 def _columns(b: np.ndarray, sub: int) -> np.ndarray:
@@ -107,8 +107,7 @@ class Q4_K(QuantType, ggml=T.Q4_K):
     @classmethod
     def _levels(cls, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The shared part of Q4_K and Q5_K: (d, dmin, packed scales, levels (n, 256))."""
-        n = b.shape[0]
-        x = _columns(b, 32)
+        b = np.ascontiguousarray(b, dtype=F32)
         levels, scales, mins = make_qkx2_quants(b, 32, cls.nmax, cls.rmin, cls.nstep, rms_weights=True)
         max_scale = np.maximum(scales.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
@@ -120,11 +119,8 @@ class Q4_K(QuantType, ggml=T.Q4_K):
         d = max_scale / F32(63)
         dmin = max_min / F32(63)
         # second pass: re-round every value against the scales as stored
-        dl = (fp16(d)[:, None] * ls).reshape(-1)
-        ml = (fp16(dmin)[:, None] * lm).reshape(-1)
-        redo = np.clip(nearest_int(_divide(x + ml, dl)), 0, cls.nmax).astype(F32)
-        levels = np.where(dl != 0, redo, levels)
-        return d, dmin, _pack_scales_k4(ls, lm), _rows(levels, n).astype(np.uint8)
+        k_kernels.relevel(b, 32, fp16(d)[:, None] * ls, fp16(dmin)[:, None] * lm, 0, cls.nmax, levels)
+        return d, dmin, _pack_scales_k4(ls, lm), levels
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
@@ -183,17 +179,16 @@ class Q6_K(QuantType, ggml=T.Q6_K):
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
         n = b.shape[0]
-        x = _columns(b, 16)
+        b = np.ascontiguousarray(b, dtype=F32)
         levels, scales = make_qx_quants(b, 16, 32)
         max_scale = first_absmax(scales, axis=1)
         zero = np.abs(max_scale) < GROUP_MAX_EPS
         iscale = F32(-128) / np.where(zero, F32(1), max_scale)
         d = F32(1) / iscale
         sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
-        dl = (fp16(d)[:, None] * sc).reshape(-1)
-        redo = (np.clip(nearest_int(_divide(x, dl)), -32, 31) + 32).astype(np.uint8)
-        levels = np.where(dl != 0, redo, levels)
-        L = _rows(levels, n).reshape(n, 2, 4, 32)  # [half of 128][quarter][value]
+        dl = fp16(d)[:, None] * sc
+        k_kernels.relevel(b, 16, dl, np.zeros_like(dl), -32, 31, levels)
+        L = levels.reshape(n, 2, 4, 32)  # [half of 128][quarter][value]
         ql = np.concatenate(
             [L[:, :, 0] & 0x0F | (L[:, :, 2] & 0x0F) << 4, L[:, :, 1] & 0x0F | (L[:, :, 3] & 0x0F) << 4], axis=2
         ).reshape(n, 128)
@@ -237,8 +232,7 @@ class Q2_K(QuantType, ggml=T.Q2_K):
 
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
-        n = b.shape[0]
-        x = _columns(b, 16)
+        b = np.ascontiguousarray(b, dtype=F32)
         levels, scales, mins = make_qkx2_quants(b, 16, 3, -0.5, 15, rms_weights=False, use_mad=True)
         max_scale = np.maximum(scales.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
@@ -250,11 +244,8 @@ class Q2_K(QuantType, ggml=T.Q2_K):
         d = np.where(max_scale > 0, max_scale / F32(15), F32(0))
         dmin = np.where(max_min > 0, max_min / F32(15), F32(0))
         # second pass against the scales as stored
-        dl = (fp16(d)[:, None] * (sc & 0x0F)).reshape(-1)
-        ml = (fp16(dmin)[:, None] * (sc >> 4)).reshape(-1)
-        redo = np.clip(nearest_int(_divide(x + ml, dl)), 0, 3).astype(F32)
-        levels = np.where(dl != 0, redo, levels)
-        qs = _pack_2bit(_rows(levels, n).astype(np.uint8))
+        k_kernels.relevel(b, 16, fp16(d)[:, None] * (sc & 0x0F), fp16(dmin)[:, None] * (sc >> 4), 0, 3, levels)
+        qs = _pack_2bit(levels)
         return np.concatenate([sc, qs, fp16_bytes(d), fp16_bytes(dmin)], axis=1)
 
     @classmethod
