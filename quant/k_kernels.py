@@ -247,3 +247,82 @@ def qkx2(x, sub, nmax, rmin, rdelta, nstep, rms_weights, use_mad, levels, scales
                 levels[n, j * sub + i] = 0 if flat else lv[i, k]
             scales[n, j] = 0 if flat else scale[k]
             mins[n, j] = -lo[k] if flat else -the_min[k]
+
+
+@njit(**_jit)
+def q3(x, sub, nmax, levels, scales):
+    """Every ``sub``-value sub-block of the rows of ``x`` (n, 256) float32: its levels + nmax
+    (into ``levels``, uint8 like x) and signed scale (into ``scales``, (n, 256/sub)), fitted by
+    ggml's make_q3_quants with do_rmse: the max-magnitude grid, then up to five passes that
+    move one level at a time while the x²-weighted fit improves (each accepted move changes the
+    sums the next value is judged by, so values go in order). LANES sub-blocks side by side,
+    as ``qkx2``; a pass that moves nothing in a lane leaves that lane as it is."""
+    m = x.shape[1] // sub
+    total = x.shape[0] * m
+    xs = np.zeros((sub, LANES), F32)
+    w = np.zeros((sub, LANES), F32)
+    wx = np.zeros((sub, LANES), F32)
+    L = np.zeros((sub, LANES), F32)
+    amax = np.zeros(LANES, F32)
+    mx = np.zeros(LANES, F32)
+    sumlx = np.zeros(LANES, F32)
+    suml2 = np.zeros(LANES, F32)
+    moves = np.zeros(LANES, np.int32)
+    for first in range(0, total, LANES):
+        used = min(LANES, total - first)
+        for k in range(LANES):
+            s = first + k if k < used else first  # spare lanes repeat a sub-block; never written back
+            n, o = s // m, (s % m) * sub
+            for i in range(sub):
+                xs[i, k] = x[n, o + i]
+        for k in range(LANES):
+            amax[k] = 0
+            mx[k] = 0
+            sumlx[k] = 0
+            suml2[k] = 0
+        for i in range(sub):
+            for k in range(LANES):
+                v = xs[i, k]
+                if abs(v) > amax[k]:
+                    amax[k] = abs(v)
+                    mx[k] = v
+        for k in range(LANES):
+            if amax[k] < GROUP_MAX_EPS:
+                mx[k] = 1  # an all-zero sub-block: settled at the end
+        for i in range(sub):
+            for k in range(LANES):
+                v = xs[i, k]
+                L[i, k] = F32(_signed_level(F32(-nmax) / mx[k] * v, nmax))
+                w[i, k] = v * v
+                wx[i, k] = w[i, k] * v
+                sumlx[k] += wx[i, k] * L[i, k]
+                suml2[k] += w[i, k] * L[i, k] * L[i, k]
+        for _ in range(5):
+            for k in range(LANES):
+                moves[k] = 0
+            for i in range(sub):
+                for k in range(LANES):  # no branches: the lanes run as vectors
+                    li = L[i, k]
+                    slx = sumlx[k] - wx[i, k] * li
+                    sl2 = suml2[k] - w[i, k] * li * li
+                    new = F32(_signed_level(xs[i, k] * sl2 / slx, nmax))  # used only where slx > 0
+                    slx_new = slx + wx[i, k] * new
+                    sl2_new = sl2 + w[i, k] * new * new
+                    better = slx_new * slx_new * suml2[k] > sumlx[k] * sumlx[k] * sl2_new
+                    take = (slx > 0) & (new != li) & (sl2_new > 0) & better
+                    L[i, k] = new if take else li
+                    sumlx[k] = slx_new if take else sumlx[k]
+                    suml2[k] = sl2_new if take else suml2[k]
+                    moves[k] += np.int32(take)
+            moved = False
+            for k in range(LANES):
+                moved |= moves[k] > 0
+            if not moved:
+                break
+        for k in range(used):
+            s = first + k
+            n, j = s // m, s % m
+            zero = amax[k] < GROUP_MAX_EPS
+            for i in range(sub):
+                levels[n, j * sub + i] = 0 if zero else np.int32(L[i, k]) + nmax
+            scales[n, j] = 0 if zero else sumlx[k] / suml2[k]

@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from llamashare.quant import k_kernels
-from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, fp16_field, nearest_int, seq_sum
+from llamashare.quant.qtype import F32, QuantType, first_absmax, fp16, fp16_bytes, fp16_field, nearest_int
 
 T = gguf.GGMLQuantizationType
 QK_K = 256
@@ -258,42 +258,16 @@ class Q2_K(QuantType, ggml=T.Q2_K):
         return (dl * q - ml).reshape(-1, QK_K)
 
 
-def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of ``x`` (n, m): levels (n, m) in 0..2·nmax-1 and a signed scale with
-    ``scale·(L - nmax)`` ≈ x — ggml's make_q3_quants with do_rmse: start from the max-magnitude
-    grid, then up to five passes that move one level at a time while the weighted fit improves.
-
-    Each pass walks the values in order and every accepted move changes the sums the next value
-    is judged by, so the loop runs over values (rows) and is vectorised across columns."""
-    mx = first_absmax(x, axis=0)
-    zero = np.abs(mx) < GROUP_MAX_EPS
-    iscale = F32(-nmax) / np.where(zero, F32(1), mx)
-    L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
-    w = x * x
-    wx = w * x
-    sumlx = seq_sum(wx * L)
-    suml2 = seq_sum(w * L * L)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for _ in range(5):
-            changed = np.zeros(x.shape[1], dtype=bool)
-            for i in range(x.shape[0]):
-                li, wi, wxi = L[i], w[i], wx[i]
-                slx = sumlx - wxi * li
-                sl2 = suml2 - wi * li * li
-                new = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1).astype(F32)
-                slx_new = slx + wxi * new
-                sl2_new = sl2 + wi * new * new
-                take = (slx > 0) & (new != li) & (sl2_new > 0) & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new)
-                if take.any():
-                    L[i] = np.where(take, new, li)
-                    sumlx = np.where(take, slx_new, sumlx)
-                    suml2 = np.where(take, sl2_new, suml2)
-                    changed |= take
-            if not changed.any():  # a pass without a move leaves nothing for the next one
-                break
-        scale = np.where(zero, F32(0), sumlx / np.where(zero, F32(1), suml2))
-    levels = np.where(zero, F32(0), L + F32(nmax))  # C leaves an all-zero group's L at 0
-    return levels.astype(np.uint8), scale.astype(F32)
+def make_q3_quants(b: np.ndarray, sub: int, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's make_q3_quants with do_rmse for every ``sub``-value sub-block of the super-blocks
+    ``b`` (n, 256): levels L + nmax (n, 256) uint8 and the signed scale (n, 256/sub), ``scale·(L -
+    nmax)`` ≈ x: start from the max-magnitude grid, then up to five passes that move one level
+    at a time while the weighted fit improves. Compiled (k_kernels.q3)."""
+    n, m = b.shape[0], QK_K // sub
+    levels = np.empty((n, QK_K), dtype=np.uint8)
+    scales = np.empty((n, m), dtype=F32)
+    k_kernels.q3(np.ascontiguousarray(b, dtype=F32), sub, nmax, levels, scales)
+    return levels, scales
 
 
 class Q3_K(QuantType, ggml=T.Q3_K):
@@ -306,9 +280,8 @@ class Q3_K(QuantType, ggml=T.Q3_K):
     @classmethod
     def _quantize(cls, b: np.ndarray) -> np.ndarray:
         n = b.shape[0]
-        x = _columns(b, 16)
-        levels, scales = make_q3_quants(x, 4)
-        scales = scales.reshape(n, 16)
+        b = np.ascontiguousarray(b, dtype=F32)
+        levels, scales = make_q3_quants(b, 16, 4)
         max_scale = first_absmax(scales, axis=1)
         has = max_scale != 0
         iscale = F32(-32) / np.where(has, max_scale, F32(1))
@@ -317,10 +290,9 @@ class Q3_K(QuantType, ggml=T.Q3_K):
         l6 = np.where(has[:, None], np.clip(l6, -32, 31) + 32, 0).astype(np.uint8)
         d = np.where(has, F32(1) / iscale, F32(0))
         sc = (l6.astype(np.int16) - 32).astype(F32)  # the scales as stored, -32..31
-        dl = (fp16(d)[:, None] * sc).reshape(-1)
-        redo = (np.clip(nearest_int(_divide(x, dl)), -4, 3) + 4).astype(np.uint8)
-        levels = np.where(dl != 0, redo, levels)
-        L = _rows(levels, n)
+        dl = fp16(d)[:, None] * sc
+        k_kernels.relevel(b, 16, dl, np.zeros_like(dl), -4, 3, levels)
+        L = levels
         high = L > 3
         hmask = np.bitwise_or.reduce(
             high.reshape(n, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1
