@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.infer import LLAMA_CPP, OURS  # noqa: E402
+from bench.infer import LLAMA_CPP, OURS, cpu_model  # noqa: E402
 from bench.measure import measure, warm_page_cache  # noqa: E402
 
 FAMILIES = [
@@ -89,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     presets = args.presets.split(",")
     args.dir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores\n")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores\n")
     head = (
         f"{'family':<18} {'type':<7} {'prompt tok/s':>12} {'llama.cpp':>10} {'ratio':>6} "
         f"{'gen tok/s':>10} {'llama.cpp':>10} {'ratio':>6}"

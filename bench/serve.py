@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.infer import cpu_model  # noqa: E402
 from bench.measure import smollm2  # noqa: E402
 
 PROMPTS = [
@@ -149,7 +149,7 @@ def main() -> None:
             "False",
         ],
     }
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {model.name}; {args.tokens} tokens a stream\n")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; model {model.name}; {args.tokens} tokens a stream\n")
     head = f"{'server':<24} {'streams':>7} {'aggregate tok/s':>15} {'TTFT p50':>9} {'TTFT p95':>9}"
     print(head)
     print("-" * len(head))
