@@ -26,10 +26,23 @@ def _level(v, nmax):
     return max(np.int32(0), min(np.int32(nmax), np.int32(np.rint(v))))
 
 
-#: sub-blocks searched side by side, one per vector lane (``qkx2``, ``qx``)
+#: sub-blocks searched side by side, one per vector lane (``qkx2``, ``qx``, ``q3``)
 LANES = 32
 #: ggml's GROUP_MAX_EPS: a sub-block whose largest magnitude is below it is all zero
 GROUP_MAX_EPS = F32(1e-15)
+
+
+@njit(inline="always")
+def _gather(x, sub, first, used, xs):
+    """Sub-blocks first .. first+used-1 of the rows of ``x`` (numbered row by row) into the
+    columns of ``xs`` (sub, LANES); spare lanes repeat sub-block ``first`` and are never
+    written back."""
+    m = x.shape[1] // sub
+    for k in range(LANES):
+        s = first + k if k < used else first
+        n, o = s // m, (s % m) * sub
+        for i in range(sub):
+            xs[i, k] = x[n, o + i]
 
 
 @njit(inline="always")
@@ -59,11 +72,7 @@ def qx(x, sub, nmax, levels, scales):
     best = np.zeros(LANES, F32)
     for first in range(0, total, LANES):
         used = min(LANES, total - first)
-        for k in range(LANES):
-            s = first + k if k < used else first  # spare lanes repeat a sub-block; never written back
-            n, o = s // m, (s % m) * sub
-            for i in range(sub):
-                xs[i, k] = x[n, o + i]
+        _gather(x, sub, first, used, xs)
         for k in range(LANES):
             amax[k] = 0
             mx[k] = 0
@@ -166,11 +175,7 @@ def qkx2(x, sub, nmax, rmin, rdelta, nstep, rms_weights, use_mad, levels, scales
     better = np.zeros(LANES, np.bool_)
     for first in range(0, total, LANES):
         used = min(LANES, total - first)
-        for k in range(LANES):
-            s = first + k if k < used else first  # spare lanes repeat a sub-block; never written back
-            n, o = s // m, (s % m) * sub
-            for i in range(sub):
-                xs[i, k] = x[n, o + i]
+        _gather(x, sub, first, used, xs)
         for k in range(LANES):
             av[k] = 0
             sum_w[k] = 0
@@ -270,11 +275,7 @@ def q3(x, sub, nmax, levels, scales):
     moves = np.zeros(LANES, np.int32)
     for first in range(0, total, LANES):
         used = min(LANES, total - first)
-        for k in range(LANES):
-            s = first + k if k < used else first  # spare lanes repeat a sub-block; never written back
-            n, o = s // m, (s % m) * sub
-            for i in range(sub):
-                xs[i, k] = x[n, o + i]
+        _gather(x, sub, first, used, xs)
         for k in range(LANES):
             amax[k] = 0
             mx[k] = 0
