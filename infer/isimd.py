@@ -241,7 +241,6 @@ def _bytes_op(op: str, doc: str):
 band = _bytes_op("and_", "b & k in every byte (k a constant).")
 bshr = _bytes_op("lshr", "b >> k in every byte, zeros shifted in (k a constant).")
 bshl = _bytes_op("shl", "b << k in every byte (k a constant).")
-bsub = _bytes_op("sub", "b - k in every byte, wrapping (k a constant).")
 
 
 @intrinsic
@@ -314,34 +313,14 @@ def dot_us(typingctx, isa, u, s):
 
 
 @intrinsic
-def dot_ss(typingctx, isa, a, b):
-    """Signed bytes a · signed bytes b: lane k = Σ_{j<4} a[4k+j]·b[4k+j]. AVX2 moves a's sign
-    onto b (``vpsignb``) and multiplies |a| unsigned, as ggml's ``mul_sum_i8_pairs_float``; exact
-    while b has no −128 (activation codes are within ±127)."""
-    name = _isa_of(isa)
-    if name is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        x, y = args[1], args[2]
-        if name in ("avx2", "vnni"):
-            ax = _x86(builder, "llvm.x86.avx2.psign.b", _B32, x, x)
-            sy = _x86(builder, "llvm.x86.avx2.psign.b", _B32, y, x)
-            if name == "vnni":
-                return _dpbusd(builder, _zeros(), ax, sy)
-            return _madd(builder, _maddubs(builder, ax, sy), ir.Constant(_W16, [1] * 16))
-        return _dot_us_portable(builder, x, y, True)
-
-    return L8(isa, B32, B32), codegen
-
-
-@intrinsic
 def dot_biased(typingctx, isa, w, s, fix):
-    """``dot_ss``(w, s), given ``fix``: −128 times each lane's sum of s. VNNI multiplies w + 128
-    (w xor 0x80, unsigned) by s in one ``vpdpbusd`` that starts at ``fix``: Σ(w + 128)·s − 128·Σs
-    is Σw·s, without ``dot_ss``'s two sign moves per product (the xor of w is shared by every
-    activation row it meets). Other sets ignore ``fix`` and compute ``dot_ss``; the same integers
-    either way."""
+    """Signed bytes w · signed bytes s: lane k = Σ_{j<4} w[4k+j]·s[4k+j], given ``fix``: −128
+    times each lane's sum of s. VNNI multiplies w + 128 (w xor 0x80, unsigned) by s in one
+    ``vpdpbusd`` that starts at ``fix``: Σ(w + 128)·s − 128·Σs is Σw·s, with no sign moves (the
+    xor of w is shared by every activation row it meets). AVX2 ignores ``fix``, moves w's sign
+    onto s (``vpsignb``) and multiplies |w| unsigned, as ggml's ``mul_sum_i8_pairs_float``
+    (exact while s has no −128: activation codes are within ±127). The same integers on every
+    set."""
     name = _isa_of(isa)
     if name is None:
         return None
@@ -447,16 +426,6 @@ def izero(typingctx):
         return ir.Constant(_L8, [0] * 8)
 
     return L8(), codegen
-
-
-@intrinsic
-def iadd(typingctx, a, b):
-    """a + b, lane by lane."""
-
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], args[1])
-
-    return L8(L8, L8), codegen
 
 
 @intrinsic
