@@ -213,9 +213,9 @@ def prefetch_ahead(w, r):
 
     Why. Generation reads each weight once per token, straight from memory, in small matrices
     (0.1–1 MB each for a 135M model). The CPU's own prefetcher stops at every 4 KiB page, so
-    each thread kept stalling on memory: SmolLM2-135M Q8_0's products of one token took 6.5 ms
-    (~22 GB/s) on the Intel Xeon here. Asked for 8 KiB ahead, 4.0–4.3 ms (bench/infer.py has
-    the whole-token figures)."""
+    each thread kept stalling on memory: in SmolLM2-135M Q8_0 on the Intel Xeon here, a token's
+    products took 9.5 ms, and 5.5 ms asked for 8 KiB ahead (the whole token 12.0 -> 9.5 ms; the
+    best distance was 8-16 KiB in a noisy sweep)."""
     nxt = r + (AHEAD + w.shape[1] - 1) // w.shape[1]
     if nxt < w.shape[0]:
         row = w[nxt]

@@ -1,10 +1,11 @@
-"""The K-quants' scale searches as compiled loops: ggml's ``make_qkx2_quants``, line for line.
+"""The K-quants' scale searches as compiled loops: ggml's ``make_qkx2_quants``,
+``make_qx_quants`` and ``make_q3_quants``, and the second pass, line for line.
 
-Why compiled. The search tries ~20 candidate scales per sub-block of 16 or 32 values, each a
-pass over the values with three running sums and an error sum. As NumPy over all sub-blocks at
-once (k_types.make_qkx2_quants, kept as the readable statement of it) every pass is a dozen
-array operations with temporaries; SmolLM2's Q4_K_M quantize ran at half llama-quantize's speed.
-A loop over one sub-block keeps its values in cache through every candidate.
+Why compiled. A search tries ~20 candidate scales per sub-block of 16 or 32 values, each a pass
+over the values with running sums and an error sum. As NumPy over all sub-blocks at once every
+pass was a dozen array operations with temporaries, and SmolLM2's Q4_K_M quantize ran at half
+llama-quantize's speed. Here LANES sub-blocks go side by side, one per vector lane, their values
+in cache through every candidate (see ``qkx2``).
 
 The same float32 operations as the C, in its order, with no ``fastmath`` (no FMA contraction, no
 reassociation), so the bytes are ggml's; ``nogil`` lets QuantType.quantize run a chunk per core.
