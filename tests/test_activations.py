@@ -97,3 +97,18 @@ def test_geglu_lookup_is_ggmls_gelu_of_the_float16_input() -> None:
         looked_up = table[x.astype(np.float16).view(np.uint16)]
     expect = np.where(x <= -10, f(0), np.where(x >= 10, x, looked_up)) * up
     assert np.array_equal(geglu(x, up), expect)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q8_1", "q8_k"])
+def test_codes_of_many_rows_are_each_rows_codes(kind: str) -> None:
+    """From PARALLEL_ROWS rows on, codes are made on every core: the same bytes as one row at a
+    time."""
+    from llamashare.infer.activations import PARALLEL_ROWS, codes
+
+    x = np.random.default_rng(3).standard_normal((PARALLEL_ROWS + 5, 512)).astype(np.float32)
+    x[4] = 0
+    many = codes(x, kind)
+    for i in range(x.shape[0]):
+        one = codes(x[i : i + 1], kind)
+        for a, b in ((many.q, one.q), (many.d, one.d), (many.sums, one.sums)):
+            assert np.array_equal(a[i : i + 1].view(np.uint8), b.view(np.uint8))

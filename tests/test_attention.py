@@ -41,3 +41,17 @@ def test_attend_matches_numpy(t: int, start: int, n_head: int, nkv: int) -> None
     # one float16 step (≤ 2^-11) away, moving its value row's share: rare, and bounded by it.
     diff = np.abs(got - want)
     assert np.mean(diff < 2e-5) > 0.99 and diff.max() < 2**-11 * np.abs(vc).max()
+
+
+@pytest.mark.parametrize(("start", "window"), [(0, 0), (40, 0), (40, 16)])
+def test_spread_attention_is_the_one_core_attention(start: int, window: int) -> None:
+    """A prompt's attention may run on every core (``spread``): the pairs are handed out in
+    another order, but each pair is computed by the same loop, so the results are the same bits."""
+    rng = np.random.default_rng(start + window)
+    t, n_head, nkv, hd, n_ctx = 24, 9, 3, 64, 96
+    kc = round_half(rng.standard_normal((nkv, n_ctx, hd)).astype(F32))
+    vc = round_half(rng.standard_normal((nkv, n_ctx, hd)).astype(F32))
+    q = round_half(rng.standard_normal((t, n_head, hd)).astype(F32))
+    alone = attend(q, kc, vc, start, 0.125, window)
+    spread = attend(q, kc, vc, start, 0.125, window, spread=True)
+    assert np.array_equal(alone.view(np.uint32), spread.view(np.uint32))

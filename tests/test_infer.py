@@ -550,3 +550,20 @@ def test_ctrl_c_stops_generation_cleanly(tiny) -> None:
     assert text.strip() and text.endswith("\n"), text
     generated = re.search(r"generation: (\d+) tokens", errs)
     assert generated and int(generated.group(1)) >= 1, errs
+
+
+def test_kv_cache_memory_is_taken_only_where_written() -> None:
+    """The cache is written one position into every (layer, head) slab per token; with 2 MiB
+    pages that made the whole cache resident at the first token (180 MB for SmolLM2)."""
+    from llamashare.infer.model import untouched_zeros
+
+    def resident_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    before = resident_kib()
+    cache = untouched_zeros((30, 3, 4096, 64))  # 94 MB
+    cache[:, :, 0:5] = 1.0
+    grew = resident_kib() - before
+    assert float(cache[29, 2, 4, 63]) == 1.0 and float(cache[0, 0, 5, 0]) == 0.0
+    assert grew < 8 * 1024, f"{grew} KiB resident for 90 slabs of 5 positions"
