@@ -127,7 +127,14 @@ def test_fetch_follow_and_fetch_without_the_publisher(tmp_path: Path, homes: Hom
     store = Store(nodes["first"].models_dir)
     assert store.get("sample-llama").version == "2.0" and store.get("sample-llama@1.0").key == "sample-llama"
     assert (store.get("sample-llama").source_dir / "NOTES.md").read_text() == "version 2\n"
-    listed = cli(nodes["first"], "follow")
+    # The version counts as fetched once the child fetch has exited 0, a moment after the daemon
+    # holds it (the child still reports and exits): look again for up to 30 s.
+    deadline = time.monotonic() + 30
+    while True:
+        listed = cli(nodes["first"], "follow")
+        if f"{address}  has 2.0" in listed.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert f"{address}  has 2.0" in listed.stdout, listed.stdout + listed.stderr
 
     # The publisher goes away; a late fetcher still gets manifest and files from the others.
