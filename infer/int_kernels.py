@@ -41,7 +41,7 @@ def _q8_step(isa, dw, w, q, d, fix, b, acc):
 def _q8u_step(isa, dw, u, q, d, fix, b, acc):
     """A 32-value block of unsigned weight codes ``u`` standing for u − k (Q4_0: k = 8, Q5_0: 16;
     ``fix``: −k times the codes' sums of four) · block b of Q8_0 codes, into acc."""
-    return I.fma_lanes(dw * d[b], I.dot_us_add(isa, I.lanes_at(fix, 8 * b), u, I.load32(q, 32 * b)), acc)
+    return I.fma_lanes(dw * d[b], I.dot_us(isa, I.lanes_at(fix, 8 * b), u, I.load32(q, 32 * b)), acc)
 
 
 @njit(**_row)
@@ -95,7 +95,7 @@ def _q5_1_block(row, b):
 @njit(**_row)
 def _q81_step(isa, dw, mw, w, q, d, s, b, acc, summs):
     """A Q4_1/Q5_1 block (scale dw, offset mw, unsigned codes w) · block b of Q8_1 codes."""
-    return I.fma_lanes(dw * d[b], I.dot_us(isa, w, I.load32(q, 32 * b)), acc), I.fma1(mw, s[b], summs)
+    return I.fma_lanes(dw * d[b], I.dot_us(isa, I.izero(), w, I.load32(q, 32 * b)), acc), I.fma1(mw, s[b], summs)
 
 
 @njit(**_row)

@@ -285,31 +285,9 @@ def _dpwssd(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value) -> i
     return _x86(builder, "llvm.x86.avx512.vpdpwssd.256", _L8, acc, builder.bitcast(a, _L8), builder.bitcast(b, _L8))
 
 
-def _zeros() -> ir.Constant:
-    return ir.Constant(_L8, [0] * 8)
-
-
 def _isa_of(t) -> str | None:
     """The set a token's numba type names (None: not a token, so the intrinsic does not apply)."""
     return _BY_DTYPE.get(str(t.dtype)) if isinstance(t, types.Array) and t.ndim == 1 else None
-
-
-@intrinsic
-def dot_us(typingctx, isa, u, s):
-    """Unsigned bytes u · signed bytes s: lane k = Σ_{j<4} u[4k+j]·s[4k+j] (exact while a pair's
-    sum fits int16, as it does for codes of at most 6 bits against int8 activations)."""
-    name = _isa_of(isa)
-    if name is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        if name == "vnni":
-            return _dpbusd(builder, _zeros(), args[1], args[2])
-        if name == "avx2":
-            return _madd(builder, _maddubs(builder, args[1], args[2]), ir.Constant(_W16, [1] * 16))
-        return _dot_us_portable(builder, args[1], args[2], False)
-
-    return L8(isa, B32, B32), codegen
 
 
 @intrinsic
@@ -339,9 +317,11 @@ def dot_biased(typingctx, isa, w, s, fix):
 
 
 @intrinsic
-def dot_us_add(typingctx, isa, acc, u, s):
-    """acc + ``dot_us``(u, s); VNNI adds in the same ``vpdpbusd``. With acc = −k times each lane's
-    sum of s, this is (u − k)·s: Q4_0's and Q5_0's signed codes without subtracting k from them."""
+def dot_us(typingctx, isa, acc, u, s):
+    """acc + unsigned bytes u · signed bytes s: lane k += Σ_{j<4} u[4k+j]·s[4k+j] (exact while a
+    pair's sum fits int16, as it does for codes of at most 6 bits against int8 activations); VNNI
+    adds in the same ``vpdpbusd``. With acc = −k times each lane's sum of s, this is (u − k)·s:
+    Q4_0's and Q5_0's signed codes without subtracting k from them."""
     name = _isa_of(isa)
     if name is None:
         return None

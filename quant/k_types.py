@@ -72,16 +72,6 @@ def make_qx_quants(b: np.ndarray, sub: int, nmax: int) -> tuple[np.ndarray, np.n
     return levels, scales
 
 
-def _columns(b: np.ndarray, sub: int) -> np.ndarray:
-    """(n, 256) super-blocks → (sub, n·256/sub): one sub-block per column, C-contiguous."""
-    return np.ascontiguousarray(b.reshape(-1, sub).T)
-
-
-def _rows(cols: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`_columns` for level arrays: → (n, 256)."""
-    return np.ascontiguousarray(cols.T).reshape(n, QK_K)
-
-
 def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """8 six-bit scales and 8 six-bit mins per super-block (n, 8) → ggml's 12-byte packing."""
     out = np.empty((ls.shape[0], 12), dtype=np.uint8)
