@@ -45,7 +45,7 @@ from llamashare.infer.activations import PARALLEL_ROWS, round_half
 from llamashare.infer.attention import attend
 from llamashare.infer.model_file import Config, ModelFile
 from llamashare.infer.simd import through_half
-from llamashare.infer.weights import Blocks, Dense, Matrix, Streamed, integer_kernel, project
+from llamashare.infer.weights import Blocks, Dense, Matrix, Streamed, block_kernel, project
 
 F32 = np.float32
 #: Context size when none is asked for (capped by the model's training context).
@@ -291,11 +291,10 @@ class Llama:
         kind = _auto_kind(mf) if weights == "auto" else kinds.get(weights)
         if kind is None:
             raise InferenceError(f"unknown weight representation {weights!r} (auto, f32, streamed)")
-        self.weights_kind = "f32" if kind is Dense else "streamed"
 
         def matrix(name: str) -> Matrix:
             raw, qtype = mf.raw(name), mf.qtype(name)
-            return Blocks(raw, qtype) if integer_kernel(raw, qtype) else kind(raw, qtype)
+            return Blocks(raw, qtype) if block_kernel(raw, qtype) else kind(raw, qtype)
 
         def vector(name: str) -> np.ndarray:
             return mf.floats(name).reshape(-1)
@@ -359,6 +358,11 @@ class Llama:
         # (float32 copies): numba's threads, still spinning after a parallel loop, slowed the BLAS
         # product that followed to half speed (F16's 128-token prefill: 0.22 s -> 0.45 s).
         self.spread_batches = not any(isinstance(m, Dense) for m in self._matrices())
+        #: How the matrices are kept: "blocks" (all on the file's blocks), else the representation
+        #: of those without a kernel ("f32" copies or "streamed").
+        self.weights_kind = (
+            "blocks" if all(isinstance(m, Blocks) for m in self._matrices()) else "f32" if kind is Dense else "streamed"
+        )
         self.cache = KVCache(cfg, self.n_ctx)
         self.forward([0])  # loads the compiled kernels (~0.3 s from numba's cache) now, not in the first token
         self.reset()
@@ -501,8 +505,12 @@ class Llama:
 
 
 def _auto_kind(mf: ModelFile) -> type[Dense] | type[Streamed]:
-    """float32 copies while they take under half the memory still available, else streamed."""
-    params = sum(int(np.prod(t.ne)) for t in mf.tensors.values())
+    """float32 copies of the matrices without a kernel for batches while they take under half the
+    memory still available, else streamed."""
+    params = 0
+    for name, t in mf.tensors.items():
+        if len(t.ne) == 2 and not block_kernel(mf.raw(name), mf.qtype(name)):
+            params += int(np.prod(t.ne))
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

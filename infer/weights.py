@@ -1,14 +1,13 @@
 """Weight matrices for the forward pass: which representation multiplies what.
 
-Every matrix keeps its GGUF blocks (the memory map). A single generated token multiplies the
-blocks themselves where a kernel exists (kernels.py: every type but F32, Q2_K and Q3_K), reading
-0.5–2 bytes per weight; nothing is faster for a matrix × vector, which reads each weight once.
+Every matrix keeps its GGUF blocks (the memory map). Where a kernel exists (kernels.py: every
+type but F32, Q2_K and Q3_K) the blocks themselves are multiplied, reading 0.5–2 bytes per
+weight, for a generated token and for a prompt's batch alike: ``Blocks``.
 
-A prompt's batch reuses every weight for many tokens, so it wants BLAS's float32 matrix × matrix.
-``Dense`` keeps a float32 copy for that (4 bytes per weight, made once at load; also used for
-single tokens of types without a kernel). When the copies would not fit in memory (7B and up
-on a small machine) ``Streamed`` dequantizes a slab of rows at a time instead: slower prompts,
-same generation.
+For the other types a prompt's batch wants BLAS's float32 matrix × matrix. ``Dense`` keeps a
+float32 copy for that (4 bytes per weight, made once at load; also used for single tokens of
+types without a kernel). When the copies would not fit in memory ``Streamed`` dequantizes a
+slab of rows at a time instead: slower prompts, same generation.
 
 Either way the activations are first converted as llama.cpp converts them (activations.py):
 to int8 codes for the integer kernels, whose products are then ggml's to the bit, or rounded
@@ -134,10 +133,10 @@ class Streamed(_Matrix):
 
 
 class Blocks(Streamed):
-    """A type with an integer kernel (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K, Q6_K): left in the
-    memory map like a streamed matrix, but a prompt's batch is multiplied on the blocks too, four
-    tokens per pass over each row (int_kernels.py), about as fast as BLAS on a float32 copy; the
-    products are ggml's bits whatever the batch."""
+    """A type with a kernel for batches (every integer one, F16, BF16): left in the memory map
+    like a streamed matrix, but a prompt's batch is multiplied on the blocks too, several tokens
+    per pass over each row (kernels.py), about as fast as BLAS on a float32 copy; each product
+    is what the same row alone gives, whatever the batch."""
 
     def _on_blocks(self, x: np.ndarray, apart: bool) -> bool:
         return x.ndim == 2
@@ -146,9 +145,10 @@ class Blocks(Streamed):
         return kernels.matvecs(self.qtype.name, self.raw, x)
 
 
-def integer_kernel(raw: np.ndarray, qtype: type[QuantType]) -> bool:
-    """Whether a matrix is multiplied by an integer kernel (and so needs no float32 copy)."""
-    return kernels.has_integer_kernel(qtype.name, _per_row(raw, qtype))
+def block_kernel(raw: np.ndarray, qtype: type[QuantType]) -> bool:
+    """Whether every product of a matrix goes to a kernel on its blocks (so it needs no float32
+    copy, and is a ``Blocks``)."""
+    return kernels.multiplies_batches(qtype.name, _per_row(raw, qtype))
 
 
 Matrix = Dense | Streamed | Blocks

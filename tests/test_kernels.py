@@ -91,3 +91,19 @@ def test_every_kernel_reads_its_own_layout() -> None:
         bs = block(name)
         w = (np.arange(bs * 4, dtype=np.float32) % 37 - 18) * np.repeat(np.arange(1, 5, dtype=np.float32), bs)
         check(name, w[None], np.cos(np.arange(bs * 4, dtype=np.float32)))
+
+
+@pytest.mark.parametrize("name", ["f16", "bf16"])
+def test_float_kernels_give_each_pair_its_own_sum(name: str) -> None:
+    """Each (row, activation row) product is the same bits however the float kernels tile it: 2
+    rows × 4 activations, 4 rows × 1, or one row at a matrix's end. So a batch of sequences
+    decodes as each would alone, and a prompt's rows are what its tokens give one by one."""
+    rng = np.random.default_rng(11)
+    q = lookup(name)
+    blocks = q.quantize(rng.standard_normal((11, 40)).astype(np.float32))  # 2 groups of 4, 3 left
+    x = round_activations(q)(rng.standard_normal((9, 40)).astype(np.float32))  # 2 tiles of 4, 1 left
+    batch = kernels.matvecs(name, blocks, x)
+    for i in range(x.shape[0]):
+        assert np.array_equal(kernels.matvec(name, blocks, x[i]), batch[i])
+        for r in range(blocks.shape[0]):
+            assert kernels.matvec(name, blocks[r : r + 1], x[i])[0] == batch[i, r]

@@ -62,10 +62,10 @@ WEIGHTS_OPTION = click.option(
     type=click.Choice(["auto", "f32", "streamed"]),
     default="auto",
     show_default=True,
-    help="Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K and Q6_K matrices are multiplied on the file's "
-    "blocks, prompts too, and keep no copy. For other types, f32: keep a float32 copy for prompts "
-    "(fastest prompts, 4 bytes per weight); streamed: prompts dequantize rows per use (fits big "
-    "models); auto picks by free memory.",
+    help="F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K and Q6_K matrices are multiplied on "
+    "the file's blocks, prompts too, and keep no copy. For other types (F32, Q2_K, Q3_K), f32: keep "
+    "a float32 copy for prompts (fastest prompts, 4 bytes per weight); streamed: prompts dequantize "
+    "rows per use (fits big models); auto picks by free memory.",
 )
 
 
