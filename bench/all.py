@@ -34,7 +34,7 @@ TIMEOUT = 1800  # seconds per benchmark
 #: name → (arguments for a few-minute run, what it measures)
 RUNS = {
     "hash": (["--size-gib", "0.5", "--repeats", "2"], "publishing (create) against libtorrent's own torrent creation"),
-    "swarm": (["--size-mib", "256"], "fetching over BitTorrent on 127.0.0.1 against libtorrent defaults and aria2"),
+    "swarm": (["--size-mib", "1024"], "fetching over BitTorrent on 127.0.0.1 against libtorrent defaults and aria2"),
     "swarm_scale": (
         [],
         "16 daemons sharing 256 MiB: the origin's upload against a central host and plain seeding; SIGKILL churn",
