@@ -282,7 +282,12 @@ def main() -> None:
         print("libtorrent defaults ...", flush=True)
         lt_default = libtorrent_defaults(work, torrent, src, tracker)
         print(f"aria2c → aria2c ×{args.runs} ...", flush=True)
-        aria = median([float(aria2(work, src, tracker)) for _ in range(args.runs)])
+        first = aria2(work, src, tracker)  # a string when aria2c or mktorrent is missing
+        aria = (
+            first
+            if isinstance(first, str)
+            else median([first, *(float(aria2(work, src, tracker)) for _ in range(args.runs - 1))])
+        )
         limit = hashing_limit(src / "model.safetensors")
         trans = transmission(work, src, tracker)
     finally:
