@@ -407,6 +407,25 @@ class Llama:
         x = self._run(tokens, [(c, len(c), 1) for c in caches], apart=len(caches) > 1, last=False)
         return self._logits(x, apart=len(caches) > 1)
 
+    def step(self, runs: list[tuple[KVCache, list[int]]]) -> np.ndarray:
+        """Several sequences advanced in one pass, each by its own tokens (a prompt's chunk or
+        one generated token) in its own cache: (len(runs), vocab), the logits of each run's last
+        token. Only for a model whose matrices are all on their blocks (``weights_kind`` "blocks"),
+        where every row is computed as it would be alone — so a prompt's numbers do not depend on
+        how it was chunked or on what else was in the pass, and a serve turn reads the weights once
+        for the prompt it feeds and the streams it decodes."""
+        if self.weights_kind != "blocks":
+            raise InferenceError("mixed passes need every matrix on its blocks")
+        if not runs or len({id(c) for c, _ in runs}) != len(runs) or not all(toks for _, toks in runs):
+            raise InferenceError("a pass needs tokens for each of distinct caches")
+        for c, toks in runs:
+            if len(c) + len(toks) > self.n_ctx:
+                raise InferenceError(f"the context holds {self.n_ctx} tokens; a sequence does not fit")
+        tokens = [t for _, toks in runs for t in toks]
+        x = self._run(tokens, [(c, len(c), len(toks)) for c, toks in runs], apart=True, last=False)
+        ends = np.cumsum([len(toks) for _, toks in runs]) - 1
+        return self._logits(x[ends], apart=True)
+
     def new_cache(self) -> KVCache:
         """An empty cache of this model's context, for one more sequence (``decode``)."""
         return KVCache(self.cfg, self.n_ctx)

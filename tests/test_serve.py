@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from llamashare.cli import cli
+from llamashare.errors import InferenceError
 from llamashare.infer.chat import prompt_tokens, render
 from llamashare.infer.model import Llama
 from llamashare.infer.tokenizer import GGUFTokenizer
@@ -140,6 +141,47 @@ def test_batched_decode_is_each_sequence_alone_bit_for_bit(arch: str, preset: st
         tokens = [int(np.argmax(row)) for row in batch]
     for c, d in zip(together, apart):
         assert c.tokens == d.tokens
+
+
+@pytest.mark.parametrize(
+    "arch,preset",
+    [
+        ("LlamaForCausalLM", "Q8_0"),
+        ("LlamaForCausalLM", "Q4_K_S"),
+        ("Gemma3ForCausalLM", "Q6_K"),
+        ("Phi3ForCausalLM", "Q5_0"),
+        ("Qwen2ForCausalLM", "F16"),
+    ],
+)
+def test_a_mixed_pass_is_each_run_alone_bit_for_bit(arch: str, preset: str, tiny) -> None:
+    """One pass of a prompt's chunk beside other sequences' tokens (a serve turn) gives every
+    run what it gets alone, and a prompt fed in other chunks ends with the same logits."""
+    m = Llama(tiny(arch, preset), n_ctx=64)
+    assert m.weights_kind == "blocks"
+    prompt = list(range(40, 61))
+    mixed, alone_ = [m.new_cache() for _ in range(3)], [m.new_cache() for _ in range(3)]
+    for c, d, p in zip(mixed[1:], alone_[1:], ([1, 5, 9], [7] * 11)):
+        m.forward(p, cache=c)
+        m.forward(p, cache=d)
+    chunks = [prompt[:5], prompt[5:17], prompt[17:]]
+    tokens = [[11], [12]]
+    for chunk in chunks:
+        got = m.step([(mixed[0], chunk), (mixed[1], tokens[0]), (mixed[2], tokens[1])])
+        want = [m.forward(chunk, cache=alone_[0])] + [m.forward(t, cache=c) for t, c in zip(tokens, alone_[1:])]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        tokens = [[int(np.argmax(row))] for row in got[1:]]
+    whole = m.new_cache()
+    np.testing.assert_array_equal(m.forward(prompt, cache=whole), got[0])
+    for c, d in zip(mixed, alone_):
+        assert c.tokens == d.tokens
+
+
+@pytest.mark.parametrize("preset", ["F32", "Q2_K"])
+def test_a_mixed_pass_needs_every_matrix_on_its_blocks(preset: str, tiny) -> None:
+    m = Llama(tiny("LlamaForCausalLM", preset), n_ctx=64)
+    with pytest.raises(InferenceError, match="blocks"):
+        m.step([(m.new_cache(), [1, 2])])
 
 
 def test_stop_strings_are_held_back_until_they_cannot_start() -> None:

@@ -4,12 +4,15 @@ One engine thread runs every kernel of the process (``Engine``): numba's OpenMP 
 only on the thread that first used it — from any other thread a generated token took 2.6× as
 long (SmolLM2 Q8_0: 24 against 64 tok/s on AMD EPYC, 2 cores) — so models are also loaded there,
 and each model's ``Scheduler`` takes its turns there. Each turn a scheduler admits waiting requests (at most
-``parallel`` run at once, each with its own KV cache), feeds one chunk of one request's prompt
-(``PREFILL_CHUNK`` tokens, so a long prompt never stalls the streams already running), then
-decodes one token for every running request in a single step (``Llama.decode``: the weights are
-read once for all of them). A request's numbers do not depend on its neighbours: its prompt is
-always cut into the same chunks, and decode computes every row as it would alone, so greedy
-output under load is the output alone.
+``parallel`` run at once, each with its own KV cache), takes one chunk of one request's prompt
+(``PREFILL_CHUNK`` tokens, so a long prompt never stalls the streams already running) and one
+token for every running request, and passes them all through the model at once (``Llama.step``:
+the weights are read once a turn, not once for the chunk and again for the tokens). That needs
+a model whose every matrix is multiplied on its blocks, each row as it would be alone; for one
+with float32 copies (F32, Q2_K, Q3_K), whose batch sums depend on the batch, the chunk goes
+through its own pass first and the tokens through ``Llama.decode``. Either way a request's
+numbers do not depend on its neighbours (a prompt is always cut into the same chunks, and every
+generated row is computed as alone), so greedy output under load is the output alone.
 
 Tokens go back to the asyncio side through ``Request.emit`` (called in the engine thread; the
 HTTP layer hands in a ``loop.call_soon_threadsafe`` wrapper). A request whose client went away
@@ -230,11 +233,15 @@ class Scheduler:
     def _turn(self) -> None:
         self._release([r for r in self.running if r.cancelled])
         feeding = next((r for r in self.running if r.fed < len(r.prompt)), None)
+        chunk: list[int] = []
         if feeding is not None:
-            assert feeding.cache is not None
             chunk = feeding.prompt[feeding.fed : feeding.fed + PREFILL_CHUNK]
+        together = self.model.weights_kind == "blocks"
+        if feeding is not None and not together:  # a float32 product's sums depend on the batch
+            assert feeding.cache is not None
             feeding.logits = self.model.forward(chunk, cache=feeding.cache)
             feeding.fed += len(chunk)
+            feeding = None
         ready = [r for r in self.running if r.fed == len(r.prompt) and r.logits is not None]
         finished: list[Request] = []
         stepping: list[Request] = []
@@ -244,11 +251,21 @@ class Scheduler:
             else:
                 finished.append(r)
         self._release(finished)
+        runs = [(r, [r.generated[-1]]) for r in stepping]
+        if feeding is not None:  # the chunk rides in the same pass: the weights are read once
+            runs.insert(0, (feeding, chunk))
+        if not runs:
+            return
+        passes = [(r.cache, toks) for r, toks in runs if r.cache is not None]
+        if together:
+            logits = self.model.step(passes)
+        else:
+            logits = self.model.decode([c for c, _ in passes], [toks[0] for _, toks in passes])
+        for (r, _), row in zip(runs, logits):
+            r.logits = row
+        if feeding is not None:
+            feeding.fed += len(chunk)
         if stepping:
-            caches = [r.cache for r in stepping if r.cache is not None]
-            logits = self.model.decode(caches, [r.generated[-1] for r in stepping])
-            for r, row in zip(stepping, logits):
-                r.logits = row
             self.steps += 1
 
     def _next(self, r: Request) -> bool:
