@@ -399,13 +399,9 @@ class Llama:
         The weights are read once for all of them (the products of weights.py with ``apart``), and
         every row is computed exactly as ``forward([token], cache=its cache)`` computes it alone,
         so a sequence's output does not depend on what is decoded beside it."""
-        if len(caches) != len(tokens) or len({id(c) for c in caches}) != len(caches):
+        if len(caches) != len(tokens):
             raise InferenceError("decode needs one token for each of distinct caches")
-        for c in caches:
-            if len(c) + 1 > self.n_ctx:
-                raise InferenceError(f"the context holds {self.n_ctx} tokens; a sequence is full")
-        x = self._run(tokens, [(c, len(c), 1) for c in caches], apart=len(caches) > 1, last=False)
-        return self._logits(x, apart=len(caches) > 1)
+        return self._pass([(c, [t]) for c, t in zip(caches, tokens)])
 
     def step(self, runs: list[tuple[KVCache, list[int]]]) -> np.ndarray:
         """Several sequences advanced in one pass, each by its own tokens (a prompt's chunk or
@@ -416,11 +412,16 @@ class Llama:
         for the prompt it feeds and the streams it decodes."""
         if self.weights_kind != "blocks":
             raise InferenceError("mixed passes need every matrix on its blocks")
+        return self._pass(runs)
+
+    def _pass(self, runs: list[tuple[KVCache, list[int]]]) -> np.ndarray:
+        """Each run's tokens appended to its own cache in one pass, every product ``apart`` (row
+        by row where a matrix has no kernel): the logits of each run's last token."""
         if not runs or len({id(c) for c, _ in runs}) != len(runs) or not all(toks for _, toks in runs):
             raise InferenceError("a pass needs tokens for each of distinct caches")
         for c, toks in runs:
             if len(c) + len(toks) > self.n_ctx:
-                raise InferenceError(f"the context holds {self.n_ctx} tokens; a sequence does not fit")
+                raise InferenceError(f"the context holds {self.n_ctx} tokens; a sequence is full")
         tokens = [t for _, toks in runs for t in toks]
         x = self._run(tokens, [(c, len(c), len(toks)) for c, toks in runs], apart=True, last=False)
         ends = np.cumsum([len(toks) for _, toks in runs]) - 1
